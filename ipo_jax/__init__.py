@@ -1,0 +1,3 @@
+"""ipo_jax: Intervened Preference Optimization (IPO) for reasoning models, in JAX / Flax NNX."""
+
+__version__ = "0.1.0"

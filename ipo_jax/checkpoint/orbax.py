@@ -1,0 +1,68 @@
+"""orbax save/restore of a Decoder's parameters, restored straight into the target shardings.
+
+Directory layout:
+  <dir>/model_config.json   the HF-style config plus our dtypes (so the model can be rebuilt)
+  <dir>/params/             orbax StandardCheckpointer directory (a plain nested dict of arrays)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from ipo_jax.checkpoint.atomic import atomic_output_dir
+from ipo_jax.models.config import ModelConfig
+from ipo_jax.models.decoder import Decoder
+from ipo_jax.sharding import LOGICAL_RULES, param_shardings
+
+CONFIG_FILE = "model_config.json"
+PARAMS_DIR = "params"
+
+
+def save_orbax(model: Decoder, out_dir: str | Path, *, overwrite: bool = False) -> Path:
+    out_dir = Path(out_dir).absolute()
+    cfg: ModelConfig = model.cfg
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    is_writer = jax.process_index() == 0
+    # orbax coordinates all processes itself; only the config file is ours to write.
+    with atomic_output_dir(out_dir, overwrite, enabled=is_writer) as tmp:
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(tmp / PARAMS_DIR, params)
+            checkpointer.wait_until_finished()
+        if is_writer:
+            meta = {"hf_config": cfg.to_hf_dict(), "param_dtype": cfg.param_dtype, "dtype": cfg.dtype}
+            (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return out_dir
+
+
+def read_orbax_config(ckpt_dir: str | Path, **overrides) -> ModelConfig:
+    path = Path(ckpt_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; is {ckpt_dir} a model directory written by ipo-jax?")
+    meta = json.loads(path.read_text())
+    fields = {"param_dtype": meta["param_dtype"], "dtype": meta["dtype"], **overrides}
+    return ModelConfig.from_hf_dict(meta["hf_config"], source=str(path), **fields)
+
+
+def load_orbax(
+    ckpt_dir: str | Path, *, mesh: jax.sharding.Mesh | None = None, rules=LOGICAL_RULES, **config_overrides
+) -> Decoder:
+    """Rebuild the Decoder from <dir>/model_config.json and restore its parameters sharded over `mesh`."""
+    ckpt_dir = Path(ckpt_dir).absolute()
+    cfg = read_orbax_config(ckpt_dir, **config_overrides)
+    abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    shardings = param_shardings(state, mesh, rules)
+    target = jax.tree.map(
+        lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s),
+        nnx.to_pure_dict(state),
+        nnx.to_pure_dict(shardings),
+    )
+    with ocp.StandardCheckpointer() as checkpointer:
+        restored = checkpointer.restore(ckpt_dir / PARAMS_DIR, target)
+    nnx.replace_by_pure_dict(state, restored)
+    return nnx.merge(graphdef, state)
