@@ -1,0 +1,1 @@
+"""Record schemas, tokenisation with chat templates, batching / bucketing."""
