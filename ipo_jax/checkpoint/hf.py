@@ -54,7 +54,8 @@ _RENAMES = {
 # Tensors some HF checkpoints carry that are not parameters of the model.
 _IGNORABLE = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
-TOKENIZER_FILES = (
+# Copied into an exported HF directory when a tokenizer directory is given.
+TOKENIZER_EXPORT_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -381,9 +382,9 @@ def _write_hf(model, tmp: Path, dtype, limit, is_writer, tokenizer_dir, generati
 
 
 def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
-    found = [name for name in TOKENIZER_FILES if (src / name).is_file()]
+    found = [name for name in TOKENIZER_EXPORT_FILES if (src / name).is_file()]
     if not found:
-        raise FileNotFoundError(f"{src}: no tokenizer files found (looked for {', '.join(TOKENIZER_FILES)})")
+        raise FileNotFoundError(f"{src}: no tokenizer files found (looked for {', '.join(TOKENIZER_EXPORT_FILES)})")
     for name in found:
         shutil.copy2(src / name, dst / name)
     return found

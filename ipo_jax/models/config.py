@@ -56,6 +56,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype of activations
     remat_policy: str = "none"
+    initializer_range: float = 0.02  # std of random init (HF's name); weights from a checkpoint ignore it
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -145,6 +146,7 @@ class ModelConfig:
             o_bias=False if model_type == "qwen2" else attention_bias,
             mlp_bias=bool(hf.get("mlp_bias", False)) if model_type == "llama" else False,
             qk_norm=model_type == "qwen3",
+            initializer_range=float(hf.get("initializer_range", 0.02)),
             bos_token_id=hf.get("bos_token_id"),
             eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
         )
@@ -185,6 +187,7 @@ class ModelConfig:
             "eos_token_id": eos,
             "torch_dtype": torch_dtype or self.param_dtype,
             "use_cache": True,
+            "initializer_range": self.initializer_range,
         }
         if self.model_type == "llama":
             hf["attention_bias"] = self.qkv_bias

@@ -35,8 +35,9 @@ Array = jax.Array
 _NEG = jnp.finfo(jnp.float32).min  # finite, so a fully masked (padding) row stays finite
 
 
-def _init(rngs: nnx.Rngs, shape: Sequence[int], dtype, std: float = 0.02) -> Array:
-    return std * jax.random.normal(rngs.params(), tuple(shape), dtype=dtype)
+def _init(rngs: nnx.Rngs, shape: Sequence[int], cfg: ModelConfig) -> Array:
+    dtype = jnp.dtype(cfg.param_dtype)
+    return cfg.initializer_range * jax.random.normal(rngs.params(), tuple(shape), dtype=dtype)
 
 
 class Projection(nnx.Module):
@@ -51,7 +52,7 @@ class Projection(nnx.Module):
         stack_axes = ("layers",) * len(stack)
         self.num_in = len(in_shape)
         self.kernel = nnx.Param(
-            _init(rngs, (*stack, *in_shape, *out_shape), dtype),
+            _init(rngs, (*stack, *in_shape, *out_shape), cfg),
             logical_axes=(*stack_axes, *in_axes, *out_axes),
             num_in=len(in_shape),  # tells the HF converter where (out, in) splits
         )
@@ -207,15 +208,14 @@ class Decoder(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        dtype = jnp.dtype(cfg.param_dtype)
-        self.embed = nnx.Param(_init(rngs, (cfg.vocab_size, cfg.hidden_size), dtype), logical_axes=("vocab", "embed"))
+        self.embed = nnx.Param(_init(rngs, (cfg.vocab_size, cfg.hidden_size), cfg), logical_axes=("vocab", "embed"))
         self.blocks = DecoderBlock(cfg, stack=(cfg.num_layers,), rngs=rngs)
         self.final_norm = RMSNorm(cfg.hidden_size, "embed", eps=cfg.rms_norm_eps, stack=(), cfg=cfg)
         self.lm_head = (
             None
             if cfg.tie_word_embeddings
             else nnx.Param(
-                _init(rngs, (cfg.hidden_size, cfg.vocab_size), dtype), logical_axes=("embed", "vocab"), num_in=1
+                _init(rngs, (cfg.hidden_size, cfg.vocab_size), cfg), logical_axes=("embed", "vocab"), num_in=1
             )
         )
 
@@ -270,7 +270,7 @@ class Decoder(nnx.Module):
 
 
 def init_decoder(cfg: ModelConfig, seed: int = 0) -> Decoder:
-    """A randomly initialised decoder (std 0.02 normal weights, unit norms, zero biases)."""
+    """A randomly initialised decoder (normal weights of std cfg.initializer_range, unit norms, zero biases)."""
     return Decoder(cfg, rngs=nnx.Rngs(params=seed))
 
 

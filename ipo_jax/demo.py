@@ -1,0 +1,134 @@
+"""The main job on the embedded default: today the model round trip on each family.
+
+For every preset in the config: build a random decoder, export it to an HF directory,
+reload it with transformers and compare logits (left-padded batch) and greedy decoding
+through our KV cache; re-import the HF directory (bitwise), save and restore with orbax
+(exact). Prints a table and writes <out>/summary.json; exit code 1 if any check fails.
+The IPO demo world (pipeline -> pairs -> training -> evaluation) replaces this later.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ipo_jax.checkpoint import load_hf, load_orbax, save_hf, save_orbax
+from ipo_jax.models.decoder import KVCache, init_decoder
+from ipo_jax.models.presets import preset_config
+
+
+def greedy_decode(model, prompt: np.ndarray, new_tokens: int) -> np.ndarray:
+    """Greedy continuation of equal-length prompts [B,T] through the KV cache."""
+    batch, length = prompt.shape
+    step = nnx.jit(lambda m, t, p, s, c: m(t, p, s, cache=c))
+    cache = KVCache.init(model.cfg, batch, length + new_tokens)
+    positions = np.broadcast_to(np.arange(length), prompt.shape)
+    ones = np.ones_like(prompt)
+    logits, cache = step(model, jnp.asarray(prompt), jnp.asarray(positions), jnp.asarray(ones), cache)
+    out = []
+    for i in range(new_tokens):
+        token = jnp.argmax(logits[:, -1], axis=-1)[:, None]
+        out.append(token)
+        position = jnp.full((batch, 1), length + i)
+        logits, cache = step(model, token, position, jnp.ones_like(token), cache)
+    return np.asarray(jnp.concatenate(out, axis=1))
+
+
+def _check_preset(name: str, config, out: Path) -> dict:
+    import torch
+    import transformers
+
+    cfg = preset_config(name, initializer_range=config.initializer_range)
+    model = init_decoder(cfg, seed=config.seed)
+    rng = np.random.RandomState(config.seed)
+    tokens = rng.randint(0, cfg.vocab_size, (config.batch, config.length)).astype(np.int32)
+    segment_ids = np.ones_like(tokens)
+    segment_ids[-1, : config.length // 3] = 0  # one left-padded row
+    positions = np.maximum(np.cumsum(segment_ids, axis=1) - 1, 0)
+    real = segment_ids != 0
+
+    hf_dir = save_hf(model, out / name / "hf", overwrite=True)
+    ours, _ = model(jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(segment_ids))
+    ours = np.asarray(ours)
+    reference = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    with torch.no_grad():
+        theirs = reference(
+            input_ids=torch.tensor(tokens, dtype=torch.long),
+            attention_mask=torch.tensor(segment_ids, dtype=torch.long),
+            position_ids=torch.tensor(positions, dtype=torch.long),
+        ).logits.numpy()
+    logit_diff = float(np.abs(ours - theirs)[real].max())
+
+    prompt = tokens[:2, : config.length // 2]
+    our_tokens = greedy_decode(model, prompt, config.new_tokens)
+    reference.generation_config.eos_token_id = None  # decode the full length on both sides
+    with torch.no_grad():
+        hf_tokens = reference.generate(
+            torch.tensor(prompt, dtype=torch.long),
+            attention_mask=torch.ones(prompt.shape, dtype=torch.long),
+            max_new_tokens=config.new_tokens,
+            do_sample=False,
+        )[:, prompt.shape[1] :].numpy()
+    greedy_match = float((our_tokens == hf_tokens).mean())
+
+    reimported = load_hf(hf_dir)
+    bitwise = all(
+        np.array_equal(np.asarray(a[...]), np.asarray(b[...]))
+        for (_, a), (_, b) in zip(nnx.to_flat_state(nnx.state(model)), nnx.to_flat_state(nnx.state(reimported)))
+    )
+    save_orbax(reimported, out / name / "orbax", overwrite=True)
+    restored, _ = load_orbax(out / name / "orbax")(jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(segment_ids))
+    orbax_exact = bool(np.array_equal(np.asarray(restored), ours))
+
+    ok = logit_diff <= config.logit_tolerance and greedy_match == 1.0 and bitwise and orbax_exact
+    return dict(
+        preset=name,
+        model_type=cfg.model_type,
+        params=cfg.num_params(),
+        logit_scale=float(np.abs(theirs[real]).max()),
+        max_logit_diff=logit_diff,
+        greedy_tokens_matching=greedy_match,
+        hf_round_trip_bitwise=bitwise,
+        orbax_exact=orbax_exact,
+        ok=ok,
+        hf_dir=str(hf_dir),
+    )
+
+
+def run_demo(config) -> int:
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"ipo-jax demo: model round trip on {', '.join(config.presets)} ({jax.device_count()} {jax.default_backend()} device(s))")
+    start = time.time()
+    rows = []
+    for name in config.presets:
+        t0 = time.time()
+        row = _check_preset(name, config, out)
+        row["seconds"] = round(time.time() - t0, 2)
+        rows.append(row)
+        print(f"  {name}: {'ok' if row['ok'] else 'FAILED'} in {row['seconds']:.1f}s")
+
+    header = f"| preset | type | params | max abs logit diff (scale) | greedy {config.new_tokens} tokens = transformers | HF round trip | orbax |"
+    lines = [header, "|" + "---|" * 7]
+    for r in rows:
+        lines.append(
+            f"| {r['preset']} | {r['model_type']} | {r['params'] / 1e3:.0f}K | {r['max_logit_diff']:.1e} ({r['logit_scale']:.1f}) "
+            f"| {r['greedy_tokens_matching']:.0%} | {'bitwise' if r['hf_round_trip_bitwise'] else 'DIFFERS'} "
+            f"| {'exact' if r['orbax_exact'] else 'DIFFERS'} |"
+        )
+    table = "\n".join(lines)
+    (out / "summary.json").write_text(json.dumps({"rows": rows, "seconds": time.time() - start}, indent=2) + "\n")
+    (out / "summary.md").write_text(table + "\n")
+    print("\n" + table + "\n")
+    print(f"wrote {out / 'summary.md'} and {out / 'summary.json'}; exported HF models under {out}/<preset>/hf")
+    failed = [r["preset"] for r in rows if not r["ok"]]
+    if failed:
+        print(f"FAILED: {', '.join(failed)}")
+        return 1
+    return 0

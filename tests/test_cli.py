@@ -1,0 +1,58 @@
+"""The command line: convert HF -> orbax -> HF, presets, the demo, and its errors."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from ipo_jax.cli import main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_convert_hf_orbax_hf_is_bitwise(hf_dirs, tmp_path, capsys):
+    src, _ = hf_dirs["llama"]
+    assert main(["convert", "--from", "hf", "--to", "orbax", str(src), str(tmp_path / "ckpt")]) == 0
+    assert (tmp_path / "ckpt" / "model_config.json").is_file()
+    assert main(["convert", "--from", "orbax", "--to", "hf", str(tmp_path / "ckpt"), str(tmp_path / "hf")]) == 0
+    assert "llama" in capsys.readouterr().out
+    before, after = load_file(src / "model.safetensors"), load_file(tmp_path / "hf" / "model.safetensors")
+    assert sorted(before) == sorted(after)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_convert_into_non_empty_dir_is_refused(hf_dirs, tmp_path, capsys):
+    src, _ = hf_dirs["qwen2"]
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x").write_text("keep")
+    assert main(["convert", "--from", "hf", "--to", "hf", str(src), str(tmp_path / "out")]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert (tmp_path / "out" / "x").read_text() == "keep"
+
+
+def test_convert_mesh_argument_is_validated(hf_dirs, tmp_path):
+    with pytest.raises(SystemExit, match="axis=size"):
+        main(["convert", "--from", "hf", "--to", "orbax", str(hf_dirs["qwen2"][0]), str(tmp_path / "o"), "--mesh", "fsdp:4"])
+
+
+def test_presets_lists_known_shapes(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "deepseek-r1-distill-qwen-7b" in out and "7.616B" in out
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    args = ["demo", "--config", str(CONFIGS / "demo.py"), f"--config.out={tmp_path}", "--config.new_tokens=4"]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["preset"] for r in summary["rows"]] == ["tiny-llama", "tiny-qwen2", "tiny-qwen3"]
+    assert all(r["ok"] and r["max_logit_diff"] <= 1e-4 for r in summary["rows"])
+    assert "| tiny-qwen3 | qwen3 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("override, message", [("--config.nope=1", "nope"), ("--config.seed=abc", "seed")])
+def test_demo_bad_override_is_a_clear_error(override, message):
+    with pytest.raises(SystemExit, match=message):
+        main(["demo", "--config", str(CONFIGS / "demo.py"), override])
