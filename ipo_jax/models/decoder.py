@@ -260,12 +260,13 @@ class Decoder(nnx.Module):
             cache = KVCache(new_kv[0], new_kv[1], seg, br, cache.index + T)
         return self.final_norm(x), cache
 
+    def unembedding(self) -> Array:
+        """The output projection [D,V] (the embedding table, transposed, when tied)."""
+        return self.embed[...].T if self.lm_head is None else self.lm_head[...]
+
     def logits(self, hidden: Array) -> Array:
         """Project hidden states [..., D] to float32 logits [..., V]."""
-        if self.lm_head is None:
-            w = self.embed[...].astype(hidden.dtype)
-            return jnp.einsum("...d,vd->...v", hidden, w, preferred_element_type=jnp.float32)
-        w = self.lm_head[...].astype(hidden.dtype)
+        w = self.unembedding().astype(hidden.dtype)
         return jnp.einsum("...d,dv->...v", hidden, w, preferred_element_type=jnp.float32)
 
 

@@ -1,0 +1,213 @@
+"""The train state and the one jitted train step (explicit shardings, donated state).
+
+A step takes one global batch laid out as [micro_batches, rows, ...], accumulates loss sums
+and gradients over the micro-batches with `lax.scan`, divides by the number of valid pairs
+(so k micro-batches equal one full batch), clips, applies AdamW, and skips the update (and
+counts it) when the loss or the gradient is not finite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from ipo_jax.loss import LossConfig, gather_positions, pair_logps, preference_loss, token_logprobs
+from ipo_jax.loss.preference import METRIC_KEYS, average_metrics
+from ipo_jax.sharding import LOGICAL_RULES, logical_to_spec, named_sharding
+
+Array = jax.Array
+
+# Batch arrays with one entry per row / per pair (after the leading micro-batch axis).
+ROW_KEYS = (
+    "tokens",
+    "positions",
+    "segment_ids",
+    "branch_ids",
+    "slot_source",
+    "slot_target",
+    "slot_pair",
+    "slot_chosen",
+    "slot_rejected",
+)
+PAIR_KEYS = ("pair_valid", "ref_chosen", "ref_rejected")
+
+
+@flax.struct.dataclass
+class TrainState:
+    params: Any  # nnx.State of the policy's nnx.Param variables
+    opt_state: Any
+    step: Array  # int32: optimizer updates attempted
+    skipped: Array  # int32: updates skipped for a non-finite loss or gradient
+    consecutive_skips: Array  # int32
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    learning_rate: float = 2e-6
+    warmup_steps: int = 10
+    total_steps: int = 1000
+    end_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    clip_norm: float = 1.0
+
+
+def learning_rate_schedule(cfg: OptimConfig) -> optax.Schedule:
+    """Linear warmup from 0, then cosine decay to end_lr_ratio * learning_rate."""
+    warmup = max(0, min(cfg.warmup_steps, cfg.total_steps - 1))
+    return optax.warmup_cosine_decay_schedule(
+        0.0, cfg.learning_rate, warmup, max(cfg.total_steps, warmup + 1), cfg.learning_rate * cfg.end_lr_ratio
+    )
+
+
+def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
+    return optax.chain(
+        optax.clip_by_global_norm(cfg.clip_norm),
+        optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay),
+    )
+
+
+def tree_shardings(tree, mesh: Mesh, rules=LOGICAL_RULES):
+    """Shardings for any pytree holding nnx Variables (params, optimizer moments): Variables by
+    their logical axes, every other array replicated."""
+
+    def one(path, leaf):
+        if isinstance(leaf, nnx.Variable):
+            axes = leaf.get_metadata().get("logical_axes")
+            name = "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+            spec_sharding = named_sharding(mesh, axes, leaf.shape, name=name, rules=rules)
+            return leaf.replace(spec_sharding)
+        return NamedSharding(mesh, PartitionSpec())
+
+    return jax.tree_util.tree_map_with_path(one, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def batch_shardings(mesh: Mesh, rules=LOGICAL_RULES) -> dict[str, NamedSharding]:
+    """Rows split over the batch mesh axes; per-pair arrays (tiny) replicated."""
+    rows = NamedSharding(mesh, PartitionSpec(None, *logical_to_spec(("batch", "length"), rules)))
+    pairs = NamedSharding(mesh, PartitionSpec())
+    return {**{k: rows for k in ROW_KEYS}, **{k: pairs for k in PAIR_KEYS}}
+
+
+def check_batch_fits_mesh(rows_per_micro: int, mesh: Mesh, rules=LOGICAL_RULES) -> None:
+    spec = logical_to_spec(("batch",), rules)[0]
+    axes = (spec,) if isinstance(spec, str) else tuple(spec or ())
+    parts = 1
+    for a in axes:
+        parts *= mesh.shape[a]
+    if rows_per_micro % parts:
+        raise ValueError(
+            f"{rows_per_micro} rows per micro-batch cannot be split over the batch mesh axes {axes} "
+            f"({parts} devices); choose pairs_per_micro so the rows divide {parts}"
+        )
+
+
+def policy_pair_logps(params, graphdef, mb: dict[str, Array], chunk_size: int, row_sharding=None):
+    """Per-pair summed log-probs (chosen, rejected) and loss-token counts for one micro-batch."""
+    model = nnx.merge(graphdef, params)
+    hidden, _ = model.hidden_states(mb["tokens"], mb["positions"], mb["segment_ids"], mb["branch_ids"])
+    if row_sharding is not None:  # rows split over the batch axes, so the slot gather stays row-local
+        hidden = jax.lax.with_sharding_constraint(hidden, row_sharding)
+    hidden = gather_positions(hidden, mb["slot_source"])
+    logps = token_logprobs(hidden, mb["slot_target"], model.unembedding(), chunk_size)
+    num_pairs = mb["pair_valid"].shape[0]
+    return pair_logps(logps, mb["slot_pair"], mb["slot_chosen"], mb["slot_rejected"], num_pairs)
+
+
+def _tree_where(pred, a, b):
+    return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
+
+
+def make_train_step(
+    graphdef,
+    tx: optax.GradientTransformation,
+    loss_cfg: LossConfig,
+    schedule: optax.Schedule,
+    *,
+    chunk_size: int = 512,
+    reference_on_the_fly: bool = False,
+    mesh: Mesh | None = None,
+) -> Callable:
+    """step(state, batch, ref_params) -> (state, metrics). Not jitted here; see `jit_train_step`."""
+    row_sharding = None
+    if mesh is not None:
+        row_sharding = NamedSharding(mesh, PartitionSpec(logical_to_spec(("batch",))[0], None, None))
+
+    def micro_loss(params, mb, ref_params):
+        logp_c, logp_r, n_c, n_r = policy_pair_logps(params, graphdef, mb, chunk_size, row_sharding)
+        if not loss_cfg.needs_reference:
+            ref_c = ref_r = jnp.zeros_like(logp_c)
+        elif reference_on_the_fly:
+            ref_c, ref_r, _, _ = policy_pair_logps(ref_params, graphdef, mb, chunk_size, row_sharding)
+            ref_c, ref_r = jax.lax.stop_gradient(ref_c), jax.lax.stop_gradient(ref_r)
+        else:
+            ref_c, ref_r = mb["ref_chosen"], mb["ref_rejected"]
+        return preference_loss(logp_c, logp_r, ref_c, ref_r, n_c, n_r, mb["pair_valid"], loss_cfg)
+
+    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+    def step(state: TrainState, batch: dict[str, Array], ref_params=None):
+        def accumulate(carry, mb):
+            grads_sum, metric_sums = carry
+            (_, metrics), grads = grad_fn(state.params, mb, ref_params)
+            return (jax.tree.map(jnp.add, grads_sum, grads), jax.tree.map(jnp.add, metric_sums, metrics)), None
+
+        zero_grads = jax.tree.map(jnp.zeros_like, state.params)
+        zero_metrics = {k: jnp.zeros((), jnp.float32) for k in METRIC_KEYS}
+        (grads, sums), _ = jax.lax.scan(accumulate, (zero_grads, zero_metrics), batch)
+        pairs = jnp.maximum(sums["pairs"], 1.0)
+        grads = jax.tree.map(lambda g: g / pairs, grads)
+        grad_norm = optax.global_norm(grads)
+        updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(sums["loss"]) & jnp.isfinite(grad_norm)
+        new_state = TrainState(
+            params=_tree_where(finite, new_params, state.params),
+            opt_state=_tree_where(finite, new_opt_state, state.opt_state),
+            step=state.step + 1,
+            skipped=state.skipped + (~finite).astype(jnp.int32),
+            consecutive_skips=jnp.where(finite, 0, state.consecutive_skips + 1),
+        )
+        metrics = average_metrics(sums)
+        metrics.update(
+            grad_norm=grad_norm,
+            learning_rate=schedule(state.step),
+            skipped=new_state.skipped,
+            update_applied=finite.astype(jnp.int32),
+        )
+        return new_state, metrics
+
+    return step
+
+
+def jit_train_step(step_fn, state_shardings, mesh: Mesh, ref_shardings=None):
+    """jax.jit with explicit in/out shardings; the train state is donated."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(
+        step_fn,
+        in_shardings=(state_shardings, batch_shardings(mesh), ref_shardings),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=(0,),
+    )
+
+
+def init_train_state(params, tx, mesh: Mesh):
+    """Train state with optimizer moments sharded like the parameters they mirror."""
+    abstract = jax.eval_shape(lambda p: _new_state(p, tx), params)
+    shardings = tree_shardings(abstract, mesh)
+    state = jax.jit(lambda p: _new_state(p, tx), out_shardings=shardings, donate_argnums=0)(params)
+    return state, shardings
+
+
+def _new_state(params, tx) -> TrainState:
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(params=params, opt_state=tx.init(params), step=zero, skipped=zero, consecutive_skips=zero)
