@@ -3,6 +3,7 @@
 Stages:
   convert   HF safetensors <-> orbax (and HF -> HF to re-shard or change dtype)
   presets   list the model presets with parameter counts and weight memory
+  train     IPO (or a baseline) training from a pair file (see ipo_jax/train/config.py)
   demo      the main job on the embedded default (see ipo_jax/demo.py)
 
 Stages that take a config use ml_collections config files with dotted overrides:
@@ -16,7 +17,8 @@ import logging
 import sys
 from pathlib import Path
 
-STAGES = ("convert", "presets", "demo")
+STAGES = ("convert", "presets", "train", "demo")
+CONFIG_STAGES = ("train", "demo")
 
 
 def parse_config(argv: list[str], stage: str):
@@ -113,6 +115,16 @@ def cmd_presets(args) -> int:
     return 0
 
 
+def cmd_train(args, rest: list[str]) -> int:
+    from ipo_jax.train.loop import TrainingError, train
+
+    try:
+        return train(parse_config(rest, "train"))
+    except TrainingError as e:
+        print(f"ipo-jax train: error: {e}", file=sys.stderr)
+        return 2
+
+
 def cmd_demo(args, rest: list[str]) -> int:
     from ipo_jax.demo import run_demo
 
@@ -145,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("presets", help="list model presets with parameter counts")
     sub.add_parser(
+        "train",
+        help="train from a pair file (--config configs/train_tiny_cpu.py, --config.<field>=value overrides)",
+        add_help=False,
+    )
+    sub.add_parser(
         "demo",
         help="run the main job on the embedded default (--config configs/demo.py)",
         add_help=False,
@@ -157,13 +174,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.stage != "demo" and rest:
+    if args.stage not in CONFIG_STAGES and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         if args.stage == "convert":
             return cmd_convert(args)
         if args.stage == "presets":
             return cmd_presets(args)
+        if args.stage == "train":
+            return cmd_train(args, rest)
         return cmd_demo(args, rest)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         # Our errors already name the file / tensor / field; a traceback adds nothing for the user.

@@ -211,3 +211,11 @@ def init_train_state(params, tx, mesh: Mesh):
 def _new_state(params, tx) -> TrainState:
     zero = jnp.zeros((), jnp.int32)
     return TrainState(params=params, opt_state=tx.init(params), step=zero, skipped=zero, consecutive_skips=zero)
+
+
+def put_batch(batch: dict, shardings: dict) -> dict:
+    """Host batch (the same global numpy batch on every process) -> global sharded arrays;
+    each process fills only the shards its devices hold."""
+    return {
+        k: jax.make_array_from_callback(v.shape, shardings[k], lambda index, v=v: v[index]) for k, v in batch.items()
+    }

@@ -1,0 +1,23 @@
+"""IPO on a tiny random Qwen3-shaped model, CPU, from the shipped sample pairs (a smoke run).
+
+ipo-jax train --config configs/train_tiny_cpu.py [--config.data.pairs=my_pairs.jsonl]
+"""
+
+from ipo_jax.train.config import base_config
+
+
+def get_config():
+    c = base_config()
+    c.model.init = "preset:tiny-qwen3"
+    c.tokenizer = "tiny"
+    c.data.pairs = "configs/sample_pairs.jsonl"
+    c.data.max_length = 256
+    c.data.pairs_per_micro = 4
+    c.optim.learning_rate = 1e-3
+    c.optim.warmup_steps = 2
+    c.train.out = "runs/train_tiny"
+    c.train.epochs = 0
+    c.train.max_steps = 30
+    c.train.save_every = 10
+    c.train.logprob_chunk = 64
+    return c

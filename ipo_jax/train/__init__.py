@@ -1,0 +1,1 @@
+"""Training: optimizer, the jitted sharded train step, reference log-probs and the training loop."""

@@ -1,0 +1,339 @@
+"""The training loop around the jitted step: data, reference log-probs, checkpoints, metrics, signals.
+
+Output directory (config.train.out):
+  config.json           the resolved config of the run
+  tokenizer/            the tokenizer used (so the final model exports with it)
+  checkpoints/<step>/   orbax: train state (params, optimizer, counters) + data position
+  metrics.jsonl         one JSON line per step
+  tensorboard/          event files (tensorboard --logdir <out>/tensorboard)
+  skipped_pairs.jsonl   pairs that could not fit max_length, with the reason
+  final/                the trained policy as an ipo-jax model directory (convert it to HF
+                        with `ipo-jax convert --from orbax --to hf <out>/final <dir>`)
+
+Re-running the same command resumes from the newest complete checkpoint and continues with
+exactly the batches and optimizer state an uninterrupted run would have had. SIGTERM (a
+preemption notice) writes a checkpoint and exits with EXIT_PREEMPTED.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+from tqdm.auto import tqdm
+
+from ipo_jax.checkpoint import load_hf, load_orbax, save_orbax
+from ipo_jax.data.pairs import (
+    PairBatches,
+    default_buckets,
+    fit_to_length,
+    prompt_messages,
+    read_pair_records,
+    TokenizedPair,
+)
+from ipo_jax.data.tokenizer import load_tokenizer
+from ipo_jax.loss import LossConfig
+from ipo_jax.models.decoder import init_decoder
+from ipo_jax.models.presets import preset_config
+from ipo_jax.sharding import make_mesh, shard_model
+from ipo_jax.train import reference as reference_lib
+from ipo_jax.train.mfu import peak_flops_per_device, train_flops_per_token
+from ipo_jax.train.step import (
+    OptimConfig,
+    batch_shardings,
+    check_batch_fits_mesh,
+    init_train_state,
+    jit_train_step,
+    learning_rate_schedule,
+    make_optimizer,
+    make_train_step,
+    put_batch,
+)
+
+log = logging.getLogger(__name__)
+
+EXIT_PREEMPTED = 143  # 128 + SIGTERM: schedulers read it as "terminated, may be restarted"
+EXIT_TOO_MANY_SKIPS = 3
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+def maybe_initialize_distributed() -> None:
+    """Multi-host: initialise jax.distributed when the environment describes several processes."""
+    if jax.distributed.is_initialized() if hasattr(jax.distributed, "is_initialized") else False:
+        return
+    multi = (
+        os.environ.get("JAX_COORDINATOR_ADDRESS")
+        or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+        or len([h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+    )
+    if multi:
+        jax.distributed.initialize()
+
+
+def _tokenizer(config, records, out: Path):
+    source = config.tokenizer
+    if source == "tiny":  # build a small BPE from the pair texts (tiny CPU runs and tests)
+        from ipo_jax.data.tiny_tokenizer import build_tiny_tokenizer
+
+        corpus = []
+        for r in records:
+            corpus += [m["content"] for m in prompt_messages(r)] + [r["prefix"], r["chosen"], r["rejected"]]
+        tokenizer = build_tiny_tokenizer(corpus, vocab_size=config.tiny_tokenizer_vocab)
+    else:
+        if not source:
+            kind, _, location = config.model.init.partition(":")
+            if kind != "hf":
+                raise TrainingError("config.tokenizer is empty and model.init is not an HF directory to take it from")
+            source = location
+        tokenizer = load_tokenizer(source)
+    if jax.process_index() == 0:
+        tokenizer.save_pretrained(out / "tokenizer")
+    return tokenizer
+
+
+def _model(config, vocab_needed: int, mesh):
+    m = config.model
+    kind, _, location = m.init.partition(":")
+    overrides = dict(param_dtype=m.param_dtype, dtype=m.dtype, remat_policy=m.remat)
+    if kind == "preset":
+        cfg = preset_config(location, **overrides)
+        if vocab_needed > cfg.vocab_size:  # a random-init model grows its vocabulary to fit
+            cfg = cfg.replace(vocab_size=-(-vocab_needed // 64) * 64)
+        model = shard_model(init_decoder(cfg, seed=config.train.seed), mesh)
+    elif kind == "hf":
+        model = load_hf(location, mesh=mesh, **overrides)
+    elif kind == "orbax":
+        model = load_orbax(location, mesh=mesh, **overrides)
+    else:
+        raise TrainingError(f"config.model.init {m.init!r}: expected 'preset:<name>', 'hf:<dir>' or 'orbax:<dir>'")
+    if vocab_needed > model.cfg.vocab_size:
+        raise TrainingError(
+            f"tokenizer has {vocab_needed} tokens but the model's vocabulary is {model.cfg.vocab_size}: "
+            "they do not belong together"
+        )
+    return model
+
+
+def _tokenize(records, tokenizer) -> list[TokenizedPair]:
+    """Tokenise through a datasets.Dataset (prompt messages as JSON, so the column has one type)."""
+    import datasets
+
+    from ipo_jax.data.pairs import tokenize_pair
+
+    table = datasets.Dataset.from_dict(
+        {
+            "id": [r["id"] for r in records],
+            "messages": [json.dumps(prompt_messages(r)) for r in records],
+            "prefix": [r["prefix"] for r in records],
+            "chosen": [r["chosen"] for r in records],
+            "rejected": [r["rejected"] for r in records],
+        }
+    )
+
+    def encode(row):
+        pair = tokenize_pair(tokenizer, {**row, "prompt": json.loads(row["messages"]), "system": None})
+        return {"prompt_ids": pair.prompt, "prefix_ids": pair.prefix, "chosen_ids": pair.chosen, "rejected_ids": pair.rejected}
+
+    table = table.map(encode, remove_columns=["messages", "prefix", "chosen", "rejected"], desc="tokenize pairs")
+    to_np = lambda x: np.asarray(x, np.int32)  # noqa: E731
+    return [
+        TokenizedPair(row["id"], to_np(row["prompt_ids"]), to_np(row["prefix_ids"]), to_np(row["chosen_ids"]), to_np(row["rejected_ids"]))
+        for row in table
+    ]
+
+
+def _fit_pairs(pairs, config, out: Path):
+    kept, truncated, skipped = [], 0, []
+    for pair in pairs:
+        fitted = fit_to_length(pair, config.data.max_length, config.data.layout)
+        if fitted is None:
+            skipped.append({"id": pair.id, "reason": f"prompt + prefix of {len(pair.trunk)} tokens leave no room in max_length {config.data.max_length}"})
+            continue
+        truncated += fitted is not pair
+        kept.append(fitted)
+    if skipped and jax.process_index() == 0:
+        with open(out / "skipped_pairs.jsonl", "w") as f:
+            f.writelines(json.dumps(s) + "\n" for s in skipped)
+    if not kept:
+        raise TrainingError(f"no pair fits max_length {config.data.max_length}; see {out / 'skipped_pairs.jsonl'}")
+    return kept, truncated, len(skipped)
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def _metrics_writers(out: Path):
+    if jax.process_index() != 0:
+        return None, None
+    from tensorboardX import SummaryWriter
+
+    return open(out / "metrics.jsonl", "a", buffering=1), SummaryWriter(str(out / "tensorboard"))
+
+
+def train(config) -> int:
+    """Run (or resume) a training run described by an ml_collections config. Returns the exit code."""
+    maybe_initialize_distributed()
+    out = Path(config.train.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        (out / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+
+    mesh = make_mesh(dict(config.mesh))
+    records = read_pair_records(config.data.pairs)
+    tokenizer = _tokenizer(config, records, out)
+    model = _model(config, len(tokenizer), mesh)
+    pairs, truncated, skipped = _fit_pairs(_tokenize(records, tokenizer), config, out)
+    print(
+        f"pairs: {len(records)} read, {len(pairs)} used, {truncated} truncated to max_length "
+        f"{config.data.max_length}, {skipped} skipped" + (f" (see {out / 'skipped_pairs.jsonl'})" if skipped else "")
+    )
+
+    d = config.data
+    buckets = list(d.buckets) if d.buckets else default_buckets(d.max_length)
+    batches = PairBatches(pairs, d.pairs_per_micro, d.micro_batches, d.layout, d.mask_from, buckets, d.seed, d.shuffle)
+    check_batch_fits_mesh(d.pairs_per_micro * (2 if d.layout == "duplicated" else 1), mesh)
+    loss_cfg = LossConfig(**config.loss)
+    max_steps = config.train.max_steps or config.train.epochs * batches.batches_per_epoch
+    optim_cfg = OptimConfig(**config.optim, total_steps=max_steps)
+    chunk = config.train.logprob_chunk
+
+    model_cfg = model.cfg
+    graphdef, params = nnx.split(model, nnx.Param)
+    on_the_fly = loss_cfg.needs_reference and config.reference.mode == "on_the_fly"
+    ref_params, ref_c, ref_r = None, np.zeros(len(pairs), np.float32), np.zeros(len(pairs), np.float32)
+    if on_the_fly:
+        ref_params = jax.tree.map(jnp.copy, params)  # frozen copy: the policy's buffers are donated
+    elif loss_cfg.needs_reference:
+        if config.reference.mode != "precomputed":
+            raise TrainingError(f"reference.mode {config.reference.mode!r}: expected 'precomputed' or 'on_the_fly'")
+        settings = dict(mask_from=d.mask_from, layout=d.layout, max_length=d.max_length, dtype=config.model.param_dtype,
+                        compute=config.model.dtype, tokenizer=len(tokenizer), seed=config.train.seed)
+        key = reference_lib.fingerprint(config.model.init, d.pairs, settings)
+        cache_dir = Path(config.reference.cache_dir or Path(d.pairs).parent)
+        cache_file = cache_dir / f"{Path(d.pairs).name}.reference-logps.npz"
+        ref_batches = PairBatches(pairs, d.pairs_per_micro, 1, d.layout, d.mask_from, buckets, shuffle=False)
+        ref_c, ref_r, cached = reference_lib.load_or_compute(
+            cache_file, key, [p.id for p in pairs],
+            lambda: reference_lib.compute_reference_logps(params, graphdef, ref_batches, mesh, chunk),
+        )
+        print(f"reference log-probs: {'loaded from' if cached else 'computed and cached in'} {cache_file}")
+
+    tx = make_optimizer(optim_cfg)
+    state, state_shardings = init_train_state(params, tx, mesh)
+    del model, params
+    ref_shardings = None if ref_params is None else jax.tree.map(lambda x: x.sharding, ref_params)
+    step_fn = jit_train_step(
+        make_train_step(graphdef, tx, loss_cfg, learning_rate_schedule(optim_cfg), chunk_size=chunk,
+                        reference_on_the_fly=on_the_fly, mesh=mesh),
+        state_shardings, mesh, ref_shardings,
+    )
+
+    manager = ocp.CheckpointManager(
+        (out / "checkpoints").absolute(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=config.train.keep_checkpoints, enable_async_checkpointing=True),
+    )
+    position = {"epoch": 0, "batch": 0}
+    latest = manager.latest_step()
+    if latest is not None:
+        abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings)
+        restored = manager.restore(
+            latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+        )
+        state, position = restored["state"], restored["meta"]["position"]
+        print(f"resumed from {out / 'checkpoints' / str(latest)} (step {latest}, epoch {position['epoch']}, batch {position['batch']})")
+
+    def save(step: int):
+        meta = {"position": position, "data_seed": d.seed, "model_init": config.model.init}
+        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+
+    shardings = batch_shardings(mesh)
+    peak = peak_flops_per_device(config.train.peak_flops_per_device)
+    jsonl, board = _metrics_writers(out)
+    preemption = _Preemption()
+    start = int(state.step)
+    progress = tqdm(total=max_steps, initial=start, desc="train", unit="step", disable=None if jax.process_index() == 0 else True)
+    exit_code, last_saved = 0, latest
+    try:
+        for step in range(start, max_steps):
+            if position["batch"] >= batches.batches_per_epoch:
+                position = {"epoch": position["epoch"] + 1, "batch": 0}
+            batch, idx = batches.batch(position["epoch"], position["batch"])
+            valid = idx >= 0
+            batch["ref_chosen"] = np.where(valid, ref_c[np.maximum(idx, 0)], 0.0).astype(np.float32).reshape(batch["pair_valid"].shape)
+            batch["ref_rejected"] = np.where(valid, ref_r[np.maximum(idx, 0)], 0.0).astype(np.float32).reshape(batch["pair_valid"].shape)
+            t0 = time.perf_counter()
+            state, metrics = step_fn(state, put_batch(batch, shardings), ref_params)
+            metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            seconds = time.perf_counter() - t0
+            position = {"epoch": position["epoch"], "batch": position["batch"] + 1}
+
+            tokens = int(batch["segment_ids"].astype(bool).sum())
+            context = batch["tokens"].shape[-1]
+            flops = tokens * train_flops_per_token(model_cfg, context, on_the_fly)
+            metrics.update(step=step + 1, epoch=position["epoch"], tokens=tokens, seconds=seconds, tokens_per_second=tokens / seconds)
+            if peak:
+                metrics["mfu"] = flops / seconds / (peak * jax.device_count())
+            if jsonl is not None:
+                jsonl.write(json.dumps(metrics) + "\n")
+                for k, v in metrics.items():
+                    board.add_scalar(f"train/{k}", v, step + 1)
+            progress.update(1)
+            progress.set_postfix(
+                loss=f"{metrics['loss']:.4f}", acc=f"{metrics['reward_accuracy']:.2f}",
+                tok_s=f"{metrics['tokens_per_second']:.0f}", **({"mfu": f"{metrics['mfu']:.1%}"} if peak else {}),
+            )
+            if int(state.consecutive_skips) >= config.train.max_consecutive_skips:
+                save(step + 1)  # skipped updates leave the parameters at the last good state
+                last_saved = step + 1
+                print(f"stopping: {int(state.consecutive_skips)} consecutive non-finite steps (loss or gradient); "
+                      f"last good state saved at step {step + 1}")
+                exit_code = EXIT_TOO_MANY_SKIPS
+                break
+            if preemption.requested:
+                save(step + 1)
+                last_saved = step + 1
+                print(f"SIGTERM: checkpoint saved at step {step + 1}; exiting with {EXIT_PREEMPTED} (rerun to resume)")
+                exit_code = EXIT_PREEMPTED
+                break
+            if (step + 1) % config.train.save_every == 0 or step + 1 == max_steps:
+                save(step + 1)
+                last_saved = step + 1
+    finally:
+        progress.close()
+        manager.wait_until_finished()
+        preemption.restore()
+        if jsonl is not None:
+            jsonl.close()
+            board.close()
+
+    if exit_code:
+        return exit_code
+    if last_saved != max_steps and max_steps > start:
+        save(max_steps)
+        manager.wait_until_finished()
+    final = nnx.merge(graphdef, state.params)
+    save_orbax(final, out / "final", overwrite=True)
+    print(f"done: {max_steps} steps, {int(state.skipped)} skipped updates; final model in {out / 'final'}")
+    return 0
