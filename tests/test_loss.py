@@ -1,0 +1,267 @@
+"""The loss against an independent NumPy implementation, chunked log-probs, pair records and layouts."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from ipo_jax.data.pairs import (
+    PairBatches,
+    PairFileError,
+    TokenizedPair,
+    bucket_length,
+    default_buckets,
+    fit_to_length,
+    pack_pairs,
+    read_pair_records,
+    tokenize_pair,
+)
+from ipo_jax.loss import LossConfig, pair_logps, preference_loss, token_logprobs
+from ipo_jax.models.decoder import init_decoder
+from ipo_jax.models.presets import preset_config
+from ipo_jax.train.step import policy_pair_logps
+
+# ----------------------------------------------------------------------------- the formula in NumPy
+
+
+def _log_sigmoid(x):
+    return -np.logaddexp(0.0, -x)
+
+
+def numpy_loss(lp, chosen_mask, rejected_mask, pair_of_row, ref_c, ref_r, valid, objective, beta, alpha, eps):
+    """Straight from method.md: sums over each side's loss tokens, then the per-pair loss, mean over pairs."""
+    P = len(ref_c)
+    logp_c, logp_r, n_c = np.zeros(P), np.zeros(P), np.zeros(P)
+    for row in range(lp.shape[0]):
+        for s in range(lp.shape[1]):
+            p = pair_of_row[row]
+            if chosen_mask[row, s]:
+                logp_c[p] += lp[row, s]
+                n_c[p] += 1
+            if rejected_mask[row, s]:
+                logp_r[p] += lp[row, s]
+    h = (logp_c - ref_c) - (logp_r - ref_r)
+    nll = -logp_c / np.maximum(n_c, 1)
+    if objective == "dpo":
+        pref = -(1 - eps) * _log_sigmoid(beta * h) - eps * _log_sigmoid(-beta * h)
+        loss = pref + alpha * nll
+    elif objective == "ipo_azar":
+        loss = (h - 1 / (2 * beta)) ** 2 + alpha * nll
+    else:
+        loss = nll
+    acc = (beta * (logp_c - ref_c) > beta * (logp_r - ref_r)).astype(float)
+    return loss[valid].mean(), acc[valid].mean(), logp_c, logp_r
+
+
+VARIANTS = {
+    "ipo (partial dpo + sft)": dict(objective="dpo", beta=0.1, alpha=0.2, label_smoothing=0.0),
+    "dpo": dict(objective="dpo", beta=0.5, alpha=0.0, label_smoothing=0.0),
+    "conservative dpo": dict(objective="dpo", beta=0.1, alpha=0.0, label_smoothing=0.2),
+    "ipo_azar": dict(objective="ipo_azar", beta=0.1, alpha=0.0, label_smoothing=0.0),
+    "sft": dict(objective="sft", beta=0.1, alpha=0.2, label_smoothing=0.0),
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_loss_matches_numpy_formula(variant):
+    # float64 on both sides: this checks the formula, not float32 rounding of a loss of ~25
+    with jax.enable_x64(True):
+        _check_loss_against_numpy(variant)
+
+
+def _check_loss_against_numpy(variant):
+    rng = np.random.RandomState(0)
+    R, S, P = 4, 12, 2  # duplicated layout: rows (c0, r0, c1, r1)
+    lp = -rng.uniform(0.1, 5.0, (R, S))
+    pair_of_row = np.array([0, 0, 1, 1])
+    # First 5 slots are prompt/prefix (no loss); pair 1 has a longer prefix; tails are padding.
+    chosen = np.zeros((R, S), bool)
+    rejected = np.zeros((R, S), bool)
+    chosen[0, 5:10], rejected[1, 5:12], chosen[2, 7:9], rejected[3, 7:11] = True, True, True, True
+    ref_c, ref_r = np.array([-20.0, -9.0]), np.array([-25.0, -13.0])
+    valid = np.array([True, True])
+    cfg = LossConfig(**VARIANTS[variant])
+    slot_pair = np.repeat(pair_of_row[:, None], S, axis=1)
+    logp_c, logp_r, n_c, n_r = pair_logps(jnp.asarray(lp), jnp.asarray(slot_pair), jnp.asarray(chosen), jnp.asarray(rejected), P)
+    loss_sum, metrics = preference_loss(logp_c, logp_r, jnp.asarray(ref_c), jnp.asarray(ref_r), n_c, n_r, jnp.asarray(valid), cfg)
+    want_loss, want_acc, want_c, want_r = numpy_loss(
+        lp, chosen, rejected, pair_of_row, ref_c, ref_r, valid, cfg.objective, cfg.beta, cfg.alpha, cfg.label_smoothing
+    )
+    np.testing.assert_allclose(np.asarray(logp_c), want_c, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(logp_r), want_r, atol=1e-6)
+    assert abs(float(loss_sum) / float(metrics["pairs"]) - want_loss) <= 1e-6
+    assert float(metrics["reward_accuracy"]) / 2 == want_acc
+    assert float(metrics["loss_tokens"]) == chosen.sum() + rejected.sum()
+
+
+def test_padding_pairs_do_not_count():
+    cfg = LossConfig()
+    args = [jnp.array([-3.0, jnp.nan]), jnp.array([-5.0, jnp.nan]), jnp.zeros(2), jnp.zeros(2), jnp.array([2.0, 0.0]), jnp.array([3.0, 0.0])]
+    loss_sum, metrics = preference_loss(*args, jnp.array([True, False]), cfg)
+    assert np.isfinite(float(loss_sum)) and float(metrics["pairs"]) == 1.0
+
+
+def test_loss_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="objective"):
+        LossConfig(objective="ipo")
+    with pytest.raises(ValueError, match="beta"):
+        LossConfig(beta=0.0)
+
+
+# ----------------------------------------------------------------------------- chunked log-probs
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 7, 64])
+def test_chunked_token_logprobs_equal_full_log_softmax(chunk):
+    rng = np.random.RandomState(1)
+    hidden = jnp.asarray(rng.randn(3, 13, 8).astype(np.float32))
+    unembed = jnp.asarray(rng.randn(8, 50).astype(np.float32))
+    targets = jnp.asarray(rng.randint(0, 50, (3, 13)))
+
+    def full(h, w):
+        logits = jnp.einsum("rsd,dv->rsv", h, w)
+        return jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
+
+    np.testing.assert_allclose(token_logprobs(hidden, targets, unembed, chunk), full(hidden, unembed), atol=1e-5)
+    g_chunked = jax.grad(lambda h, w: token_logprobs(h, targets, w, chunk).sum(), argnums=(0, 1))(hidden, unembed)
+    g_full = jax.grad(lambda h, w: full(h, w).sum(), argnums=(0, 1))(hidden, unembed)
+    for a, b in zip(g_chunked, g_full):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_chunked_logprobs_never_build_full_logits():
+    hidden = jax.ShapeDtypeStruct((2, 1024, 16), jnp.float32)
+    targets = jax.ShapeDtypeStruct((2, 1024), jnp.int32)
+    unembed = jax.ShapeDtypeStruct((16, 4096), jnp.float32)
+    fn = jax.jit(jax.grad(lambda h, t, w: token_logprobs(h, t, w, 128).sum()))
+    lowered = fn.lower(hidden, targets, unembed)
+    hlo = lowered.as_text()
+    assert "2x1024x4096" not in hlo  # the [R,S,V] logits never exist
+    assert "2x128x4096" in hlo  # only one chunk's worth at a time
+    full_logits_bytes = 2 * 1024 * 4096 * 4
+    memory = lowered.compile().memory_analysis()
+    if memory is not None:  # backends without the analysis still ran the shape checks above
+        assert memory.temp_size_in_bytes < full_logits_bytes / 2, memory.temp_size_in_bytes
+
+
+# ----------------------------------------------------------------------------- records and tokenisation
+
+
+def _write(tmp_path, lines):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(l if isinstance(l, str) else json.dumps(l) for l in lines) + "\n")
+    return path
+
+
+GOOD = {"id": "a", "prompt": "What is 2 + 3?", "prefix": "We add the numbers. ", "chosen": "2 + 3 = 5.\n</think>\n\n5", "rejected": "It is 6.\n</think>\n\n6"}
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{not json", r"pairs.jsonl:2: not valid JSON"),
+        ({k: v for k, v in GOOD.items() if k != "chosen"} | {"id": "b"}, r"pairs.jsonl:2: field 'chosen' is missing"),
+        (GOOD | {"id": "b", "prefix": 3}, r"pairs.jsonl:2: field 'prefix' should be str, got int"),
+        (GOOD | {"id": "b", "prompt": "  "}, r"pairs.jsonl:2 \(id 'b'\): field 'prompt' is empty"),
+        (GOOD | {"id": "b", "rejected": GOOD["chosen"]}, r"chosen and rejected are identical"),
+        (GOOD, r"pairs.jsonl:2: id 'a' repeats line 1"),
+        ("[1, 2]", r"pairs.jsonl:2: expected a JSON object"),
+    ],
+)
+def test_malformed_pair_file_names_line_and_field(tmp_path, line, message):
+    with pytest.raises(PairFileError, match=message):
+        read_pair_records(_write(tmp_path, [GOOD, line]))
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer():
+    from ipo_jax.data.tiny_tokenizer import build_tiny_tokenizer
+
+    corpus = ["What is 2 + 3? We add the numbers. 2 + 3 = 5. It is 6. The answer is five."] * 3
+    return build_tiny_tokenizer(corpus, vocab_size=300)
+
+
+def test_tokenized_pair_keeps_trunk_identical_and_masks_only_the_suffix(tiny_tokenizer):
+    from ipo_jax.data.tokenizer import encode_chat
+
+    pair = tokenize_pair(tiny_tokenizer, GOOD)
+    for suffix, ids in ((GOOD["chosen"], pair.chosen), (GOOD["rejected"], pair.rejected)):
+        prompt_ids, completion = encode_chat(tiny_tokenizer, [{"role": "user", "content": GOOD["prompt"]}], [GOOD["prefix"], suffix])
+        assert prompt_ids == list(pair.prompt)
+        assert completion == list(pair.prefix) + list(ids)  # prefix ids are the same on both sides
+    assert tiny_tokenizer.decode(pair.prompt).endswith("<|Assistant|><think>\n")
+    for layout in ("duplicated", "prefix_shared"):
+        cue = pack_pairs([pair], layout=layout, mask_from="cue", length=96)
+        full = pack_pairs([pair], layout=layout, mask_from="reasoning", length=96)
+        assert cue["slot_chosen"].sum() == len(pair.chosen) and cue["slot_rejected"].sum() == len(pair.rejected)
+        assert full["slot_chosen"].sum() == len(pair.prefix) + len(pair.chosen)
+        # the loss-carrying targets of the chosen side are exactly the chosen suffix tokens
+        targets = cue["slot_target"][cue["slot_chosen"]]
+        np.testing.assert_array_equal(targets, pair.chosen)
+
+
+def _random_pairs(n, seed=0, vocab=256):
+    rng = np.random.RandomState(seed)
+    ids = lambda k: rng.randint(3, vocab, k).astype(np.int32)  # noqa: E731
+    return [TokenizedPair(str(i), ids(rng.randint(3, 7)), ids(rng.randint(0, 9)), ids(rng.randint(1, 8)), ids(rng.randint(1, 8))) for i in range(n)]
+
+
+@pytest.mark.parametrize("mask_from", ["cue", "reasoning"])
+def test_duplicated_and_prefix_shared_layouts_give_equal_logps_and_gradients(mask_from):
+    model = init_decoder(preset_config("tiny-qwen3", initializer_range=0.2))
+    graphdef, params = nnx.split(model, nnx.Param)
+    pairs = _random_pairs(6, seed=3)
+    cfg = LossConfig()
+    results = {}
+    for layout in ("duplicated", "prefix_shared"):
+        batch = {k: jnp.asarray(v) for k, v in pack_pairs(pairs, layout=layout, mask_from=mask_from, length=40).items()}
+
+        def loss(p):
+            logp_c, logp_r, n_c, n_r = policy_pair_logps(p, graphdef, batch, chunk_size=16)
+            ref = jnp.full_like(logp_c, -30.0)
+            return preference_loss(logp_c, logp_r, ref, ref - 2, n_c, n_r, batch["pair_valid"], cfg)[0], (logp_c, logp_r)
+
+        (value, logps), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        results[layout] = (value, logps, grads)
+    (v1, l1, g1), (v2, l2, g2) = results["duplicated"], results["prefix_shared"]
+    assert abs(float(v1) - float(v2)) <= 1e-5
+    for a, b in zip(l1, l2):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_prefix_shared_layout_saves_tokens():
+    pairs = _random_pairs(20, seed=4)
+    dup = sum(2 * p.row_length("duplicated") for p in pairs)
+    shared = sum(p.row_length("prefix_shared") for p in pairs)
+    assert shared < dup
+
+
+def test_fit_to_length_truncates_suffix_tails_or_gives_up():
+    pair = TokenizedPair("x", np.arange(10), np.arange(10), np.arange(8), np.arange(3))
+    fitted = fit_to_length(pair, 26, "prefix_shared")
+    assert fitted.row_length("prefix_shared") == 26 and len(fitted.rejected) == 3 and len(fitted.chosen) == 3
+    assert np.array_equal(fitted.chosen, pair.chosen[:3])
+    assert fit_to_length(pair, 25, "duplicated").row_length("duplicated") == 25
+    assert fit_to_length(pair, 21, "prefix_shared") is None  # only one token left for two suffixes
+    assert fit_to_length(pair, 100, "duplicated") is pair
+
+
+def test_bucketing_bounds_the_number_of_shapes():
+    pairs = _random_pairs(40, seed=5)
+    buckets = default_buckets(64, smallest=8)
+    assert buckets == [8, 16, 32, 64] and bucket_length(9, buckets) == 16
+    batches = PairBatches(pairs, pairs_per_micro=3, micro_batches=1, layout="duplicated", mask_from="cue", buckets=buckets)
+    shapes = {batches.batch(0, i)[0]["tokens"].shape for i in range(batches.batches_per_epoch)}
+    assert len(shapes) <= len(buckets)
+    last, idx = batches.batch(0, batches.batches_per_epoch - 1)
+    assert (idx == -1).sum() == 2 and last["pair_valid"].sum() == 1  # 40 = 13 * 3 + 1: padded, not dropped
+    # every pair is visited exactly once per epoch, and the order is reproducible
+    seen = np.concatenate([batches.batch(1, i)[1] for i in range(batches.batches_per_epoch)])
+    assert sorted(seen[seen >= 0].tolist()) == list(range(40))
+    assert np.array_equal(batches.order(1), PairBatches(pairs, 3, 1, "duplicated", "cue", buckets).order(1))
+    assert not np.array_equal(batches.order(0), batches.order(1))
