@@ -1,0 +1,243 @@
+"""The train step on device meshes, gradient accumulation, the non-finite guard, and the loop:
+a short run learns, a killed run resumes exactly, SIGTERM checkpoints and exits."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from ipo_jax.data.pairs import TokenizedPair, pack_pairs
+from ipo_jax.loss import LossConfig
+from ipo_jax.models.decoder import init_decoder
+from ipo_jax.models.presets import preset_config
+from ipo_jax.sharding import make_mesh, shard_model
+from ipo_jax.train import reference as reference_lib
+from ipo_jax.train.step import batch_shardings, init_train_state, jit_train_step, make_train_step, put_batch
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / "configs" / "train_tiny_cpu.py")
+
+
+def _pairs(n, seed=0):
+    rng = np.random.RandomState(seed)
+    ids = lambda k: rng.randint(3, 256, k).astype(np.int32)  # noqa: E731
+    return [TokenizedPair(str(i), ids(rng.randint(3, 7)), ids(rng.randint(0, 9)), ids(rng.randint(1, 8)), ids(rng.randint(1, 8))) for i in range(n)]
+
+
+def _batch(pairs, micro_batches, layout="prefix_shared", length=32):
+    per = len(pairs) // micro_batches
+    micro = [pack_pairs(pairs[m * per : (m + 1) * per], layout=layout, mask_from="cue", length=length) for m in range(micro_batches)]
+    batch = {k: np.stack([mb[k] for mb in micro]) for k in micro[0]}
+    rng = np.random.RandomState(7)
+    batch["ref_chosen"] = -rng.uniform(10, 40, batch["pair_valid"].shape).astype(np.float32)
+    batch["ref_rejected"] = -rng.uniform(10, 40, batch["pair_valid"].shape).astype(np.float32)
+    return batch
+
+
+def _sgd_step(mesh_shape, batch, loss_cfg=LossConfig(), devices=None):
+    """One step with plain SGD (lr 1): new params = params - grads, so the update *is* the gradient."""
+    mesh = make_mesh(mesh_shape, devices=devices)
+    model = shard_model(init_decoder(preset_config("tiny-qwen3", initializer_range=0.2), seed=1), mesh)
+    graphdef, params = nnx.split(model, nnx.Param)
+    before = jax.tree.map(np.asarray, params)
+    tx = optax.sgd(1.0)
+    state, shardings = init_train_state(params, tx, mesh)
+    step = jit_train_step(
+        make_train_step(graphdef, tx, loss_cfg, optax.constant_schedule(1.0), chunk_size=8, mesh=mesh), shardings, mesh
+    )
+    state, metrics = step(state, put_batch(batch, batch_shardings(mesh)), None)
+    grads = jax.tree.map(lambda b, a: b - np.asarray(a), before, state.params)
+    return grads, jax.device_get(metrics), state
+
+
+ONE_DEVICE = dict(mesh_shape={"data": 1}, devices=jax.devices()[:1])
+
+
+@pytest.fixture(scope="module")
+def single_device_result():
+    return _sgd_step(batch=_batch(_pairs(8), 1), **ONE_DEVICE)
+
+
+MESHES = {
+    "data 8": {"data": 8},
+    "fsdp 8": {"fsdp": 8},
+    "data 2 x fsdp 2 x tensor 2": {"data": 2, "fsdp": 2, "tensor": 2},
+}
+
+
+@pytest.mark.parametrize("mesh_name", MESHES)
+def test_loss_and_gradients_equal_single_device(mesh_name, single_device_result):
+    one_grads, one_metrics, _ = single_device_result
+    grads, metrics, state = _sgd_step(MESHES[mesh_name], _batch(_pairs(8), 1))
+    print(f"{mesh_name}: |loss diff| {abs(metrics['loss'] - one_metrics['loss']):.1e}, max |grad diff| "
+          f"{max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(one_grads))):.1e}")
+    assert abs(metrics["loss"] - one_metrics["loss"]) <= 1e-5
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(one_grads)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    kernel = state.params["blocks"]["mlp"]["up_proj"]["kernel"][...]
+    assert len({s.device for s in kernel.addressable_shards}) == 8
+    if "data" not in MESHES[mesh_name]:  # fsdp / tensor really split the weights
+        assert kernel.addressable_shards[0].data.size < kernel.size
+
+
+def test_optimizer_state_is_sharded_like_parameters():
+    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    model = shard_model(init_decoder(preset_config("tiny-qwen3")), mesh)
+    _, params = nnx.split(model, nnx.Param)
+    state, _ = init_train_state(params, optax.adamw(1e-3), mesh)
+    mu = state.opt_state[0].mu["blocks"]["mlp"]["up_proj"]["kernel"][...]
+    assert mu.sharding.spec == state.params["blocks"]["mlp"]["up_proj"]["kernel"][...].sharding.spec
+    assert mu.addressable_shards[0].data.size == mu.size // 4  # fsdp 2 x tensor 2
+
+
+def test_micro_batches_accumulate_to_the_full_batch():
+    pairs = _pairs(8, seed=2)
+    one, two = _batch(pairs, 1), _batch(pairs, 2)
+    two["ref_chosen"], two["ref_rejected"] = one["ref_chosen"].reshape(2, 4), one["ref_rejected"].reshape(2, 4)
+    g1, m1, _ = _sgd_step(batch=one, **ONE_DEVICE)
+    g2, m2, _ = _sgd_step(batch=two, **ONE_DEVICE)
+    assert m1["pairs"] == m2["pairs"] == 8
+    assert abs(m1["loss"] - m2["loss"]) <= 1e-6
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_non_finite_loss_skips_the_update_and_counts_it():
+    batch = _batch(_pairs(4), 1)
+    batch["ref_chosen"][0, 1] = np.nan
+    grads, metrics, state = _sgd_step(batch=batch, **ONE_DEVICE)
+    assert metrics["update_applied"] == 0 and metrics["skipped"] == 1
+    assert int(state.consecutive_skips) == 1
+    assert all(float(np.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))  # parameters untouched
+
+
+def test_reference_cache_detects_staleness(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return np.arange(3, dtype=np.float32), -np.arange(3, dtype=np.float32)
+
+    cache = tmp_path / "pairs.jsonl.reference-logps.npz"
+    ids = ["a", "b", "c"]
+    c1, _, cached1 = reference_lib.load_or_compute(cache, "key-1", ids, compute)
+    c2, _, cached2 = reference_lib.load_or_compute(cache, "key-1", ids, compute)
+    _, _, cached3 = reference_lib.load_or_compute(cache, "key-2", ids, compute)  # another checkpoint
+    _, _, cached4 = reference_lib.load_or_compute(cache, "key-2", ["a", "b", "d"], compute)  # other pairs
+    assert (cached1, cached2, cached3, cached4) == (False, True, False, False) and len(calls) == 3
+    np.testing.assert_array_equal(c1, c2)
+    pairs_file = tmp_path / "p.jsonl"
+    pairs_file.write_text("x")
+    k1 = reference_lib.fingerprint("preset:tiny-qwen3", pairs_file, {"mask_from": "cue"})
+    assert k1 != reference_lib.fingerprint("preset:tiny-qwen3", pairs_file, {"mask_from": "reasoning"})
+    pairs_file.write_text("y")
+    assert k1 != reference_lib.fingerprint("preset:tiny-qwen3", pairs_file, {"mask_from": "cue"})
+
+
+# ----------------------------------------------------------------------------- the loop, end to end
+
+
+def _train_args(out, *extra):
+    # 8 pairs per micro-batch: the prefix-shared rows split evenly over the 8 test devices
+    return ["train", "--config", CONFIG, f"--config.train.out={out}", f"--config.reference.cache_dir={out}",
+            "--config.data.pairs_per_micro=8", *extra]
+
+
+def _losses(out) -> dict[int, float]:
+    losses = {}
+    for line in (Path(out) / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        losses[record["step"]] = record["loss"]  # a resumed run rewrites steps after its checkpoint
+    return losses
+
+
+def _metrics(out):
+    return [json.loads(l) for l in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_thirty_steps_lower_the_loss_and_raise_reward_accuracy(tmp_path):
+    from ipo_jax.cli import main
+
+    assert main(_train_args(tmp_path)) == 0
+    rows = _metrics(tmp_path)
+    assert [r["step"] for r in rows] == list(range(1, 31))
+    first, last = rows[:3], rows[-3:]
+    assert np.mean([r["loss"] for r in last]) < 0.75 * np.mean([r["loss"] for r in first])
+    # the DPO part starts at log 2 (policy == reference) and the pairs become well separated
+    assert first[0]["preference_loss"] == pytest.approx(np.log(2), abs=1e-6)
+    assert np.mean([r["preference_loss"] for r in last]) < 0.1
+    assert np.mean([r["reward_accuracy"] for r in last]) >= 0.9 > np.mean([r["reward_accuracy"] for r in first])
+    assert (tmp_path / "final" / "model_config.json").is_file() and (tmp_path / "tokenizer" / "tokenizer.json").is_file()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [10, 20, 30]
+
+
+def _run_cli(args, **kwargs):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "ipo_jax.cli", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def _wait_for_checkpoint(proc, out, step, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (Path(out) / "checkpoints" / str(step)).is_dir():  # orbax renames into place when complete
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before checkpoint {step}:\n{proc.stdout.read()}")
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"no checkpoint {step} within {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    from ipo_jax.cli import main
+
+    out = tmp_path_factory.mktemp("uninterrupted")
+    assert main(_train_args(out, "--config.train.max_steps=20", "--config.train.save_every=5")) == 0
+    return _losses(out)
+
+
+def test_killed_run_resumes_with_identical_losses(tmp_path, uninterrupted):
+    args = _train_args(tmp_path, "--config.train.max_steps=20", "--config.train.save_every=5")
+    proc = _run_cli(args)
+    _wait_for_checkpoint(proc, tmp_path, 10)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "final").exists()  # it really died mid-run
+    resumed = _run_cli(args)
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, output
+    assert "resumed from" in output
+    losses = _losses(tmp_path)
+    assert sorted(losses) == list(range(1, 21))
+    for step in range(1, 21):
+        assert losses[step] == uninterrupted[step], (step, losses[step], uninterrupted[step])
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_with_the_preemption_code(tmp_path, uninterrupted):
+    args = _train_args(tmp_path, "--config.train.max_steps=20", "--config.train.save_every=5")
+    proc = _run_cli(args)
+    _wait_for_checkpoint(proc, tmp_path, 5)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, output
+    assert "SIGTERM: checkpoint saved at step" in output
+    saved = max(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved >= 5
+    resumed = _run_cli(args)
+    output, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0 and f"resumed from" in output, output
+    losses = _losses(tmp_path)
+    assert all(losses[s] == uninterrupted[s] for s in range(1, 21))
