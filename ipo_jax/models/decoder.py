@@ -270,9 +270,21 @@ class Decoder(nnx.Module):
         return jnp.einsum("...d,dv->...v", hidden, w, preferred_element_type=jnp.float32)
 
 
-def init_decoder(cfg: ModelConfig, seed: int = 0) -> Decoder:
-    """A randomly initialised decoder (normal weights of std cfg.initializer_range, unit norms, zero biases)."""
-    return Decoder(cfg, rngs=nnx.Rngs(params=seed))
+def init_decoder(cfg: ModelConfig, seed: int = 0, mesh: jax.sharding.Mesh | None = None) -> Decoder:
+    """A randomly initialised decoder (normal weights of std cfg.initializer_range, unit norms, zero biases).
+
+    Initialised by one jitted program straight into the parameter shardings of `mesh` (one
+    device without a mesh): fast, and a large model is never materialised on one device.
+    """
+    from ipo_jax.sharding import param_shardings
+
+    def build():
+        return Decoder(cfg, rngs=nnx.Rngs(params=seed))
+
+    graphdef, abstract_state = nnx.split(nnx.eval_shape(build))
+    shardings = param_shardings(abstract_state, mesh)
+    state = jax.jit(lambda: nnx.split(build())[1], out_shardings=shardings)()
+    return nnx.merge(graphdef, state)
 
 
 def positions_from_segments(segment_ids: Array) -> Array:

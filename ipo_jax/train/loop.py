@@ -43,7 +43,7 @@ from ipo_jax.data.tokenizer import load_tokenizer
 from ipo_jax.loss import LossConfig
 from ipo_jax.models.decoder import init_decoder
 from ipo_jax.models.presets import preset_config
-from ipo_jax.sharding import make_mesh, shard_model
+from ipo_jax.sharding import make_mesh
 from ipo_jax.train import reference as reference_lib
 from ipo_jax.train.mfu import peak_flops_per_device, train_flops_per_token
 from ipo_jax.train.step import (
@@ -110,7 +110,7 @@ def _model(config, vocab_needed: int, mesh):
         cfg = preset_config(location, **overrides)
         if vocab_needed > cfg.vocab_size:  # a random-init model grows its vocabulary to fit
             cfg = cfg.replace(vocab_size=-(-vocab_needed // 64) * 64)
-        model = shard_model(init_decoder(cfg, seed=config.train.seed), mesh)
+        model = init_decoder(cfg, seed=config.train.seed, mesh=mesh)
     elif kind == "hf":
         model = load_hf(location, mesh=mesh, **overrides)
     elif kind == "orbax":
