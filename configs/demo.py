@@ -2,7 +2,8 @@
 
 Until the full IPO demo world lands, the main job is the model round trip, for real, on
 each family: random tiny decoder -> HF export -> transformers reload (logits and greedy
-decoding compared) -> HF re-import (bitwise) -> orbax save/restore (exact).
+decoding compared) -> HF re-import (bitwise) -> orbax save/restore (exact); then a short
+IPO run on the sample pairs, exported to HF and checked through transformers.
 Override any field: ipo-jax demo --config configs/demo.py --config.seed=3
 """
 
@@ -20,4 +21,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.length = 24
     config.new_tokens = 16
     config.logit_tolerance = 1e-4
+    config.train_config = "configs/train_tiny_cpu.py"  # the short IPO run that follows the round trip
     return config

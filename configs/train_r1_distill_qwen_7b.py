@@ -1,26 +1,11 @@
-"""IPO on DeepSeek-R1-Distill-Qwen-7B: bf16, one TPU v5p-8 host or one 8-GPU node (fsdp over all devices).
+"""IPO on DeepSeek-R1-Distill-Qwen-7B (bf16; one TPU v5p-8 host or one 8-GPU node; see paper_model_config).
 
-Paper settings: partial DPO from the compliance cue, alpha 0.2; beta, learning rate and
-epochs are not published (ours: beta 0.1, lr 2e-6, 2 epochs).
 ipo-jax train --config configs/train_r1_distill_qwen_7b.py \
     --config.model.init=hf:/models/DeepSeek-R1-Distill-Qwen-7B --config.data.pairs=pairs/r1_distill_qwen_7b.jsonl
 """
 
-from ipo_jax.train.config import base_config
+from ipo_jax.train.config import paper_model_config
 
 
 def get_config():
-    c = base_config()
-    c.model.init = "hf:/models/DeepSeek-R1-Distill-Qwen-7B"
-    c.model.param_dtype = "bfloat16"
-    c.model.dtype = "bfloat16"
-    c.model.remat = "dots_saveable"
-    c.data.pairs = "pairs/r1_distill_qwen_7b.jsonl"
-    c.data.max_length = 8192
-    c.data.pairs_per_micro = 8  # 8 rows over 8 devices (prefix-shared: one row per pair)
-    c.data.micro_batches = 4  # 32 pairs per update
-    c.optim.learning_rate = 2e-6
-    c.train.out = "runs/r1_distill_qwen_7b"
-    c.train.epochs = 2
-    c.train.save_every = 25
-    return c
+    return paper_model_config("DeepSeek-R1-Distill-Qwen-7B", "r1_distill_qwen_7b")

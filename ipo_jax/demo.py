@@ -1,9 +1,13 @@
-"""The main job on the embedded default: today the model round trip on each family.
+"""The main job on the embedded default: the model round trip on each family, then a short
+IPO training run exported to Hugging Face format.
 
-For every preset in the config: build a random decoder, export it to an HF directory,
-reload it with transformers and compare logits (left-padded batch) and greedy decoding
-through our KV cache; re-import the HF directory (bitwise), save and restore with orbax
-(exact). Prints a table and writes <out>/summary.json; exit code 1 if any check fails.
+1. For every preset in the config: build a random decoder, export it to an HF directory,
+   reload it with transformers and compare logits (left-padded batch) and greedy decoding
+   through our KV cache; re-import the HF directory (bitwise), save and restore with orbax.
+2. Train with IPO on the shipped sample pairs (configs/train_tiny_cpu.py), export the final
+   policy with its tokenizer to HF format, reload it with transformers and check that it
+   prefers the chosen (safe) continuation of a training pair over the rejected one.
+Prints tables and writes <out>/summary.{md,json}; exit code 1 if any check fails.
 The IPO demo world (pipeline -> pairs -> training -> evaluation) replaces this later.
 """
 
@@ -101,6 +105,63 @@ def _check_preset(name: str, config, out: Path) -> dict:
     )
 
 
+def _train_and_export(config, out: Path) -> dict:
+    """Short IPO run, HF export with tokenizer, and a preference check through transformers."""
+    import torch
+    import transformers
+
+    from ipo_jax.checkpoint import save_hf
+    from ipo_jax.cli import parse_config
+    from ipo_jax.data.pairs import read_pair_records, tokenize_pair
+    from ipo_jax.data.tokenizer import load_tokenizer
+    from ipo_jax.train.loop import train
+
+    run = out / "train"
+    train_config = parse_config(
+        ["--config", config.train_config, f"--config.train.out={run}", f"--config.reference.cache_dir={run}"], "train"
+    )
+    code = train(train_config)
+    if code:
+        return dict(ok=False, exit_code=code)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    hf_dir = save_hf(load_orbax(run / "final"), out / "trained-hf", tokenizer_dir=run / "tokenizer", overwrite=True)
+
+    # Through transformers: the DPO implicit reward margin of every training pair, using the
+    # exported policy's log-probs and the reference log-probs the run cached.
+    tokenizer = load_tokenizer(hf_dir)
+    policy = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    with np.load(next(run.glob("*.reference-logps.npz"))) as cache:
+        ref = dict(zip(cache["ids"].tolist(), zip(cache["ref_chosen"], cache["ref_rejected"])))
+
+    def suffix_logp(trunk: np.ndarray, suffix: np.ndarray) -> float:
+        ids = torch.tensor(np.concatenate([trunk, suffix])[None], dtype=torch.long)
+        with torch.no_grad():
+            logp = torch.log_softmax(policy(ids).logits[0, :-1].float(), -1)
+        targets = ids[0, 1:]
+        return float(logp[torch.arange(len(targets)), targets][len(trunk) - 1 :].sum())
+
+    margins = []
+    for record in read_pair_records(train_config.data.pairs):
+        pair = tokenize_pair(tokenizer, record)
+        ref_c, ref_r = ref[pair.id]
+        margins.append((suffix_logp(pair.trunk, pair.chosen) - ref_c) - (suffix_logp(pair.trunk, pair.rejected) - ref_r))
+    margins = np.asarray(margins) * train_config.loss.beta
+    first, last = rows[:3], rows[-3:]
+    mean = lambda xs, k: float(np.mean([x[k] for x in xs]))  # noqa: E731
+    result = dict(
+        steps=len(rows),
+        loss_first=mean(first, "loss"),
+        loss_last=mean(last, "loss"),
+        reward_accuracy_first=mean(first, "reward_accuracy"),
+        reward_accuracy_last=mean(last, "reward_accuracy"),
+        transformers_reward_accuracy=float((margins > 0).mean()),
+        transformers_mean_margin=float(margins.mean()),
+        hf_dir=str(hf_dir),
+    )
+    result["ok"] = result["loss_last"] < result["loss_first"] and result["transformers_reward_accuracy"] >= 0.9
+    return result
+
+
 def run_demo(config) -> int:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -123,11 +184,24 @@ def run_demo(config) -> int:
             f"| {'exact' if r['orbax_exact'] else 'DIFFERS'} |"
         )
     table = "\n".join(lines)
-    (out / "summary.json").write_text(json.dumps({"rows": rows, "seconds": time.time() - start}, indent=2) + "\n")
-    (out / "summary.md").write_text(table + "\n")
     print("\n" + table + "\n")
-    print(f"wrote {out / 'summary.md'} and {out / 'summary.json'}; exported HF models under {out}/<preset>/hf")
-    failed = [r["preset"] for r in rows if not r["ok"]]
+    print(f"\nIPO training on the sample pairs ({config.train_config}) ...")
+    trained = _train_and_export(config, out)
+    if "steps" in trained:
+        train_table = (
+            "| steps | loss first -> last | reward accuracy first -> last | exported HF model via transformers: reward accuracy (mean margin) |\n"
+            "|---|---|---|---|\n"
+            f"| {trained['steps']} | {trained['loss_first']:.3f} -> {trained['loss_last']:.3f} "
+            f"| {trained['reward_accuracy_first']:.2f} -> {trained['reward_accuracy_last']:.2f} "
+            f"| {trained['transformers_reward_accuracy']:.2f} ({trained['transformers_mean_margin']:.2f}) |"
+        )
+        print("\n" + train_table + "\n")
+        table += "\n\n" + train_table
+    (out / "summary.json").write_text(json.dumps({"rows": rows, "training": trained, "seconds": time.time() - start}, indent=2) + "\n")
+    (out / "summary.md").write_text(table + "\n")
+    print(f"wrote {out / 'summary.md'} and {out / 'summary.json'}; exported HF models under {out}/<preset>/hf;")
+    print(f"trained model exported to {trained.get('hf_dir')} (loads with transformers.AutoModelForCausalLM)")
+    failed = [r["preset"] for r in rows if not r["ok"]] + ([] if trained["ok"] else ["training"])
     if failed:
         print(f"FAILED: {', '.join(failed)}")
         return 1

@@ -49,6 +49,9 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [r["preset"] for r in summary["rows"]] == ["tiny-llama", "tiny-qwen2", "tiny-qwen3"]
     assert all(r["ok"] and r["max_logit_diff"] <= 1e-4 for r in summary["rows"])
+    training = summary["training"]
+    assert training["ok"] and training["loss_last"] < training["loss_first"]
+    assert training["transformers_reward_accuracy"] >= 0.9  # the exported HF model keeps what training learned
     assert "| tiny-qwen3 | qwen3 |" in capsys.readouterr().out
 
 
@@ -56,3 +59,23 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
 def test_demo_bad_override_is_a_clear_error(override, message):
     with pytest.raises(SystemExit, match=message):
         main(["demo", "--config", str(CONFIGS / "demo.py"), override])
+
+
+@pytest.mark.parametrize("config_file", sorted(p.name for p in CONFIGS.glob("train_*.py")))
+def test_train_configs_load_and_name_valid_settings(config_file):
+    from ipo_jax.cli import parse_config
+    from ipo_jax.loss import LossConfig
+
+    config = parse_config(["--config", str(CONFIGS / config_file), "--config.optim.learning_rate=3e-6"], "train")
+    assert config.optim.learning_rate == 3e-6
+    LossConfig(**config.loss)  # a typo in the loss settings fails here, not hours into a run
+    assert config.model.init.split(":")[0] in ("preset", "hf", "orbax")
+    assert config.data.layout in ("duplicated", "prefix_shared") and config.data.mask_from in ("cue", "reasoning")
+
+
+def test_train_with_a_bad_pair_file_names_the_line(tmp_path, capsys):
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text('{"id": "a", "prompt": "p", "prefix": "", "chosen": "x"}\n')
+    args = ["train", "--config", str(CONFIGS / "train_tiny_cpu.py"), f"--config.data.pairs={bad}", f"--config.train.out={tmp_path}/out"]
+    assert main(args) == 2
+    assert "pairs.jsonl:1: field 'rejected' is missing" in capsys.readouterr().err

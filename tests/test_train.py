@@ -166,8 +166,7 @@ def _metrics(out):
 def test_thirty_steps_lower_the_loss_and_raise_reward_accuracy(tmp_path):
     from ipo_jax.cli import main
 
-    # 8 pairs per micro-batch: the prefix-shared rows split evenly over the 8 test devices
-    assert main(_train_args(tmp_path, "--config.data.pairs_per_micro=8")) == 0
+    assert main(_train_args(tmp_path)) == 0  # the tiny config's 8 rows split over the 8 test devices
     rows = _metrics(tmp_path)
     assert [r["step"] for r in rows] == list(range(1, 31))
     first, last = rows[:3], rows[-3:]
@@ -233,3 +232,43 @@ def test_preempted_and_killed_run_resumes_with_identical_losses(tmp_path):
     assert sorted(got) == sorted(want) == list(range(1, 21))
     for step in range(1, 21):
         assert got[step] == want[step], (step, got[step], want[step])
+
+
+def test_on_the_fly_reference_and_remat_give_the_precomputed_numbers():
+    """reference.mode on_the_fly == precomputed reference log-probs; remat 'full' == no remat."""
+    from ipo_jax.data.pairs import PairBatches
+
+    mesh = make_mesh({"data": 1}, devices=jax.devices()[:1])
+    pairs = _pairs(4, seed=9)
+    results = {}
+    for name, remat, on_the_fly in (("precomputed", "none", False), ("on_the_fly", "full", True)):
+        cfg = preset_config("tiny-qwen3", initializer_range=0.2, remat_policy=remat)
+        model = init_decoder(cfg, seed=3, mesh=mesh)
+        graphdef, params = nnx.split(model, nnx.Param)
+        batches = PairBatches(pairs, 4, 1, "prefix_shared", "cue", [32], shuffle=False)
+        batch, _ = batches.batch(0, 0)
+        ref_params = jax.tree.map(jnp.copy, params)
+        if on_the_fly:
+            batch["ref_chosen"] = batch["ref_rejected"] = np.full((1, 4), np.nan, np.float32)  # must not be read
+        else:
+            ref_c, ref_r = reference_lib.compute_reference_logps(params, graphdef, batches, mesh, 8)
+            batch["ref_chosen"], batch["ref_rejected"] = ref_c[None], ref_r[None]
+        tx = optax.sgd(1.0)
+        # a policy that differs from the reference, so the reference term matters
+        params = jax.tree.map(lambda p: p * 1.01, params)
+        before = jax.tree.map(np.asarray, params)
+        state, shardings = init_train_state(params, tx, mesh)
+        ref_shardings = jax.tree.map(lambda x: x.sharding, ref_params) if on_the_fly else None
+        step = jit_train_step(
+            make_train_step(graphdef, tx, LossConfig(), optax.constant_schedule(1.0), chunk_size=8,
+                            reference_on_the_fly=on_the_fly, mesh=mesh),
+            shardings, mesh, ref_shardings,
+        )
+        state, metrics = step(state, put_batch(batch, batch_shardings(mesh)), ref_params if on_the_fly else None)
+        results[name] = (jax.device_get(metrics), jax.tree.map(lambda b, a: b - np.asarray(a), before, state.params))
+    (m1, g1), (m2, g2) = results["precomputed"], results["on_the_fly"]
+    assert m1["update_applied"] == m2["update_applied"] == 1
+    assert abs(m1["loss"] - m2["loss"]) <= 1e-6 and abs(m1["reward_margin"] - m2["reward_margin"]) <= 1e-6
+    assert abs(m1["reward_margin"]) > 1e-3  # the reference really entered the loss
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, atol=1e-6)

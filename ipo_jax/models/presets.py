@@ -39,11 +39,8 @@ _QWEN3_IDS = {"bos_token_id": 151643, "eos_token_id": 151645}
 _LLAMA3_DISTILL_IDS = {"bos_token_id": 128000, "eos_token_id": 128001}
 
 
-def _config(**fields: Any) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(hidden_act="silu", **fields))
-
-
-def _qwen2(
+def _config(
+    model_type: str,
     hidden: int,
     inter: int,
     layers: int,
@@ -53,97 +50,66 @@ def _qwen2(
     vocab: int,
     rope_theta: float,
     eps: float,
-    max_pos: int = 131072,
-    tied: bool = False,
-    ids: dict[str, int] = _QWEN2_DISTILL_IDS,
+    max_pos: int,
+    tied: bool,
+    ids: dict[str, int],
+    **family_keys: Any,
+) -> ml_collections.ConfigDict:
+    """The config.json keys every family shares, plus the family's own (`family_keys`)."""
+    return ml_collections.ConfigDict(
+        dict(
+            model_type=model_type,
+            hidden_act="silu",
+            vocab_size=vocab,
+            hidden_size=hidden,
+            intermediate_size=inter,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
+            rms_norm_eps=eps,
+            rope_theta=rope_theta,
+            max_position_embeddings=max_pos,
+            tie_word_embeddings=tied,
+            **family_keys,
+            **ids,
+        )
+    )
+
+
+def _qwen2(
+    hidden: int, inter: int, layers: int, heads: int, kv_heads: int, *, vocab: int, rope_theta: float, eps: float,
+    max_pos: int = 131072, tied: bool = False, ids: dict[str, int] = _QWEN2_DISTILL_IDS,
 ) -> ml_collections.ConfigDict:
     """A Qwen2 / Qwen2.5 config.json (q/k/v bias is implied by the family, no key for it)."""
     return _config(
-        model_type="qwen2",
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=inter,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        rms_norm_eps=eps,
-        rope_theta=rope_theta,
-        rope_scaling=None,
-        max_position_embeddings=max_pos,
-        tie_word_embeddings=tied,
-        use_sliding_window=False,
-        **ids,
+        "qwen2", hidden, inter, layers, heads, kv_heads, vocab=vocab, rope_theta=rope_theta, eps=eps,
+        max_pos=max_pos, tied=tied, ids=ids, rope_scaling=None, use_sliding_window=False,
     )
 
 
 def _llama(
-    hidden: int,
-    inter: int,
-    layers: int,
-    heads: int,
-    kv_heads: int,
-    *,
-    vocab: int = 128256,
-    rope_theta: float = 500000.0,
-    eps: float = 1e-5,
-    rope_scaling: dict[str, Any] | None = None,
-    max_pos: int = 131072,
-    tied: bool = False,
-    ids: dict[str, int] = _LLAMA3_DISTILL_IDS,
+    hidden: int, inter: int, layers: int, heads: int, kv_heads: int, *, vocab: int = 128256,
+    rope_theta: float = 500000.0, eps: float = 1e-5, rope_scaling: dict[str, Any] | None = None,
+    max_pos: int = 131072, tied: bool = False, ids: dict[str, int] = _LLAMA3_DISTILL_IDS,
 ) -> ml_collections.ConfigDict:
     """A Llama-3.x config.json; rope scaling defaults to Llama-3.1's llama3 scheme."""
     return _config(
-        model_type="llama",
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=inter,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        rms_norm_eps=eps,
-        rope_theta=rope_theta,
+        "llama", hidden, inter, layers, heads, kv_heads, vocab=vocab, rope_theta=rope_theta, eps=eps,
+        max_pos=max_pos, tied=tied, ids=ids, attention_bias=False, mlp_bias=False,
         rope_scaling=dict(rope_scaling if rope_scaling is not None else _LLAMA3_ROPE_SCALING),
-        max_position_embeddings=max_pos,
-        tie_word_embeddings=tied,
-        attention_bias=False,
-        mlp_bias=False,
-        **ids,
     )
 
 
 def _qwen3(
-    hidden: int,
-    inter: int,
-    layers: int,
-    heads: int,
-    kv_heads: int,
-    *,
-    tied: bool,
-    head_dim: int = 128,
-    vocab: int = 151936,
-    rope_theta: float = 1_000_000.0,
-    eps: float = 1e-6,
-    max_pos: int = 40960,
+    hidden: int, inter: int, layers: int, heads: int, kv_heads: int, *, tied: bool, head_dim: int = 128,
+    vocab: int = 151936, rope_theta: float = 1_000_000.0, eps: float = 1e-6, max_pos: int = 40960,
     ids: dict[str, int] = _QWEN3_IDS,
 ) -> ml_collections.ConfigDict:
     """A Qwen3 dense config.json; head_dim is explicit (128 across the family)."""
     return _config(
-        model_type="qwen3",
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=inter,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        head_dim=head_dim,
-        rms_norm_eps=eps,
-        rope_theta=rope_theta,
-        rope_scaling=None,
-        max_position_embeddings=max_pos,
-        tie_word_embeddings=tied,
-        attention_bias=False,
+        "qwen3", hidden, inter, layers, heads, kv_heads, vocab=vocab, rope_theta=rope_theta, eps=eps,
+        max_pos=max_pos, tied=tied, ids=ids, head_dim=head_dim, rope_scaling=None, attention_bias=False,
         use_sliding_window=False,
-        **ids,
     )
 
 
