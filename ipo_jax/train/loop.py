@@ -4,7 +4,8 @@ Output directory (config.train.out):
   config.json           the resolved config of the run
   tokenizer/            the tokenizer used (so the final model exports with it)
   checkpoints/<step>/   orbax: train state (params, optimizer, counters) + data position
-  metrics.jsonl         one JSON line per step
+  metrics.jsonl         one JSON line per step (appended; after a resume, the re-run steps
+                        appear again and the later line for a step is the one that counts)
   tensorboard/          event files (tensorboard --logdir <out>/tensorboard)
   skipped_pairs.jsonl   pairs that could not fit max_length, with the reason
   final/                the trained policy as an ipo-jax model directory (convert it to HF
@@ -242,7 +243,7 @@ def train(config) -> int:
 
     tx = make_optimizer(optim_cfg)
     state, state_shardings = init_train_state(params, tx, mesh)
-    del model, params
+    del model  # the policy now lives in the train state (its buffers were donated)
     ref_shardings = None if ref_params is None else jax.tree.map(lambda x: x.sharding, ref_params)
     step_fn = jit_train_step(
         make_train_step(graphdef, tx, loss_cfg, learning_rate_schedule(optim_cfg), chunk_size=chunk,
