@@ -1,0 +1,201 @@
+"""The sampler: see the package docstring."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from ipo_jax.data.pairs import bucket_length, default_buckets
+from ipo_jax.models.decoder import Decoder, KVCache
+from ipo_jax.sharding import logical_to_spec
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    temperature: float = 0.6  # 0 = greedy (paper's evaluation decoding: 0.6, top-p 0.95)
+    top_p: float = 0.95  # 1.0 = off
+    top_k: int = 0  # 0 = off
+    max_new_tokens: int = 256
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.max_new_tokens < 1:
+            raise ValueError(f"bad sampling settings: {self}")
+
+
+@dataclasses.dataclass
+class Generation:
+    tokens: list[int]  # the new tokens, without the prompt (and without the EOS token)
+    finish_reason: str  # 'eos' | 'stop' | 'length'
+    text: str | None = None  # decoded, when the sampler has a decode function
+
+
+def sample_logits(logits: jax.Array, key, temperature, top_p, top_k) -> jax.Array:
+    """One token per row from float32 logits [B,V]; temperature 0 = argmax. All settings traced."""
+    greedy = jnp.argmax(logits, axis=-1)
+    scaled = logits / jnp.maximum(temperature, 1e-6)
+    sorted_logits = jnp.sort(scaled, axis=-1)[:, ::-1]
+    vocab = logits.shape[-1]
+    kth = sorted_logits[:, jnp.clip(top_k - 1, 0, vocab - 1)][:, None]
+    scaled = jnp.where((top_k > 0) & (scaled < kth), -jnp.inf, scaled)
+    # top-p: keep the smallest set of tokens whose probability reaches top_p (ties at the edge kept)
+    sorted_probs = jax.nn.softmax(jnp.where((top_k > 0) & (sorted_logits < kth), -jnp.inf, sorted_logits), axis=-1)
+    before = jnp.cumsum(sorted_probs, axis=-1) - sorted_probs
+    cutoff_index = jnp.sum(before < top_p, axis=-1, keepdims=True) - 1
+    cutoff = jnp.take_along_axis(sorted_logits, cutoff_index, axis=-1)
+    scaled = jnp.where(scaled < cutoff, -jnp.inf, scaled)
+    sampled = jax.random.categorical(key, scaled, axis=-1)
+    return jnp.where(temperature <= 0, greedy, sampled).astype(jnp.int32)
+
+
+class Sampler:
+    """Generate from token-id prompts with one model; compiled programs are reused across calls."""
+
+    def __init__(
+        self,
+        model: Decoder,
+        *,
+        eos_ids: Sequence[int],
+        pad_id: int = 0,
+        batch_size: int = 8,
+        max_prompt_length: int = 4096,
+        prompt_buckets: Sequence[int] | None = None,
+        chunk_tokens: int = 32,
+        mesh: Mesh | None = None,
+        decode: Callable[[list[int]], str] | None = None,
+    ):
+        self.cfg = model.cfg
+        self.graphdef, self.state = nnx.split(model)
+        self.eos_ids = np.asarray(sorted(set(eos_ids)), np.int32)
+        if self.eos_ids.size == 0:
+            raise ValueError("eos_ids must name at least one end-of-sequence token")
+        self.pad_id, self.batch_size, self.chunk_tokens = pad_id, batch_size, chunk_tokens
+        self.buckets = list(prompt_buckets or default_buckets(max_prompt_length, smallest=32))
+        self.decode = decode
+        self.row_sharding = None
+        if mesh is not None:
+            self.row_sharding = NamedSharding(mesh, PartitionSpec(logical_to_spec(("batch",))[0]))
+        self._prefill = jax.jit(self._prefill_fn)
+        self._decode_chunk = jax.jit(self._decode_fn, static_argnames=("steps",), donate_argnums=(1,))
+
+    # ------------------------------------------------------------------ device programs
+
+    def _prefill_fn(self, state, tokens, positions, segment_ids, cache, key, settings):
+        model = nnx.merge(self.graphdef, state)
+        hidden, cache = model.hidden_states(tokens, positions, segment_ids, cache=cache)
+        logits = model.logits(hidden[:, -1])  # left padding: every row ends at the last column
+        return sample_logits(logits, key, *settings), cache
+
+    def _decode_fn(self, state, carry, key, settings, eos_ids, steps: int):
+        """Run up to `steps` decode steps; carry = (cache, last token, position, done, out, count)."""
+        model = nnx.merge(self.graphdef, state)
+
+        def cond(c):
+            return (c["i"] < steps) & ~jnp.all(c["done"])
+
+        def body(c):
+            token = c["token"][:, None]
+            hidden, cache = model.hidden_states(token, c["position"][:, None], jnp.ones_like(token), cache=c["cache"])
+            step_key = jax.random.fold_in(key, c["count"] + c["i"])
+            new = sample_logits(model.logits(hidden[:, -1]), step_key, *settings)
+            new = jnp.where(c["done"], self.pad_id, new)
+            done = c["done"] | jnp.isin(new, eos_ids)
+            out = c["out"].at[:, c["i"]].set(jnp.where(c["done"], -1, new))
+            return dict(c, cache=cache, token=new, position=c["position"] + 1, done=done, out=out, i=c["i"] + 1)
+
+        start = dict(carry, out=jnp.full((carry["token"].shape[0], steps), -1, jnp.int32), i=jnp.zeros((), jnp.int32))
+        end = jax.lax.while_loop(cond, body, start)
+        carry = {k: end[k] for k in carry}
+        carry["count"] = carry["count"] + end["i"]
+        return carry, end["out"]
+
+    # ------------------------------------------------------------------ host side
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], config: SamplingConfig, stop_strings: Sequence[str] = ()
+    ) -> list[Generation]:
+        if stop_strings and self.decode is None:
+            raise ValueError("stop_strings need the sampler's `decode` function (token ids -> text)")
+        results: list[Generation] = []
+        key = jax.random.PRNGKey(config.seed)
+        for start in range(0, len(prompts), self.batch_size):
+            batch_key = jax.random.fold_in(key, start)
+            results += self._generate_batch(prompts[start : start + self.batch_size], config, stop_strings, batch_key)
+        return results
+
+    def _put(self, x):
+        x = jnp.asarray(x)
+        return jax.device_put(x, self.row_sharding) if self.row_sharding is not None and x.ndim else x
+
+    def _generate_batch(self, prompts, config, stop_strings, key) -> list[Generation]:
+        n = len(prompts)
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("empty prompt: every prompt needs at least one token")
+        length = bucket_length(max(len(p) for p in prompts), self.buckets)
+        B = self.batch_size
+        tokens = np.full((B, length), self.pad_id, np.int32)
+        segment_ids = np.zeros((B, length), np.int32)
+        for i in range(B):
+            ids = np.asarray(prompts[i] if i < n else prompts[0], np.int32)  # padding rows repeat a prompt
+            tokens[i, length - len(ids) :] = ids
+            segment_ids[i, length - len(ids) :] = 1
+        positions = np.maximum(np.cumsum(segment_ids, axis=1) - 1, 0).astype(np.int32)
+        settings = (
+            jnp.float32(config.temperature),
+            jnp.float32(config.top_p),
+            jnp.int32(config.top_k),
+        )
+        # every decode call runs whole chunks, so the cache holds the rounded-up number of steps
+        decode_steps = -(-(config.max_new_tokens - 1) // self.chunk_tokens) * self.chunk_tokens
+        cache = KVCache.init(self.cfg, B, length + 1 + decode_steps)
+        first, cache = self._prefill(
+            self.state, self._put(tokens), self._put(positions), self._put(segment_ids), cache,
+            jax.random.fold_in(key, 1 << 30), settings,
+        )
+        eos = jnp.asarray(self.eos_ids)
+        carry = dict(
+            cache=cache,
+            token=first,
+            position=self._put(positions[:, -1] + 1),
+            done=jnp.isin(first, eos) | (jnp.arange(B) >= n),
+            count=jnp.zeros((), jnp.int32),
+        )
+        generated = [[int(t)] for t in np.asarray(first)]
+        finish = ["eos" if bool(d) else None for d in np.asarray(carry["done"])]
+        remaining = config.max_new_tokens - 1
+        while remaining > 0 and not all(f is not None for f in finish[:n]):
+            steps = min(self.chunk_tokens, remaining)
+            carry, out = self._decode_chunk(self.state, carry, key, settings, eos, steps=self.chunk_tokens)
+            out = np.asarray(out)[:, :steps]
+            remaining -= steps
+            done = np.asarray(carry["done"])
+            for i in range(n):
+                if finish[i] is not None:
+                    continue
+                new = [int(t) for t in out[i] if t >= 0]
+                generated[i].extend(new)
+                if done[i]:
+                    finish[i] = "eos"
+                elif stop_strings and any(s in self.decode(generated[i]) for s in stop_strings):
+                    finish[i] = "stop"
+            if stop_strings:  # rows stopped on the host stop decoding on the device too
+                stopped = np.array([f == "stop" for f in finish])
+                carry["done"] = carry["done"] | jnp.asarray(stopped)
+        results = []
+        for i in range(n):
+            ids = generated[i][: config.max_new_tokens]
+            reason = finish[i] or "length"
+            if reason == "eos":
+                cut = next(j for j, t in enumerate(ids) if t in set(self.eos_ids.tolist()))
+                ids = ids[:cut]
+            if reason == "stop":  # keep tokens up to the one that completes the first stop string
+                ids = ids[: next(k for k in range(1, len(ids) + 1) if any(s in self.decode(ids[:k]) for s in stop_strings))]
+            text = self.decode(ids) if self.decode else None
+            results.append(Generation(ids, reason, text))
+        return results

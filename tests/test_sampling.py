@@ -1,0 +1,115 @@
+"""The sampler: greedy equals transformers, sampling settings, EOS and stop strings, bucketing."""
+
+import numpy as np
+import pytest
+import torch
+
+from ipo_jax.checkpoint import load_hf
+from ipo_jax.sampling import Sampler, SamplingConfig
+from ipo_jax.sampling.sampler import sample_logits
+
+GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def qwen2(hf_dirs):
+    path, torch_model = hf_dirs["qwen2"]
+    return load_hf(path), torch_model
+
+
+def _prompts(seed=0, lengths=(5, 9, 3)):
+    rng = np.random.RandomState(seed)
+    return [rng.randint(3, 128, n).tolist() for n in lengths]
+
+
+def test_greedy_equals_transformers_generate(qwen2):
+    model, torch_model = qwen2
+    no_eos = 10_000  # an id outside the vocabulary: decode the full length on both sides
+    sampler = Sampler(model, eos_ids=[no_eos], batch_size=4, prompt_buckets=[16], chunk_tokens=5)
+    ours = sampler.generate(_prompts(), GREEDY)
+    torch_model.generation_config.eos_token_id = None
+    for prompt, gen in zip(_prompts(), ours):
+        with torch.no_grad():
+            ref = torch_model.generate(
+                torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                max_new_tokens=12, do_sample=False,
+            )[0, len(prompt):].tolist()
+        assert gen.tokens == ref and gen.finish_reason == "length"
+
+
+def test_temperature_zero_and_top_k_one_are_greedy(qwen2):
+    model, _ = qwen2
+    sampler = Sampler(model, eos_ids=[10_000], batch_size=4, prompt_buckets=[16], chunk_tokens=4)
+    greedy = [g.tokens for g in sampler.generate(_prompts(), GREEDY)]
+    top1 = [g.tokens for g in sampler.generate(_prompts(), SamplingConfig(temperature=1.0, top_k=1, max_new_tokens=12, seed=5))]
+    assert greedy == top1
+
+
+def test_sampling_is_seeded_and_varies_with_the_seed(qwen2):
+    model, _ = qwen2
+    sampler = Sampler(model, eos_ids=[10_000], batch_size=4, prompt_buckets=[16], chunk_tokens=4)
+    cfg = SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=12, seed=1)
+    a = [g.tokens for g in sampler.generate(_prompts(), cfg)]
+    b = [g.tokens for g in sampler.generate(_prompts(), cfg)]
+    c = [g.tokens for g in sampler.generate(_prompts(), SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=12, seed=2))]
+    assert a == b and a != c
+
+
+def test_top_p_and_top_k_restrict_the_support():
+    import jax
+
+    logits = jax.numpy.log(jax.numpy.array([[0.5, 0.3, 0.15, 0.05]] * 2000))
+    keys = jax.random.PRNGKey(0)
+    top_p = np.asarray(sample_logits(logits, keys, 1.0, 0.7, 0))
+    assert set(top_p.tolist()) == {0, 1}  # 0.5 + 0.3 reaches 0.7; 2 and 3 never drawn
+    top_k = np.asarray(sample_logits(logits, keys, 1.0, 1.0, 3))
+    assert set(top_k.tolist()) == {0, 1, 2}
+
+
+def test_eos_ends_each_row_and_stop_strings_cut_the_text(qwen2):
+    model, _ = qwen2
+    sampler = Sampler(model, eos_ids=[10_000], batch_size=4, prompt_buckets=[16], chunk_tokens=3,
+                      decode=lambda ids: " ".join(map(str, ids)))
+    free = sampler.generate(_prompts(), GREEDY)
+    eos = free[0].tokens[4]  # make row 0's fifth greedy token the end of sequence
+    ended = Sampler(model, eos_ids=[eos], batch_size=4, prompt_buckets=[16], chunk_tokens=3).generate(_prompts(), GREEDY)
+    assert ended[0].finish_reason == "eos" and ended[0].tokens == free[0].tokens[: free[0].tokens.index(eos)]
+    stop = str(free[1].tokens[6])
+    stopped = sampler.generate(_prompts(), GREEDY, stop_strings=[stop])[1]
+    assert stopped.finish_reason == "stop" and stopped.text.endswith(stop)
+    assert stopped.tokens == free[1].tokens[: len(stopped.tokens)] and len(stopped.tokens) <= 7
+
+
+@pytest.fixture
+def backend_compiles():
+    """Counts real XLA compilations (jax's own monitoring event) while the test runs."""
+    import jax
+
+    events = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            events.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    yield events
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def test_compilations_stay_fixed_across_batches_of_one_bucket(qwen2, backend_compiles):
+    model, _ = qwen2
+    sampler = Sampler(model, eos_ids=[10_000], batch_size=2, prompt_buckets=[16, 32], chunk_tokens=4)
+    sampler.generate(_prompts(0, (4, 7)), GREEDY)
+    first = len(backend_compiles)
+    assert first >= 2  # at least the prefill and the decode programs
+    for seed in range(1, 4):  # other prompts, other lengths, other settings, same bucket
+        sampler.generate(_prompts(seed, (3, 11, 6)), SamplingConfig(temperature=0.7, top_p=0.9, top_k=5, max_new_tokens=12, seed=seed))
+    assert len(backend_compiles) == first
+    sampler.generate(_prompts(0, (20,)), GREEDY)  # a longer prompt: the next bucket compiles its programs
+    assert len(backend_compiles) > first
+
+
+def test_empty_prompt_is_refused(qwen2):
+    model, _ = qwen2
+    with pytest.raises(ValueError, match="empty prompt"):
+        Sampler(model, eos_ids=[1], batch_size=2, prompt_buckets=[16]).generate([[1, 2], []], GREEDY)
