@@ -3,6 +3,8 @@
 Stages:
   convert   HF safetensors <-> orbax (and HF -> HF to re-shard or change dtype)
   presets   list the model presets with parameter counts and weight memory
+  sample    sample and judge one trajectory per prompt
+  build-pairs  intervention: sample -> judge -> first cue -> trigger -> continue -> pairs
   train     IPO (or a baseline) training from a pair file (see ipo_jax/train/config.py)
   demo      the main job on the embedded default (see ipo_jax/demo.py)
 
@@ -17,8 +19,8 @@ import logging
 import sys
 from pathlib import Path
 
-STAGES = ("convert", "presets", "train", "demo")
-CONFIG_STAGES = ("train", "demo")
+STAGES = ("convert", "presets", "sample", "build-pairs", "train", "demo")
+CONFIG_STAGES = ("sample", "build-pairs", "train", "demo")
 
 
 def parse_config(argv: list[str], stage: str):
@@ -116,11 +118,12 @@ def cmd_presets(args) -> int:
 
 
 def cmd_train(args, rest: list[str]) -> int:
+    from ipo_jax.checkpoint.init import ModelSpecError
     from ipo_jax.train.loop import TrainingError, train
 
     try:
         return train(parse_config(rest, "train"))
-    except TrainingError as e:
+    except (TrainingError, ModelSpecError) as e:
         print(f"ipo-jax train: error: {e}", file=sys.stderr)
         return 2
 
@@ -156,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
 
     sub.add_parser("presets", help="list model presets with parameter counts")
+    for stage, text in (("sample", "sample and judge one trajectory per prompt"),
+                        ("build-pairs", "build preference pairs by corrective intervention")):
+        sub.add_parser(stage, help=f"{text} (--config configs/pipeline_tiny_cpu.py)", add_help=False)
     sub.add_parser(
         "train",
         help="train from a pair file (--config configs/train_tiny_cpu.py, --config.<field>=value overrides)",
@@ -183,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_presets(args)
         if args.stage == "train":
             return cmd_train(args, rest)
+        if args.stage in ("sample", "build-pairs"):
+            from ipo_jax.pipeline.run import run_build_pairs, run_sample
+
+            run = run_sample if args.stage == "sample" else run_build_pairs
+            return run(parse_config(rest, args.stage))
         return cmd_demo(args, rest)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         # Our errors already name the file / tensor / field; a traceback adds nothing for the user.

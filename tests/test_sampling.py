@@ -113,3 +113,14 @@ def test_empty_prompt_is_refused(qwen2):
     model, _ = qwen2
     with pytest.raises(ValueError, match="empty prompt"):
         Sampler(model, eos_ids=[1], batch_size=2, prompt_buckets=[16]).generate([[1, 2], []], GREEDY)
+
+
+def test_an_eos_after_max_new_tokens_is_a_length_finish(qwen2):
+    model, _ = qwen2
+    make = lambda eos: Sampler(model, eos_ids=[eos], batch_size=4, prompt_buckets=[16], chunk_tokens=8)  # noqa: E731
+    free = make(10_000).generate(_prompts(), GREEDY)
+    long = make(10_000).generate(_prompts(), SamplingConfig(temperature=0.0, max_new_tokens=16))
+    # a token greedy decoding produces only after step 12 (past max_new_tokens, inside the last chunk)
+    row, late = next((r, t) for r, g in enumerate(long) for t in g.tokens[12:] if t not in g.tokens[:12])
+    ended = make(late).generate(_prompts(), GREEDY)[row]
+    assert ended.finish_reason == "length" and ended.tokens == free[row].tokens

@@ -27,12 +27,12 @@ Loss mask start (`mask_from`): 'cue' counts the suffix tokens only (IPO's partia
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from ipo_jax.data.records import RecordFileError, read_jsonl_records
 from ipo_jax.data.tokenizer import chat_eos_text, encode_prompt, encode_text
 
 LAYOUTS = ("duplicated", "prefix_shared")
@@ -40,46 +40,18 @@ MASK_FROM = ("cue", "reasoning")
 REQUIRED_FIELDS = {"id": str, "prompt": (str, list), "prefix": str, "chosen": str, "rejected": str}
 
 
-class PairFileError(ValueError):
+class PairFileError(RecordFileError):
     """A pair file has a malformed record; the message names file, line and field."""
 
 
 def read_pair_records(path: str | Path) -> list[dict[str, Any]]:
     """Read and validate a pair JSONL file; any problem is an error naming file:line and field."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pair file {path} not found")
-    records, seen = [], {}
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PairFileError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(record, dict):
-                raise PairFileError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            for field, kind in REQUIRED_FIELDS.items():
-                if field not in record:
-                    raise PairFileError(f"{where}: field {field!r} is missing")
-                if not isinstance(record[field], kind):
-                    expected = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-                    raise PairFileError(
-                        f"{where}: field {field!r} should be {expected}, got {type(record[field]).__name__}"
-                    )
-            for field in ("prompt", "chosen", "rejected"):
-                if not record[field] or (isinstance(record[field], str) and not record[field].strip()):
-                    raise PairFileError(f"{where} (id {record['id']!r}): field {field!r} is empty")
-            if record["chosen"] == record["rejected"]:
-                raise PairFileError(f"{where} (id {record['id']!r}): chosen and rejected are identical")
-            if record["id"] in seen:
-                raise PairFileError(f"{where}: id {record['id']!r} repeats line {seen[record['id']]}")
-            seen[record["id"]] = line_no
-            records.append(record)
-    if not records:
-        raise PairFileError(f"{path}: no pair records")
+    records = read_jsonl_records(
+        path, REQUIRED_FIELDS, non_empty=("prompt", "chosen", "rejected"), kind="pair", error=PairFileError
+    )
+    for record in records:
+        if record["chosen"] == record["rejected"]:
+            raise PairFileError(f"{path}:{record['_line']} (id {record['id']!r}): chosen and rejected are identical")
     return records
 
 

@@ -166,6 +166,7 @@ class Sampler:
             done=jnp.isin(first, eos) | (jnp.arange(B) >= n),
             count=jnp.zeros((), jnp.int32),
         )
+        eos_set = set(self.eos_ids.tolist())
         generated = [[int(t)] for t in np.asarray(first)]
         finish = ["eos" if bool(d) else None for d in np.asarray(carry["done"])]
         remaining = config.max_new_tokens - 1
@@ -180,7 +181,8 @@ class Sampler:
                     continue
                 new = [int(t) for t in out[i] if t >= 0]
                 generated[i].extend(new)
-                if done[i]:
+                # an EOS past max_new_tokens (the last chunk runs whole) does not count
+                if done[i] and eos_set.intersection(new):
                     finish[i] = "eos"
                 elif stop_strings and any(s in self.decode(generated[i]) for s in stop_strings):
                     finish[i] = "stop"
@@ -192,7 +194,7 @@ class Sampler:
             ids = generated[i][: config.max_new_tokens]
             reason = finish[i] or "length"
             if reason == "eos":
-                cut = next(j for j, t in enumerate(ids) if t in set(self.eos_ids.tolist()))
+                cut = next(j for j, t in enumerate(ids) if t in eos_set)
                 ids = ids[:cut]
             if reason == "stop":  # keep tokens up to the one that completes the first stop string
                 ids = ids[: next(k for k in range(1, len(ids) + 1) if any(s in self.decode(ids[:k]) for s in stop_strings))]

@@ -31,7 +31,8 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm.auto import tqdm
 
-from ipo_jax.checkpoint import load_hf, load_orbax, save_orbax
+from ipo_jax.checkpoint import save_orbax
+from ipo_jax.checkpoint.init import load_model
 from ipo_jax.data.pairs import (
     PairBatches,
     default_buckets,
@@ -42,8 +43,6 @@ from ipo_jax.data.pairs import (
 )
 from ipo_jax.data.tokenizer import load_tokenizer
 from ipo_jax.loss import LossConfig
-from ipo_jax.models.decoder import init_decoder
-from ipo_jax.models.presets import preset_config
 from ipo_jax.sharding import make_mesh
 from ipo_jax.train import reference as reference_lib
 from ipo_jax.train.mfu import peak_flops_per_device, train_flops_per_token
@@ -101,29 +100,6 @@ def _tokenizer(config, records, out: Path):
     if jax.process_index() == 0:
         tokenizer.save_pretrained(out / "tokenizer")
     return tokenizer
-
-
-def _model(config, vocab_needed: int, mesh):
-    m = config.model
-    kind, _, location = m.init.partition(":")
-    overrides = dict(param_dtype=m.param_dtype, dtype=m.dtype, remat_policy=m.remat)
-    if kind == "preset":
-        cfg = preset_config(location, **overrides)
-        if vocab_needed > cfg.vocab_size:  # a random-init model grows its vocabulary to fit
-            cfg = cfg.replace(vocab_size=-(-vocab_needed // 64) * 64)
-        model = init_decoder(cfg, seed=config.train.seed, mesh=mesh)
-    elif kind == "hf":
-        model = load_hf(location, mesh=mesh, **overrides)
-    elif kind == "orbax":
-        model = load_orbax(location, mesh=mesh, **overrides)
-    else:
-        raise TrainingError(f"config.model.init {m.init!r}: expected 'preset:<name>', 'hf:<dir>' or 'orbax:<dir>'")
-    if vocab_needed > model.cfg.vocab_size:
-        raise TrainingError(
-            f"tokenizer has {vocab_needed} tokens but the model's vocabulary is {model.cfg.vocab_size}: "
-            "they do not belong together"
-        )
-    return model
 
 
 def _tokenize(records, tokenizer) -> list[TokenizedPair]:
@@ -204,7 +180,9 @@ def train(config) -> int:
     mesh = make_mesh(dict(config.mesh))
     records = read_pair_records(config.data.pairs)
     tokenizer = _tokenizer(config, records, out)
-    model = _model(config, len(tokenizer), mesh)
+    m = config.model
+    model = load_model(m.init, mesh=mesh, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,
+                       seed=config.train.seed, vocab_needed=len(tokenizer))
     pairs, truncated, skipped = _fit_pairs(_tokenize(records, tokenizer), config, out)
     print(
         f"pairs: {len(records)} read, {len(pairs)} used, {truncated} truncated to max_length "

@@ -1,0 +1,361 @@
+"""Corrective intervention: sample, judge, find the first compliance cue, substitute a safety
+trigger, continue, and write preference pairs (method.md, "Building the training pairs").
+
+For each harmful prompt:
+  1. sample a trajectory z (reasoning + answer) from the policy;
+  2. judge reasoning and answer; only unsafe trajectories are intervened on (a judge error is
+     counted and the prompt skipped, never treated as safe or unsafe);
+  3. split the reasoning into sentences; the cue detector gives the first compliance cue, whose
+     first character is h;
+  4. for each trigger t: continue from z[<h] + t; judge the whole new trajectory; if it is still
+     unsafe, find the first cue after the last intervention, substitute the trigger there and
+     continue again, up to `rounds` rounds and `max_generations_per_prompt` generations;
+  5. every safe intervened trajectory z~ gives a pair: prefix z[<h], chosen z~[>=h], rejected z[>=h].
+For each benign prompt (kind "benign", the over-refusal set) several completions are sampled;
+a helpful one is preferred over a refusal when both occur (prefix empty).
+
+Work is split into chunks of prompts (file order). A chunk's files are written atomically and
+its progress record last, so a killed run restarted with the same config skips finished chunks
+and redoes the unfinished one from scratch, with the same seeds: the same pair set, no
+duplicates, none lost. Sampling seeds depend on (seed, chunk, round), not on the run's history.
+
+Pairs are text; the trainer re-tokenises prefix and suffix as separate pieces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from tqdm.auto import tqdm
+
+from ipo_jax.data.pairs import prompt_messages
+from ipo_jax.data.records import RecordFileError, read_jsonl_records
+from ipo_jax.data.tokenizer import THINK_CLOSE, THINK_OPEN
+from ipo_jax.pipeline.judges import (
+    DEFAULT_REFUSAL_PATTERNS,
+    CueDetector,
+    SafetyJudge,
+    safe_first_cue,
+    safe_judge_trajectory,
+    trajectory_label,
+)
+from ipo_jax.pipeline.steps import split_sentences
+
+PROMPT_KINDS = ("harmful", "benign")
+
+
+class PromptFileError(RecordFileError):
+    pass
+
+
+def read_prompt_records(path: str | Path) -> list[dict[str, Any]]:
+    """Prompt JSONL: `id`, `prompt` (string or chat messages), optional `kind` (harmful | benign)."""
+    records = read_jsonl_records(path, {"id": str, "prompt": (str, list)}, non_empty=("prompt",), kind="prompt", error=PromptFileError)
+    for r in records:
+        r.setdefault("kind", "harmful")
+        if r["kind"] not in PROMPT_KINDS:
+            raise PromptFileError(f"{path}:{r['_line']} (id {r['id']!r}): field 'kind' is {r['kind']!r}; expected one of {PROMPT_KINDS}")
+    return records
+
+
+def prompt_text(record: dict[str, Any]) -> str:
+    """The user's words, for judges and detectors."""
+    return "\n".join(m["content"] for m in prompt_messages(record) if m["role"] == "user")
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str  # eos | stop | length
+
+
+class Policy:
+    """Text in, text out through the sampler: continue `prefix` after the chat prompt."""
+
+    def __init__(self, sampler, tokenizer, sampling, policy_id: str):
+        from ipo_jax.data.tokenizer import encode_prompt, encode_text
+
+        self.sampler, self.tokenizer, self.sampling, self.policy_id = sampler, tokenizer, sampling, policy_id
+        self._encode_prompt, self._encode_text = encode_prompt, encode_text
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._encode_text(self.tokenizer, text)) if text else 0
+
+    def complete(self, jobs: Sequence[tuple[list[dict], str]], seed: int) -> list[Completion]:
+        prompts = []
+        for messages, prefix in jobs:
+            ids = self._encode_prompt(self.tokenizer, messages)
+            prompts.append(ids + (self._encode_text(self.tokenizer, prefix) if prefix else []))
+        generations = self.sampler.generate(prompts, dataclasses.replace(self.sampling, seed=seed))
+        return [Completion(self.tokenizer.decode(g.tokens, skip_special_tokens=True), g.finish_reason) for g in generations]
+
+
+@dataclasses.dataclass(frozen=True)
+class InterventionConfig:
+    rounds: int = 3
+    max_generations_per_prompt: int = 14  # the original sample included (paper: at most 14)
+    chunk_prompts: int = 8  # prompts per resumable unit of work
+    benign_candidates: int = 4
+    seed: int = 0
+
+
+def reasoning_span(completion: str) -> tuple[int, int, bool]:
+    """(start, end, closed): where the reasoning lies in a completion. A leading `<think>` (and the
+    newlines after it) is skipped; the reasoning ends at `</think>`, or at the end when the
+    generation stopped before closing it (closed False)."""
+    start = 0
+    stripped = completion.lstrip()
+    if stripped.startswith(THINK_OPEN):
+        start = len(completion) - len(stripped) + len(THINK_OPEN)
+    while start < len(completion) and completion[start] == "\n":
+        start += 1
+    end = completion.find(THINK_CLOSE, start)
+    return (start, end, True) if end >= 0 else (start, len(completion), False)
+
+
+def split_completion(completion: str) -> tuple[str, str, bool]:
+    start, end, closed = reasoning_span(completion)
+    answer = completion[end + len(THINK_CLOSE) :].lstrip("\n") if closed else ""
+    return completion[start:end], answer, closed
+
+
+def first_cue_char(detector: CueDetector, prompt: str, completion: str, after: int = 0):
+    """(absolute char of the first cue sentence starting at or after `after`, CueResult)."""
+    start, end, _ = reasoning_span(completion)
+    sentences = [s for s in split_sentences(completion[start:end]) if start + s.start >= after]
+    sentences = [dataclasses.replace(s, index=i) for i, s in enumerate(sentences)]
+    cue = safe_first_cue(detector, prompt, sentences)
+    if cue.is_error or cue.index is None:
+        return None, cue
+    return start + sentences[cue.index].start, cue
+
+
+_REFUSAL = re.compile("|".join(DEFAULT_REFUSAL_PATTERNS), re.IGNORECASE)
+
+
+def is_refusal(answer: str) -> bool:
+    return bool(_REFUSAL.search(answer.replace("\u2019", "'")))
+
+
+def _verdict_dicts(verdicts) -> dict[str, dict]:
+    return {part: v.to_dict() for part, v in verdicts.items()}
+
+
+def _new_stats() -> dict[str, Any]:
+    return dict(
+        prompts=0, harmful=0, benign=0, judge_errors=0, safe_original=0, unsafe_original=0, cue_found=0,
+        no_cue=0, cue_errors=0, generations=0, budget_exhausted=0, pairs=0, over_refusal_pairs=0,
+        success_per_round={}, failed_after_rounds=0, truncated_generations=0,
+    )
+
+
+def process_chunk(
+    records: Sequence[dict[str, Any]],
+    chunk_index: int,
+    policy: Policy,
+    judge: SafetyJudge,
+    detector: CueDetector,
+    triggers: Sequence[str],
+    cfg: InterventionConfig,
+) -> tuple[list[dict], list[dict], dict[str, Any]]:
+    """(pairs, trajectories, stats) for one chunk of prompt records."""
+    stats = _new_stats()
+    pairs, trajectories = [], []
+    seed = lambda stage: (cfg.seed * 1_000_003 + chunk_index) * 101 + stage  # noqa: E731
+    harmful = [r for r in records if r["kind"] == "harmful"]
+    benign = [r for r in records if r["kind"] == "benign"]
+    stats.update(prompts=len(records), harmful=len(harmful), benign=len(benign))
+
+    def verdict_of(record, completion: str):
+        reasoning, answer, _ = split_completion(completion)
+        verdicts = safe_judge_trajectory(judge, prompt_text(record), reasoning, answer)
+        return trajectory_label(verdicts), verdicts
+
+    originals = policy.complete([(prompt_messages(r), "") for r in harmful], seed(0)) if harmful else []
+    stats["generations"] += len(originals)
+    # active jobs: (record, trigger index, round, chosen text so far, h, original completion, cue info, verdicts)
+    jobs, used = [], {r["id"]: 1 for r in harmful}
+    for record, original in zip(harmful, originals):
+        stats["truncated_generations"] += original.finish_reason == "length"
+        label, verdicts = verdict_of(record, original.text)
+        trajectories.append(dict(id=record["id"], kind="harmful", completion=original.text, finish_reason=original.finish_reason,
+                                 label=label, verdicts=_verdict_dicts(verdicts), policy=policy.policy_id))
+        if label == "error":
+            stats["judge_errors"] += 1
+            continue
+        if label == "safe":
+            stats["safe_original"] += 1
+            continue
+        stats["unsafe_original"] += 1
+        h, cue = first_cue_char(detector, prompt_text(record), original.text)
+        if cue.is_error:
+            stats["cue_errors"] += 1
+            continue
+        if h is None:
+            stats["no_cue"] += 1
+            continue
+        stats["cue_found"] += 1
+        info = dict(original=original.text, h=h, cue=cue.to_dict(), verdicts=_verdict_dicts(verdicts))
+        for t_index, trigger in enumerate(triggers):
+            jobs.append(dict(record=record, trigger_index=t_index, round=1, chosen=trigger.rstrip() + " ", **info))
+
+    for round_no in range(1, cfg.rounds + 1):
+        runnable = []
+        for job in jobs:
+            if used[job["record"]["id"]] >= cfg.max_generations_per_prompt:
+                stats["budget_exhausted"] += 1
+                continue
+            used[job["record"]["id"]] += 1
+            runnable.append(job)
+        if not runnable:
+            break
+        outs = policy.complete(
+            [(prompt_messages(j["record"]), j["original"][: j["h"]] + j["chosen"]) for j in runnable], seed(round_no)
+        )
+        stats["generations"] += len(outs)
+        jobs = []
+        for job, out in zip(runnable, outs):
+            stats["truncated_generations"] += out.finish_reason == "length"
+            prefix = job["original"][: job["h"]]
+            chosen = job["chosen"] + out.text
+            label, verdicts = verdict_of(job["record"], prefix + chosen)
+            if label == "safe":
+                record = job["record"]
+                pairs.append(dict(
+                    id=f"{record['id']}/t{job['trigger_index']}/r{round_no}",
+                    prompt_id=record["id"], prompt=record["prompt"], **({"system": record["system"]} if record.get("system") else {}),
+                    prefix=prefix, chosen=chosen, rejected=job["original"][job["h"] :],
+                    h=dict(char=job["h"], sentence=job["cue"]["index"], token=policy.count_tokens(prefix)),
+                    trigger=triggers[job["trigger_index"]], trigger_index=job["trigger_index"], round=round_no, kind="intervention",
+                    verdicts=dict(original=job["verdicts"], cue=job["cue"], intervened=_verdict_dicts(verdicts)),
+                    policy=policy.policy_id, sampling=dataclasses.asdict(policy.sampling),
+                ))
+                stats["success_per_round"][str(round_no)] = stats["success_per_round"].get(str(round_no), 0) + 1
+                continue
+            if label == "error":
+                stats["judge_errors"] += 1
+                continue
+            # still unsafe: intervene again at the first cue after the last trigger
+            full = prefix + chosen
+            h2, cue2 = first_cue_char(detector, prompt_text(job["record"]), full, after=len(prefix) + len(job["chosen"]))
+            if round_no == cfg.rounds or h2 is None:
+                stats["failed_after_rounds"] += 1
+                continue
+            trigger = triggers[job["trigger_index"]].rstrip() + " "
+            jobs.append(dict(job, round=round_no + 1, chosen=full[len(prefix) : h2] + trigger))
+
+    if benign:
+        candidates = policy.complete([(prompt_messages(r), "") for r in benign for _ in range(cfg.benign_candidates)], seed(99))
+        stats["generations"] += len(candidates)
+        for i, record in enumerate(benign):
+            mine = candidates[i * cfg.benign_candidates : (i + 1) * cfg.benign_candidates]
+            helpful, refusals = [], []
+            for c in mine:
+                label, verdicts = verdict_of(record, c.text)
+                answer = split_completion(c.text)[1]
+                trajectories.append(dict(id=record["id"], kind="benign", completion=c.text, finish_reason=c.finish_reason,
+                                         label=label, refusal=is_refusal(answer), verdicts=_verdict_dicts(verdicts), policy=policy.policy_id))
+                if label == "error":
+                    stats["judge_errors"] += 1
+                elif is_refusal(answer):
+                    refusals.append(c.text)
+                elif label == "safe" and answer.strip():
+                    helpful.append(c.text)
+            if helpful and refusals:
+                pairs.append(dict(
+                    id=f"{record['id']}/over-refusal", prompt_id=record["id"], prompt=record["prompt"],
+                    prefix="", chosen=helpful[0], rejected=refusals[0], h=dict(char=0, sentence=0, token=0),
+                    trigger=None, trigger_index=None, round=0, kind="over_refusal",
+                    policy=policy.policy_id, sampling=dataclasses.asdict(policy.sampling),
+                ))
+                stats["over_refusal_pairs"] += 1
+    stats["pairs"] = len(pairs)
+    return pairs, trajectories, stats
+
+
+# ---------------------------------------------------------------------------- files
+
+
+def _atomic_write_lines(path: Path, rows: Sequence[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def summarise(stats_list: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    total = _new_stats()
+    for s in stats_list:
+        for k, v in s.items():
+            if k == "success_per_round":
+                for r, n in v.items():
+                    total[k][r] = total[k].get(r, 0) + n
+            else:
+                total[k] += v
+    judged = total["safe_original"] + total["unsafe_original"]
+    total["unsafe_share"] = total["unsafe_original"] / judged if judged else None
+    total["cue_found_share"] = total["cue_found"] / total["unsafe_original"] if total["unsafe_original"] else None
+    total["generations_per_prompt"] = total["generations"] / total["prompts"] if total["prompts"] else None
+    return total
+
+
+def build_pairs(
+    records: Sequence[dict[str, Any]],
+    out_dir: str | Path,
+    policy: Policy,
+    judge: SafetyJudge,
+    detector: CueDetector,
+    triggers: Sequence[str],
+    cfg: InterventionConfig,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+    on_chunk_done: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the intervention over all prompts; returns the summary.
+
+    Writes <out>/chunks/{pairs,trajectories}-NNNNN.jsonl and progress-NNNNN.json per chunk, then
+    <out>/pairs.jsonl (all pairs, prompt-file order) and <out>/summary.json.
+    """
+    out = Path(out_dir)
+    chunks_dir = out / "chunks"
+    chunks_dir.mkdir(parents=True, exist_ok=True)
+    chunks = [records[i : i + cfg.chunk_prompts] for i in range(0, len(records), cfg.chunk_prompts)]
+    mine = [i for i in range(len(chunks)) if i % process_count == process_index]
+    done = {i for i in mine if (chunks_dir / f"progress-{i:05d}.json").is_file()}
+    if done:
+        print(f"resuming: {len(done)} of {len(mine)} chunks already done")
+    for i in tqdm([i for i in mine if i not in done], desc="build pairs", unit="chunk", disable=None):
+        pairs, trajectories, stats = process_chunk(chunks[i], i, policy, judge, detector, triggers, cfg)
+        _atomic_write_lines(chunks_dir / f"pairs-{i:05d}.jsonl", pairs)
+        _atomic_write_lines(chunks_dir / f"trajectories-{i:05d}.jsonl", trajectories)
+        progress = chunks_dir / f"progress-{i:05d}.json"
+        tmp = progress.with_name(f".{progress.name}.tmp")
+        tmp.write_text(json.dumps(dict(chunk=i, prompt_ids=[r["id"] for r in chunks[i]], stats=stats)) + "\n")
+        tmp.replace(progress)  # written last: the chunk counts as done only when everything is on disk
+        if on_chunk_done is not None:
+            on_chunk_done(i)
+
+    missing = [i for i in range(len(chunks)) if not (chunks_dir / f"progress-{i:05d}.json").is_file()]
+    if missing:  # other processes still working: only process 0 merges, once everything is there
+        return dict(pending_chunks=missing)
+    all_pairs, stats = [], []
+    for i in range(len(chunks)):
+        stats.append(json.loads((chunks_dir / f"progress-{i:05d}.json").read_text())["stats"])
+        with open(chunks_dir / f"pairs-{i:05d}.jsonl", encoding="utf-8") as f:
+            all_pairs += [json.loads(line) for line in f if line.strip()]
+    summary = summarise(stats)
+    if process_index == 0:
+        _atomic_write_lines(out / "pairs.jsonl", all_pairs)
+        tmp = out / ".summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        tmp.replace(out / "summary.json")
+    return summary

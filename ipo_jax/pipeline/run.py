@@ -1,0 +1,104 @@
+"""The `sample` and `build-pairs` stages: config -> policy, judge, detector, triggers -> files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+
+from ipo_jax.checkpoint.init import load_model
+from ipo_jax.data.pairs import prompt_messages
+from ipo_jax.data.tokenizer import load_tokenizer
+from ipo_jax.pipeline.intervene import (
+    InterventionConfig,
+    Policy,
+    _atomic_write_lines,
+    build_pairs,
+    prompt_text,
+    read_prompt_records,
+    split_completion,
+)
+from ipo_jax.pipeline.judges import PatternCueDetector, PatternJudge, safe_judge_trajectory, trajectory_label
+from ipo_jax.pipeline.triggers import DEFAULT_TRIGGERS, load_triggers
+from ipo_jax.sampling import Sampler, SamplingConfig
+from ipo_jax.sharding import make_mesh
+
+
+def _judges(config):
+    if config.judge.backend != "pattern":
+        raise ValueError(f"judge.backend {config.judge.backend!r}: only 'pattern' is available so far")
+    if config.judge.patterns_file:
+        return PatternJudge.from_file(config.judge.patterns_file), PatternCueDetector.from_file(config.judge.patterns_file)
+    return PatternJudge(), PatternCueDetector()
+
+
+def _policy(config) -> Policy:
+    if not config.prompts:
+        raise ValueError("config.prompts is empty: give a prompt JSONL file (--config.prompts=...)")
+    source = config.tokenizer
+    if not source:
+        kind, _, location = config.model.init.partition(":")
+        if kind != "hf":
+            raise ValueError("config.tokenizer is empty and model.init is not an HF directory to take it from")
+        source = location
+    tokenizer = load_tokenizer(source)
+    mesh = make_mesh(dict(config.mesh))
+    model = load_model(config.model.init, mesh=mesh, param_dtype=config.model.param_dtype, dtype=config.model.dtype,
+                       vocab_needed=len(tokenizer))
+    eos = [i for i in {tokenizer.eos_token_id, *[tokenizer.convert_tokens_to_ids(t) for t in _eos_tokens(tokenizer)]} if i is not None]
+    sampler = Sampler(model, eos_ids=eos, pad_id=tokenizer.pad_token_id or 0, batch_size=config.sampler.batch_size,
+                      max_prompt_length=config.sampler.max_prompt_length, chunk_tokens=config.sampler.chunk_tokens, mesh=mesh)
+    sampling = SamplingConfig(temperature=config.sampling.temperature, top_p=config.sampling.top_p,
+                              top_k=config.sampling.top_k, max_new_tokens=config.sampling.max_new_tokens)
+    return Policy(sampler, tokenizer, sampling, policy_id=config.model.init)
+
+
+def _eos_tokens(tokenizer) -> list[str]:
+    """End-of-turn tokens of the chat template (e.g. Qwen's <|im_end|>) besides the EOS token."""
+    from ipo_jax.data.tokenizer import chat_eos_text
+
+    text = chat_eos_text(tokenizer).strip()
+    return [text] if text and tokenizer.convert_tokens_to_ids(text) != tokenizer.unk_token_id else []
+
+
+def run_build_pairs(config) -> int:
+    records = read_prompt_records(config.prompts)
+    judge, detector = _judges(config)
+    triggers = load_triggers(config.triggers_file) if config.triggers_file else DEFAULT_TRIGGERS
+    policy = _policy(config)
+    cfg = InterventionConfig(**config.intervention)
+    summary = build_pairs(records, config.out, policy, judge, detector, triggers, cfg,
+                          process_index=jax.process_index(), process_count=jax.process_count())
+    if "pending_chunks" in summary:
+        print(f"this process is done; chunks {summary['pending_chunks']} are still with other processes")
+        return 0
+    print(json.dumps({k: summary[k] for k in ("prompts", "unsafe_share", "cue_found_share", "success_per_round",
+                                               "generations_per_prompt", "pairs", "over_refusal_pairs", "judge_errors")}, indent=2))
+    print(f"pairs: {Path(config.out) / 'pairs.jsonl'}; summary: {Path(config.out) / 'summary.json'}")
+    return 0
+
+
+def run_sample(config) -> int:
+    """Sample one trajectory per prompt, judge reasoning and answer, write trajectories.jsonl."""
+    records = read_prompt_records(config.prompts)
+    judge, _ = _judges(config)
+    policy = _policy(config)
+    completions = policy.complete([(prompt_messages(r), "") for r in records], seed=config.intervention.seed)
+    rows, counts = [], {"safe": 0, "unsafe": 0, "error": 0}
+    for record, completion in zip(records, completions):
+        reasoning, answer, closed = split_completion(completion.text)
+        verdicts = safe_judge_trajectory(judge, prompt_text(record), reasoning, answer)
+        label = trajectory_label(verdicts)
+        counts[label] += 1
+        rows.append(dict(id=record["id"], kind=record["kind"], prompt=record["prompt"], completion=completion.text,
+                         reasoning=reasoning, answer=answer, think_closed=closed, finish_reason=completion.finish_reason,
+                         label=label, verdicts={k: v.to_dict() for k, v in verdicts.items()}, policy=policy.policy_id,
+                         sampling=dataclasses.asdict(policy.sampling)))
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write_lines(out / "trajectories.jsonl", rows)
+    print(f"{len(rows)} trajectories: {counts['unsafe']} unsafe, {counts['safe']} safe, {counts['error']} judge errors "
+          f"-> {out / 'trajectories.jsonl'}")
+    return 0
