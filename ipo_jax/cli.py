@@ -5,6 +5,7 @@ Stages:
   presets   list the model presets with parameter counts and weight memory
   sample    sample and judge one trajectory per prompt
   build-pairs  intervention: sample -> judge -> first cue -> trigger -> continue -> pairs
+  csr       continuation safety ratio per sentence, safety triggers and compliance cues
   train     IPO (or a baseline) training from a pair file (see ipo_jax/train/config.py)
   demo      the main job on the embedded default (see ipo_jax/demo.py)
 
@@ -19,8 +20,8 @@ import logging
 import sys
 from pathlib import Path
 
-STAGES = ("convert", "presets", "sample", "build-pairs", "train", "demo")
-CONFIG_STAGES = ("sample", "build-pairs", "train", "demo")
+STAGES = ("convert", "presets", "sample", "build-pairs", "csr", "train", "demo")
+CONFIG_STAGES = ("sample", "build-pairs", "csr", "train", "demo")
 
 
 def parse_config(argv: list[str], stage: str):
@@ -160,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("presets", help="list model presets with parameter counts")
     for stage, text in (("sample", "sample and judge one trajectory per prompt"),
-                        ("build-pairs", "build preference pairs by corrective intervention")):
+                        ("build-pairs", "build preference pairs by corrective intervention"),
+                        ("csr", "continuation safety ratio analysis of trajectories")):
         sub.add_parser(stage, help=f"{text} (--config configs/pipeline_tiny_cpu.py)", add_help=False)
     sub.add_parser(
         "train",
@@ -189,10 +191,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_presets(args)
         if args.stage == "train":
             return cmd_train(args, rest)
-        if args.stage in ("sample", "build-pairs"):
-            from ipo_jax.pipeline.run import run_build_pairs, run_sample
+        if args.stage in ("sample", "build-pairs", "csr"):
+            from ipo_jax.pipeline import run as stages
 
-            run = run_sample if args.stage == "sample" else run_build_pairs
+            run = {"sample": stages.run_sample, "build-pairs": stages.run_build_pairs, "csr": stages.run_csr}[args.stage]
             return run(parse_config(rest, args.stage))
         return cmd_demo(args, rest)
     except (FileNotFoundError, FileExistsError, ValueError) as e:

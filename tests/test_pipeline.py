@@ -1,6 +1,5 @@
 """Intervention mechanics with a scripted policy and the pattern judge; resumability; the CLI stages."""
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -178,6 +177,17 @@ def test_sample_and_build_pairs_run_through_the_cli(tiny_world, tmp_path):
     summary = json.loads((tmp_path / "pairs" / "summary.json").read_text())
     assert summary["prompts"] == 4 and summary["generations"] >= 3  # 3 harmful originals + 2 benign candidates each
     assert (tmp_path / "pairs" / "pairs.jsonl").is_file()
+
+    # CSR over the sampled harmful trajectories: a CSV and a PNG for each
+    trajectories = tmp_path / "sample" / "trajectories.jsonl"
+    args = _pipeline_args("csr", tiny_world, tmp_path / "csr", f"--config.csr.trajectories={trajectories}",
+                          "--config.csr.num_samples=2", "--config.csr.window=1")
+    assert main(args) == 0
+    harmful = [r["id"] for r in rows if r["kind"] == "harmful" and r["reasoning"].strip()]
+    assert harmful
+    for trajectory_id in harmful:
+        assert (tmp_path / "csr" / "csr" / f"{trajectory_id}.csr.csv").is_file()
+        assert (tmp_path / "csr" / "csr" / f"{trajectory_id}.csr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_cli_reports_a_bad_prompt_file(tiny_world, tmp_path, capsys):

@@ -39,6 +39,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.intervention.benign_candidates = 4
     c.intervention.seed = 0
 
+    c.csr = ml_collections.ConfigDict()
+    c.csr.trajectories = ""  # JSONL with id, prompt, reasoning (e.g. `ipo-jax sample`'s trajectories.jsonl)
+    c.csr.num_samples = 32  # continuations per sentence (paper: 32)
+    c.csr.mu = 0.9  # safety trigger: CSR rises above mu and stays there for `window` sentences
+    c.csr.eta = 0.1  # compliance cue: CSR falls below eta and stays there
+    c.csr.window = 15
+    c.csr.kind = "harmful"  # analyse only trajectories of this kind ('' = all)
+
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1
     c.mesh.fsdp = 1

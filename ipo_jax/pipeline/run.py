@@ -102,3 +102,40 @@ def run_sample(config) -> int:
     print(f"{len(rows)} trajectories: {counts['unsafe']} unsafe, {counts['safe']} safe, {counts['error']} judge errors "
           f"-> {out / 'trajectories.jsonl'}")
     return 0
+
+
+def run_csr(config) -> int:
+    """Continuation safety ratio per sentence for each trajectory; CSV + PNG each, trigger candidates."""
+    from ipo_jax.data.records import read_jsonl_records
+    from ipo_jax.pipeline.csr import (
+        collect_trigger_candidates,
+        continuation_safety_ratio,
+        write_csr_outputs,
+        write_trigger_candidates,
+    )
+
+    c = config.csr
+    if not c.trajectories:
+        raise ValueError("config.csr.trajectories is empty: give a JSONL of trajectories (id, prompt, reasoning)")
+    rows = read_jsonl_records(c.trajectories, {"id": str, "prompt": (str, list), "reasoning": str}, kind="trajectory")
+    rows = [r for r in rows if not c.kind or r.get("kind", "harmful") == c.kind]
+    judge, _ = _judges(config)
+    policy = _policy(config)
+    out = Path(config.out)
+    results, table = [], []
+    for row in rows:
+        result = continuation_safety_ratio(
+            policy.sampler, policy.tokenizer, judge, prompt_messages(row), row["reasoning"], num_samples=c.num_samples,
+            sampling=policy.sampling, judge_prompt=prompt_text(row), mu=c.mu, eta=c.eta, window=c.window,
+        )
+        write_csr_outputs(result, out / "csr", row["id"])
+        results.append(result)
+        table.append(dict(id=row["id"], sentences=len(result.sentences), triggers=list(result.trigger_indices),
+                          cues=list(result.cue_indices)))
+    candidates = collect_trigger_candidates(results)
+    if candidates:
+        write_trigger_candidates(out / "trigger_candidates.txt", candidates)
+    _atomic_write_lines(out / "csr_summary.jsonl", table)
+    print(f"{len(rows)} trajectories analysed; {sum(len(r['cues']) for r in table)} compliance cues, "
+          f"{len(candidates)} trigger candidates; CSV and PNG per trajectory in {out / 'csr'}")
+    return 0
