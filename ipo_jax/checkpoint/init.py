@@ -51,3 +51,13 @@ def load_model(
             "they do not belong together"
         )
     return model
+
+
+def tokenizer_dir_for(tokenizer: str, spec: str) -> str:
+    """The tokenizer directory a stage should load: the one configured, or else the HF model's own."""
+    if tokenizer:
+        return tokenizer
+    kind, _, location = spec.partition(":")
+    if kind != "hf":
+        raise ModelSpecError(f"no tokenizer configured and model {spec!r} is not an HF directory to take it from")
+    return location

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import jax
 
-from ipo_jax.checkpoint.init import load_model
+from ipo_jax.checkpoint.init import load_model, tokenizer_dir_for
 from ipo_jax.data.pairs import prompt_messages
 from ipo_jax.data.tokenizer import load_tokenizer
 from ipo_jax.pipeline.intervene import (
@@ -37,13 +37,7 @@ def _judges(config):
 def _policy(config) -> Policy:
     if not config.prompts:
         raise ValueError("config.prompts is empty: give a prompt JSONL file (--config.prompts=...)")
-    source = config.tokenizer
-    if not source:
-        kind, _, location = config.model.init.partition(":")
-        if kind != "hf":
-            raise ValueError("config.tokenizer is empty and model.init is not an HF directory to take it from")
-        source = location
-    tokenizer = load_tokenizer(source)
+    tokenizer = load_tokenizer(tokenizer_dir_for(config.tokenizer, config.model.init))
     mesh = make_mesh(dict(config.mesh))
     model = load_model(config.model.init, mesh=mesh, param_dtype=config.model.param_dtype, dtype=config.model.dtype,
                        vocab_needed=len(tokenizer))

@@ -24,6 +24,7 @@ import os
 import signal
 import time
 from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,14 +33,14 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from ipo_jax.checkpoint import save_orbax
-from ipo_jax.checkpoint.init import load_model
+from ipo_jax.checkpoint.init import load_model, tokenizer_dir_for
 from ipo_jax.data.pairs import (
     PairBatches,
+    TokenizedPair,
     default_buckets,
     fit_to_length,
     prompt_messages,
     read_pair_records,
-    TokenizedPair,
 )
 from ipo_jax.data.tokenizer import load_tokenizer
 from ipo_jax.loss import LossConfig
@@ -91,12 +92,7 @@ def _tokenizer(config, records, out: Path):
             corpus += [m["content"] for m in prompt_messages(r)] + [r["prefix"], r["chosen"], r["rejected"]]
         tokenizer = build_tiny_tokenizer(corpus, vocab_size=config.tiny_tokenizer_vocab)
     else:
-        if not source:
-            kind, _, location = config.model.init.partition(":")
-            if kind != "hf":
-                raise TrainingError("config.tokenizer is empty and model.init is not an HF directory to take it from")
-            source = location
-        tokenizer = load_tokenizer(source)
+        tokenizer = load_tokenizer(tokenizer_dir_for(source, config.model.init))
     if jax.process_index() == 0:
         tokenizer.save_pretrained(out / "tokenizer")
     return tokenizer
