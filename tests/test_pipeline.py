@@ -198,3 +198,51 @@ def test_cli_reports_a_bad_prompt_file(tiny_world, tmp_path, capsys):
     args = _pipeline_args("build-pairs", tiny_world, tmp_path / "out", f"--config.prompts={bad}")
     assert main(args) == 2
     assert "prompts.jsonl:1: field 'prompt' is missing" in capsys.readouterr().err
+
+
+class _MarkerJudge:
+    """Unsafe unless the text carries the first trigger; every reasoning's first sentence is a cue.
+    Deterministic, so real (random-model) samples still flow through every stage."""
+
+    name = "marker-judge"
+
+    def judge(self, prompt, text):
+        from ipo_jax.pipeline.judges import Verdict
+
+        return Verdict("safe" if TRIGGERS[0][:20] in text else "unsafe", None, self.name, "marker")
+
+    def judge_trajectory(self, prompt, reasoning, answer):
+        return {"reasoning": self.judge(prompt, reasoning), "answer": self.judge(prompt, reasoning + answer)}
+
+    def first_cue(self, prompt, sentences):
+        from ipo_jax.pipeline.judges import CueResult
+
+        return CueResult(0 if sentences else None, self.name, "first sentence")
+
+
+def test_real_samples_become_pairs_that_train_accepts(tiny_world, tmp_path):
+    """prompt file -> real sampler on a tiny model -> pairs.jsonl -> `ipo-jax train` on it."""
+    from ipo_jax.cli import main
+    from ipo_jax.data.tokenizer import load_tokenizer
+    from ipo_jax.models.decoder import init_decoder
+    from ipo_jax.models.presets import preset_config
+    from ipo_jax.pipeline.intervene import Policy
+    from ipo_jax.sampling import Sampler
+
+    tokenizer = load_tokenizer(tiny_world / "tokenizer")
+    model = init_decoder(preset_config("tiny-qwen3", vocab_size=448, initializer_range=0.2), seed=0)
+    sampler = Sampler(model, eos_ids=[tokenizer.eos_token_id], batch_size=8, prompt_buckets=[64, 128], chunk_tokens=8)
+    policy = Policy(sampler, tokenizer, SamplingConfig(temperature=1.0, max_new_tokens=24), policy_id="preset:tiny-qwen3")
+    judge = _MarkerJudge()
+    harmful = [p for p in PROMPTS if p["kind"] == "harmful"]
+    summary = build_pairs(harmful, tmp_path / "pairs", policy, judge, judge, TRIGGERS, InterventionConfig(rounds=1))
+    pairs = read_pair_records(tmp_path / "pairs" / "pairs.jsonl")
+    assert summary["pairs"] == len(pairs) == len(harmful)  # trigger 0 makes every continuation "safe"
+    assert all(p["chosen"].startswith(TRIGGERS[0]) and p["rejected"] for p in pairs)
+
+    args = ["train", "--config", str(Path(__file__).parents[1] / "configs" / "train_tiny_cpu.py"),
+            f"--config.data.pairs={tmp_path / 'pairs' / 'pairs.jsonl'}", f"--config.tokenizer={tiny_world / 'tokenizer'}",
+            f"--config.train.out={tmp_path / 'train'}", f"--config.reference.cache_dir={tmp_path / 'train'}",
+            "--config.train.max_steps=2", "--config.data.pairs_per_micro=8"]
+    assert main(args) == 0
+    assert len((tmp_path / "train" / "metrics.jsonl").read_text().splitlines()) == 2
