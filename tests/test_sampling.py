@@ -124,3 +124,20 @@ def test_an_eos_after_max_new_tokens_is_a_length_finish(qwen2):
     row, late = next((r, t) for r, g in enumerate(long) for t in g.tokens[12:] if t not in g.tokens[:12])
     ended = make(late).generate(_prompts(), GREEDY)[row]
     assert ended.finish_reason == "length" and ended.tokens == free[row].tokens
+
+
+@pytest.mark.parametrize("top_p, top_k", [(0.5, 0), (0.9, 0), (0.95, 7), (1.0, 3), (1.0, 0)])
+def test_filtering_keeps_exactly_the_sorted_top_p_top_k_set(top_p, top_k):
+    """The bisection thresholds keep the same tokens as the textbook sort-based definition."""
+    from ipo_jax.sampling.sampler import filter_logits
+
+    logits = np.random.RandomState(0).randn(64, 50).astype(np.float32) * 3
+    kept = np.isfinite(np.asarray(filter_logits(logits, 0.8, top_p, top_k)))
+    for row, mask in zip(logits.astype(np.float64) / 0.8, kept):
+        order = np.argsort(-row)
+        allowed = order[:top_k] if top_k else order
+        probs = np.exp(row[allowed] - row[allowed].max())
+        probs /= probs.sum()
+        before = np.cumsum(probs) - probs
+        want = set((allowed if top_p >= 1 else allowed[before < top_p]).tolist())
+        assert set(np.flatnonzero(mask).tolist()) == want

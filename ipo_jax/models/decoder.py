@@ -142,9 +142,11 @@ class Attention(nnx.Module):
         self.num_kv_heads, self.group_size, self.head_dim = K, cfg.group_size, H
 
     def __call__(self, x, positions, inv_freq, mask, cache_kv):
-        """x: [B,T,D]; mask: [B,T,S]; cache_kv: None or (k, v, index) of this layer.
+        """x: [B,T,D]; mask: [B,T,S]; cache_kv: None or (all layers' k, v, this layer, index).
 
-        Returns the output [B,T,D] and the updated (k, v) of this layer (None without cache).
+        Returns the output [B,T,D] and the updated (k, v) of all layers (None without cache).
+        Only this step's T new entries are written into the stacked cache, in place, so a decode
+        step costs O(new tokens) of cache writes, not a copy of the cache.
         """
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # [B,T,N,H], [B,T,K,H]
         if self.q_norm is not None:
@@ -152,11 +154,13 @@ class Attention(nnx.Module):
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
         new_kv = None
         if cache_kv is not None:
-            cache_k, cache_v, index = cache_kv
-            k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), index, axis=1)
-            v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), index, axis=1)
-            new_kv = (k, v)
-            k, v = k.astype(x.dtype), v.astype(x.dtype)
+            cache_k, cache_v, layer, index = cache_kv  # [L,B,S,K,H]
+            start = (layer, 0, index, 0, 0)
+            cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype), start)
+            cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), start)
+            new_kv = (cache_k, cache_v)
+            k = jax.lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False).astype(x.dtype)
+            v = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False).astype(x.dtype)
         B, T = x.shape[:2]
         q = q.reshape(B, T, self.num_kv_heads, self.group_size, self.head_dim)  # [B,T,K,G,H]
         scores = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32)
@@ -245,19 +249,21 @@ class Decoder(nnx.Module):
 
         graphdef, layer_state = nnx.split(self.blocks)
 
-        def layer(x, per_layer):
-            params, cache_k, cache_v = per_layer
+        # The stacked cache rides in the scan carry (updated in place), not in xs/ys (copied).
+        def layer(carry, per_layer):
+            x, kv = carry
+            params, index_of_layer = per_layer
             block = nnx.merge(graphdef, params)
-            cache_kv = None if cache is None else (cache_k, cache_v, cache.index)
+            cache_kv = None if cache is None else (*kv, index_of_layer, cache.index)
             x, new_kv = block(x, positions, inv_freq, mask, cache_kv)
-            return x, new_kv
+            return (x, new_kv), None
 
         if cfg.remat_policy != "none":
             layer = jax.checkpoint(layer, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
-        cache_xs = (None, None) if cache is None else (cache.k, cache.v)
-        x, new_kv = jax.lax.scan(layer, x, (layer_state, *cache_xs))
+        kv = None if cache is None else (cache.k, cache.v)
+        (x, kv), _ = jax.lax.scan(layer, (x, kv), (layer_state, jnp.arange(cfg.num_layers)))
         if cache is not None:
-            cache = KVCache(new_kv[0], new_kv[1], seg, br, cache.index + T)
+            cache = KVCache(kv[0], kv[1], seg, br, cache.index + T)
         return self.final_norm(x), cache
 
     def unembedding(self) -> Array:
