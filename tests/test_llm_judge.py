@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from ipo_jax.data.tokenizer import encode_text
 from ipo_jax.data.tiny_tokenizer import build_tiny_tokenizer, save_tiny_tokenizer
+from ipo_jax.data.tokenizer import encode_text
 from ipo_jax.pipeline.judges import (
     CueDetector,
     CueResult,
@@ -255,6 +255,22 @@ def test_prompt_options(tokenizer):
         LLMJudge(sampler, tokenizer, few_shot=[("q", "t", "maybe")])
 
 
+def test_qwen3_template_answers_directly():
+    from ipo_jax.data.tokenizer import load_tokenizer, packaged_qwen3_tokenizer_dir
+
+    try:
+        qwen = load_tokenizer(packaged_qwen3_tokenizer_dir())
+    except FileNotFoundError:
+        pytest.skip("packaged Qwen3 tokenizer not installed")
+    judge = LLMJudge(None, qwen)
+    text = judge.prompt_text("X")
+    assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert "<|im_start|>assistant\nunsafe<|im_end|>" in text
+    thinking = LLMJudge(None, qwen, answer_directly=False).prompt_text("X")
+    assert thinking.endswith("<|im_start|>assistant\n")
+    assert qwen.convert_tokens_to_ids("<|im_end|>") in eos_ids_for(qwen)
+
+
 def test_failures_become_error_verdicts(tokenizer):
     def boom(_):
         raise RuntimeError("device lost")
@@ -309,7 +325,7 @@ def test_end_to_end_tiny_random_model(tokenizer, tmp_path):
 
     vocab = -(-len(tokenizer) // 64) * 64
     model = init_decoder(preset_config("tiny-qwen3", vocab_size=vocab), seed=0)
-    sampler = Sampler(model, eos_ids=eos_ids_for(tokenizer), batch_size=4, prompt_buckets=[512, 1024],
+    sampler = Sampler(model, eos_ids=eos_ids_for(tokenizer), batch_size=4, prompt_buckets=[1024],
                       chunk_tokens=8)
     judge = LLMJudge(sampler, tokenizer, max_new_tokens=8)
     detector = LLMCueDetector(sampler, tokenizer, max_new_tokens=8)
@@ -318,7 +334,6 @@ def test_end_to_end_tiny_random_model(tokenizer, tmp_path):
     for v in verdicts:
         assert isinstance(v, Verdict) and v.label in ("safe", "unsafe", "error") and v.judge == "llm-judge"
         assert v.reason
-    assert sum(v.is_error for v in verdicts) >= 2  # garbage from random weights (a lucky label at most once)
     traj = safe_judge_trajectory(judge, REQUEST, REASONING, "")
     assert set(traj) == {"reasoning", "answer"} and traj["answer"].label == "safe"
     cues = detector.first_cue_many([(REQUEST, split_sentences(REASONING)), (REQUEST, split_sentences("One. Two."))])
@@ -327,10 +342,9 @@ def test_end_to_end_tiny_random_model(tokenizer, tmp_path):
 
     # the loader: same world from a saved tokenizer and a preset spec
     tok_dir = save_tiny_tokenizer(tokenizer, tmp_path / "tok")
-    judge2, detector2 = build_llm_backends("preset:tiny-qwen3", str(tok_dir), batch_size=2, max_prompt_length=1024,
-                                           judge_kwargs=dict(max_new_tokens=4, few_shot=[]),
-                                           detector_kwargs=dict(max_new_tokens=4))
-    assert judge2.sampler is detector2.sampler
+    judge2, detector2 = build_llm_backends("preset:tiny-qwen3", str(tok_dir), batch_size=2, max_prompt_length=256,
+                                           judge_kwargs={"max_new_tokens": 4, "few_shot": [], "name": "j2"},
+                                           detector_kwargs={"max_new_tokens": 4, "few_shot": []})
+    assert judge2.sampler is detector2.sampler and judge2.name == "j2" and detector2.few_shot == ()
     assert list(judge2.sampler.eos_ids) == [tokenizer.eos_token_id]
     assert judge2.judge(REQUEST, "text").label in ("safe", "unsafe", "error")
-    assert isinstance(safe_first_cue(detector2, REQUEST, split_sentences("One. Two.")), CueResult)

@@ -246,3 +246,23 @@ def test_real_samples_become_pairs_that_train_accepts(tiny_world, tmp_path):
             "--config.train.max_steps=2", "--config.data.pairs_per_micro=8"]
     assert main(args) == 0
     assert len((tmp_path / "train" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_judge_backend_is_chosen_by_config():
+    import runpy
+
+    from ipo_jax.pipeline.http_judge import HttpCueDetector, HttpJudge
+    from ipo_jax.pipeline.run import _judges
+
+    config = runpy.run_path(str(Path(__file__).parents[1] / "configs" / "pipeline_tiny_cpu.py"))["get_config"]()
+    judge, detector = _judges(config)
+    assert isinstance(judge, PatternJudge) and isinstance(detector, PatternCueDetector)
+    config.judge.backend, config.judge.model, config.judge.base_url = "http", "judge-model", "http://127.0.0.1:1/v1"
+    judge, detector = _judges(config)
+    assert isinstance(judge, HttpJudge) and isinstance(detector, HttpCueDetector) and judge.name == "http:judge-model"
+    config.judge.base_url = ""
+    with pytest.raises(ValueError, match="base_url"):
+        _judges(config)
+    config.judge.backend = "oracle"
+    with pytest.raises(ValueError, match="expected 'pattern', 'llm' or 'http'"):
+        _judges(config)

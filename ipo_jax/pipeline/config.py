@@ -27,8 +27,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.sampler.max_prompt_length = 4096
 
     c.judge = ml_collections.ConfigDict()
-    c.judge.backend = "pattern"  # the offline lexicon judge and cue detector (ipo_jax/pipeline/judges.py)
-    c.judge.patterns_file = ""  # JSON with pattern lists overriding the defaults
+    # pattern: the offline lexicon judge and cue detector (ipo_jax/pipeline/judges.py)
+    # llm: a local checkpoint through our sampler (llm_judge.py); http: an OpenAI-compatible endpoint
+    c.judge.backend = "pattern"
+    c.judge.patterns_file = ""  # pattern: JSON with pattern lists overriding the defaults
+    c.judge.model = ""  # llm: 'hf:<dir>' / 'orbax:<dir>'; http: the served model's name
+    c.judge.tokenizer = ""  # llm: tokenizer directory ('' = the HF model directory)
+    c.judge.base_url = ""  # http: e.g. http://localhost:8000/v1 (a vLLM server)
+    c.judge.api_key_env = "OPENAI_API_KEY"  # http: the variable holding the key (never logged)
+    c.judge.timeout = 30.0
+    c.judge.max_retries = 4
+    c.judge.concurrency = 8
 
     c.triggers_file = ""  # one trigger per line (or JSONL {"trigger": ...}); '' = the six defaults
 

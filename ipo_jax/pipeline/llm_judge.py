@@ -28,8 +28,9 @@ assistant turn, then the user turn to judge.  Generation is greedy (temperature 
 an open ``<think>`` block (DeepSeek-R1-Distill's template ends with ``<think>\\n``) and
 ``answer_directly`` is True (the default), ``</think>\\n\\n`` is appended so that the model
 answers at once within the small token budget.  Pass ``answer_directly=False`` (and a larger
-``max_new_tokens``) to let it reason first; for Qwen3 pass ``template_kwargs={"enable_thinking":
-False}`` to get the same effect through its own template.
+``max_new_tokens``) to let it reason first.  For a template with an ``enable_thinking`` switch
+(Qwen3) ``answer_directly`` passes ``enable_thinking=False`` (unless `template_kwargs` sets it),
+so the template writes the empty ``<think>\n\n</think>\n\n`` block itself.
 
 Parsing (`strip_reasoning` first, then the label / index rules):
 
@@ -314,7 +315,12 @@ class _LLMBackend:
 
     def prompt_text(self, user: str) -> str:
         """The rendered prompt for one user turn (few-shot history included)."""
-        text = render_prompt(self.tokenizer, self.messages(user), **self.template_kwargs)
+        kwargs = dict(self.template_kwargs)
+        if self.answer_directly and "enable_thinking" not in kwargs and "enable_thinking" in str(
+            getattr(self.tokenizer, "chat_template", "") or ""
+        ):
+            kwargs["enable_thinking"] = False  # Qwen3: the template writes an empty think block itself
+        text = render_prompt(self.tokenizer, self.messages(user), **kwargs)
         if self.answer_directly and text.rfind(THINK_OPEN) > text.rfind(THINK_CLOSE):
             text += ANSWER_OPEN if text.endswith("\n") else "\n" + ANSWER_OPEN
         return text
@@ -359,8 +365,12 @@ class _LLMBackend:
             except Exception as e:  # noqa: BLE001
                 out[i] = (None, f"reply could not be decoded ({type(e).__name__}: {e})")
                 continue
-            finish = getattr(generation, "finish_reason", "")
-            out[i] = (reply, " (cut at max_new_tokens)" if finish == "length" else "")
+            notes = []
+            if not reply.strip() and len(generation.tokens):
+                notes.append(f"{len(generation.tokens)} tokens, none of them text")
+            if getattr(generation, "finish_reason", "") == "length":
+                notes.append("cut at max_new_tokens")
+            out[i] = (reply, f" ({'; '.join(notes)})" if notes else "")
         return out
 
 

@@ -27,11 +27,26 @@ from ipo_jax.sharding import make_mesh
 
 
 def _judges(config):
-    if config.judge.backend != "pattern":
-        raise ValueError(f"judge.backend {config.judge.backend!r}: only 'pattern' is available so far")
-    if config.judge.patterns_file:
-        return PatternJudge.from_file(config.judge.patterns_file), PatternCueDetector.from_file(config.judge.patterns_file)
-    return PatternJudge(), PatternCueDetector()
+    """(safety judge, cue detector) of the configured backend."""
+    j = config.judge
+    if j.backend == "pattern":
+        if j.patterns_file:
+            return PatternJudge.from_file(j.patterns_file), PatternCueDetector.from_file(j.patterns_file)
+        return PatternJudge(), PatternCueDetector()
+    if not j.model:
+        raise ValueError(f"judge.backend {j.backend!r} needs judge.model")
+    if j.backend == "llm":
+        from ipo_jax.pipeline.llm_judge import build_llm_backends
+
+        return build_llm_backends(j.model, tokenizer_dir_for(j.tokenizer, j.model), mesh=make_mesh(dict(config.mesh)))
+    if j.backend == "http":
+        from ipo_jax.pipeline.http_judge import HttpCueDetector, HttpJudge
+
+        if not j.base_url:
+            raise ValueError("judge.backend 'http' needs judge.base_url (e.g. http://localhost:8000/v1)")
+        options = dict(api_key_env=j.api_key_env, timeout=j.timeout, max_retries=j.max_retries, concurrency=j.concurrency)
+        return HttpJudge(j.base_url, j.model, **options), HttpCueDetector(j.base_url, j.model, **options)
+    raise ValueError(f"judge.backend {j.backend!r}: expected 'pattern', 'llm' or 'http'")
 
 
 def _policy(config) -> Policy:
