@@ -465,31 +465,9 @@ class HttpJudge(_HttpBackend):
 
     system = JUDGE_SYSTEM_PROMPT
 
-    def __init__(
-        self,
-        base_url: str,
-        model: str,
-        *,
-        api_key_env: str | None = "OPENAI_API_KEY",
-        timeout: float = 30.0,
-        max_retries: int = 4,
-        backoff: float = 1.0,
-        max_backoff: float = 30.0,
-        concurrency: int = 8,
-        name: str | None = None,
-        max_tokens: int | None = None,
-        few_shot: Sequence[JudgeExample | tuple[str, str, str]] = JUDGE_FEW_SHOT,
-        system: str | None = None,
-        jitter: float = 0.0,
-        total_timeout: float | None = None,
-        extra_body: Mapping[str, Any] | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
-    ):
-        super().__init__(base_url, model, api_key_env=api_key_env, timeout=timeout, max_retries=max_retries,
-                         backoff=backoff, max_backoff=max_backoff, concurrency=concurrency, name=name,
-                         max_tokens=max_tokens, jitter=jitter, total_timeout=total_timeout, extra_body=extra_body,
-                         system=system, sleep=sleep, clock=clock)
+    def __init__(self, base_url: str, model: str, *, few_shot: Sequence[JudgeExample | tuple[str, str, str]] = JUDGE_FEW_SHOT, **options: Any):
+        """`options`: the connection, retry and prompt settings of `_HttpBackend`."""
+        super().__init__(base_url, model, **options)
         self.few_shot = tuple(JudgeExample(*e) for e in few_shot)
         for e in self.few_shot:
             if e.label not in ("safe", "unsafe"):
@@ -558,31 +536,9 @@ class HttpCueDetector(_HttpBackend):
 
     system = CUE_SYSTEM_PROMPT
 
-    def __init__(
-        self,
-        base_url: str,
-        model: str,
-        *,
-        api_key_env: str | None = "OPENAI_API_KEY",
-        timeout: float = 30.0,
-        max_retries: int = 4,
-        backoff: float = 1.0,
-        max_backoff: float = 30.0,
-        concurrency: int = 8,
-        name: str | None = None,
-        max_tokens: int | None = None,
-        few_shot: Sequence[CueExample | tuple[str, Sequence[str], int | None]] = CUE_FEW_SHOT,
-        system: str | None = None,
-        jitter: float = 0.0,
-        total_timeout: float | None = None,
-        extra_body: Mapping[str, Any] | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
-    ):
-        super().__init__(base_url, model, api_key_env=api_key_env, timeout=timeout, max_retries=max_retries,
-                         backoff=backoff, max_backoff=max_backoff, concurrency=concurrency, name=name,
-                         max_tokens=max_tokens, jitter=jitter, total_timeout=total_timeout, extra_body=extra_body,
-                         system=system, sleep=sleep, clock=clock)
+    def __init__(self, base_url: str, model: str, *, few_shot: Sequence[CueExample | tuple[str, Sequence[str], int | None]] = CUE_FEW_SHOT, **options: Any):
+        """`options`: the connection, retry and prompt settings of `_HttpBackend`."""
+        super().__init__(base_url, model, **options)
         self.few_shot = tuple(CueExample(p, tuple(s), c) for p, s, c in few_shot)
         for e in self.few_shot:
             if e.first_cue is not None and not 0 <= e.first_cue < len(e.sentences):
