@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/ipo-jax demo --out runs/demo
+	$(BIN)/ipo-jax demo --config configs/demo.py
 
 test: $(STAMP)
 	XLA_FLAGS="$(TEST_XLA_FLAGS)" JAX_PLATFORMS=cpu HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \

@@ -79,3 +79,16 @@ def test_train_with_a_bad_pair_file_names_the_line(tmp_path, capsys):
     args = ["train", "--config", str(CONFIGS / "train_tiny_cpu.py"), f"--config.data.pairs={bad}", f"--config.train.out={tmp_path}/out"]
     assert main(args) == 2
     assert "pairs.jsonl:1: field 'rejected' is missing" in capsys.readouterr().err
+
+
+def test_the_makefile_demo_command_parses():
+    """`make demo` is the README's main-job command: its arguments must be a valid demo config."""
+    import shlex
+
+    from ipo_jax.cli import parse_config
+
+    makefile = (CONFIGS.parent / "Makefile").read_text().splitlines()
+    recipe = next(line for line in makefile if "ipo-jax demo" in line)
+    args = shlex.split(recipe.split("ipo-jax demo", 1)[1])
+    config = parse_config([a.replace("configs/", f"{CONFIGS}/", 1) for a in args], "demo")
+    assert config.presets and config.train_config
