@@ -190,6 +190,21 @@ def encode_chat(
     return prompt_ids, completion_ids
 
 
+def stop_token_ids(tokenizer) -> list[int]:
+    """Token ids that end a generated turn: the EOS id, plus the chat template's end-of-turn
+    token when that is a single token (e.g. Qwen's ``<|im_end|>``)."""
+    ids = {tokenizer.eos_token_id}
+    try:
+        text = chat_eos_text(tokenizer).strip()
+    except Exception:  # noqa: BLE001 - no template: the EOS token alone
+        text = ""
+    if text:
+        token_id = tokenizer.convert_tokens_to_ids(text)
+        if token_id is not None and token_id != tokenizer.unk_token_id:
+            ids.add(token_id)
+    return sorted(i for i in ids if i is not None)
+
+
 def split_reasoning(text: str) -> tuple[str, str, bool]:
     """Split an assistant completion into (reasoning, answer, closed).
 
@@ -223,4 +238,5 @@ __all__ = [
     "packaged_qwen3_tokenizer_dir",
     "render_prompt",
     "split_reasoning",
+    "stop_token_ids",
 ]

@@ -96,7 +96,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC
 from typing import Any
 
-from ipo_jax.pipeline.judges import CueResult, Verdict
+from ipo_jax.pipeline.judges import CueResult, Verdict, unpack_cue_request
 from ipo_jax.pipeline.llm_judge import (
     CUE_SYSTEM,
     DEFAULT_CUE_EXAMPLES,
@@ -557,10 +557,7 @@ class HttpCueDetector(_HttpBackend):
 
     def _one(self, request: Any) -> CueResult:
         try:
-            prompt, sentences = request
-            if not isinstance(prompt, str) or isinstance(sentences, str):
-                raise TypeError("expected (prompt str, sequence of sentences)")
-            sentences = list(sentences)
+            prompt, sentences = unpack_cue_request(request)
         except (TypeError, ValueError) as e:
             return self._error(f"bad request: {e}")
         if not sentences:

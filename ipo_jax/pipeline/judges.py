@@ -259,6 +259,14 @@ def trajectory_label(verdicts: Mapping[str, Verdict]) -> str:
     return "safe"
 
 
+def unpack_cue_request(request: Any) -> tuple[str, list[Any]]:
+    """(prompt, sentences) from a cue-detection request; TypeError/ValueError when malformed."""
+    prompt, sentences = request
+    if not isinstance(prompt, str) or isinstance(sentences, str):
+        raise TypeError("expected (prompt str, sequence of sentences)")
+    return prompt, list(sentences)
+
+
 def safe_first_cue(detector: CueDetector, prompt: str, sentences: Sequence[Sentence]) -> CueResult:
     """``detector.first_cue(...)`` with exceptions and malformed results turned into an error
     `CueResult` (index None, ``error`` set)."""

@@ -65,8 +65,15 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from ipo_jax.data.tokenizer import THINK_CLOSE, THINK_OPEN, encode_text, render_prompt, split_reasoning
-from ipo_jax.pipeline.judges import CueResult, Verdict
+from ipo_jax.data.tokenizer import (
+    THINK_CLOSE,
+    THINK_OPEN,
+    encode_text,
+    render_prompt,
+    split_reasoning,
+    stop_token_ids,
+)
+from ipo_jax.pipeline.judges import CueResult, Verdict, unpack_cue_request
 from ipo_jax.pipeline.steps import Sentence
 
 # --------------------------------------------------------------------------- few-shot examples
@@ -520,10 +527,7 @@ class LLMCueDetector(_LLMBackend):
         users, where, sizes = [], [], []
         for i, request in enumerate(requests):
             try:
-                prompt, sentences = request
-                if not isinstance(prompt, str) or isinstance(sentences, str):
-                    raise TypeError("expected (prompt str, sequence of sentences)")
-                sentences = list(sentences)
+                prompt, sentences = unpack_cue_request(request)
             except (TypeError, ValueError) as e:
                 out[i] = CueResult(None, self.name, "", f"bad request: {e}")
                 continue
@@ -547,21 +551,8 @@ class LLMCueDetector(_LLMBackend):
 # --------------------------------------------------------------------------- loading
 
 
-def eos_ids_for(tokenizer) -> list[int]:
-    """The tokenizer's EOS id plus the chat template's end-of-turn token when that is a single
-    token (e.g. Qwen's ``<|im_end|>``) -- the same rule as the pipeline's policy sampler."""
-    from ipo_jax.data.tokenizer import chat_eos_text
-
-    ids = {tokenizer.eos_token_id}
-    try:
-        text = chat_eos_text(tokenizer).strip()
-    except Exception:  # noqa: BLE001 - no template: the EOS token alone
-        text = ""
-    if text:
-        token_id = tokenizer.convert_tokens_to_ids(text)
-        if token_id is not None and token_id != tokenizer.unk_token_id:
-            ids.add(token_id)
-    return sorted(i for i in ids if i is not None)
+# The stop-token rule lives with the tokenizer helpers; kept under this name for callers here.
+eos_ids_for = stop_token_ids
 
 
 def build_llm_backends(

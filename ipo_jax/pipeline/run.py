@@ -10,7 +10,7 @@ import jax
 
 from ipo_jax.checkpoint.init import load_model, tokenizer_dir_for
 from ipo_jax.data.pairs import prompt_messages
-from ipo_jax.data.tokenizer import load_tokenizer
+from ipo_jax.data.tokenizer import load_tokenizer, stop_token_ids
 from ipo_jax.pipeline.intervene import (
     InterventionConfig,
     Policy,
@@ -56,20 +56,12 @@ def _policy(config) -> Policy:
     mesh = make_mesh(dict(config.mesh))
     model = load_model(config.model.init, mesh=mesh, param_dtype=config.model.param_dtype, dtype=config.model.dtype,
                        vocab_needed=len(tokenizer))
-    eos = [i for i in {tokenizer.eos_token_id, *[tokenizer.convert_tokens_to_ids(t) for t in _eos_tokens(tokenizer)]} if i is not None]
+    eos = stop_token_ids(tokenizer)
     sampler = Sampler(model, eos_ids=eos, pad_id=tokenizer.pad_token_id or 0, batch_size=config.sampler.batch_size,
                       max_prompt_length=config.sampler.max_prompt_length, chunk_tokens=config.sampler.chunk_tokens, mesh=mesh)
     sampling = SamplingConfig(temperature=config.sampling.temperature, top_p=config.sampling.top_p,
                               top_k=config.sampling.top_k, max_new_tokens=config.sampling.max_new_tokens)
     return Policy(sampler, tokenizer, sampling, policy_id=config.model.init)
-
-
-def _eos_tokens(tokenizer) -> list[str]:
-    """End-of-turn tokens of the chat template (e.g. Qwen's <|im_end|>) besides the EOS token."""
-    from ipo_jax.data.tokenizer import chat_eos_text
-
-    text = chat_eos_text(tokenizer).strip()
-    return [text] if text and tokenizer.convert_tokens_to_ids(text) != tokenizer.unk_token_id else []
 
 
 def run_build_pairs(config) -> int:
