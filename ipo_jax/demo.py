@@ -23,25 +23,9 @@ import numpy as np
 from flax import nnx
 
 from ipo_jax.checkpoint import load_hf, load_orbax, save_hf, save_orbax
-from ipo_jax.models.decoder import KVCache, init_decoder
+from ipo_jax.models.decoder import init_decoder
 from ipo_jax.models.presets import preset_config
-
-
-def greedy_decode(model, prompt: np.ndarray, new_tokens: int) -> np.ndarray:
-    """Greedy continuation of equal-length prompts [B,T] through the KV cache."""
-    batch, length = prompt.shape
-    step = nnx.jit(lambda m, t, p, s, c: m(t, p, s, cache=c))
-    cache = KVCache.init(model.cfg, batch, length + new_tokens)
-    positions = np.broadcast_to(np.arange(length), prompt.shape)
-    ones = np.ones_like(prompt)
-    logits, cache = step(model, jnp.asarray(prompt), jnp.asarray(positions), jnp.asarray(ones), cache)
-    out = []
-    for i in range(new_tokens):
-        token = jnp.argmax(logits[:, -1], axis=-1)[:, None]
-        out.append(token)
-        position = jnp.full((batch, 1), length + i)
-        logits, cache = step(model, token, position, jnp.ones_like(token), cache)
-    return np.asarray(jnp.concatenate(out, axis=1))
+from ipo_jax.sampling import Sampler, SamplingConfig
 
 
 def _check_preset(name: str, config, out: Path) -> dict:
@@ -70,7 +54,10 @@ def _check_preset(name: str, config, out: Path) -> dict:
     logit_diff = float(np.abs(ours - theirs)[real].max())
 
     prompt = tokens[:2, : config.length // 2]
-    our_tokens = greedy_decode(model, prompt, config.new_tokens)
+    # greedy through our sampler (KV cache); an EOS id outside the vocabulary decodes the full length
+    sampler = Sampler(model, eos_ids=[cfg.vocab_size], batch_size=len(prompt), prompt_buckets=[prompt.shape[1]])
+    generations = sampler.generate(prompt.tolist(), SamplingConfig(temperature=0.0, max_new_tokens=config.new_tokens))
+    our_tokens = np.asarray([g.tokens for g in generations])
     reference.generation_config.eos_token_id = None  # decode the full length on both sides
     with torch.no_grad():
         hf_tokens = reference.generate(
