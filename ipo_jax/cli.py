@@ -25,10 +25,15 @@ STAGES = ("convert", "presets", "sample", "build-pairs", "csr", "train", "eval",
 CONFIG_STAGES = ("sample", "build-pairs", "csr", "train", "eval", "demo")
 
 
+class ConfigError(ValueError):
+    """A missing config file, an unknown key or a wrongly typed override (exit code 2)."""
+
+
 def parse_config(argv: list[str], stage: str):
     """ml_collections config from `--config path.py` plus `--config.key=value` overrides.
 
-    Unknown keys and wrongly typed values are errors (the config is locked).
+    Unknown keys and wrongly typed values are errors (the config is locked): ConfigError,
+    which `main` prints as one line and turns into exit code 2, like every other bad input.
     """
     from absl import flags
     from ml_collections import config_flags
@@ -36,7 +41,7 @@ def parse_config(argv: list[str], stage: str):
     for i, arg in enumerate(argv):  # absl reports a missing file only on first use, obscurely
         path = arg.split("=", 1)[1] if arg.startswith("--config=") else (argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None)
         if path is not None and not Path(path.split(":", 1)[0]).is_file():
-            raise SystemExit(f"ipo-jax {stage}: config file {path!r} not found")
+            raise ConfigError(f"config file {path!r} not found")
     flag_values = flags.FlagValues()
     full_argv = [f"ipo-jax {stage}", *argv]
     # sys_argv: config_flags discovers the override flags from the argv it is given
@@ -47,9 +52,9 @@ def parse_config(argv: list[str], stage: str):
         flag_values(full_argv)
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
         # ml_collections reports an unknown key as AttributeError/KeyError, a bad value as TypeError/ValueError
-        raise SystemExit(f"ipo-jax {stage}: bad config or override: {e}") from None
+        raise ConfigError(f"bad config or override: {e}") from None
     if flag_values.config is None:
-        raise SystemExit(f"ipo-jax {stage}: --config is required (for example --config configs/{stage}.py)")
+        raise ConfigError(f"--config is required (for example --config configs/{stage}.py)")
     return flag_values.config
 
 
