@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # 8 simulated CPU devices so the sharding tests run on one CPU.
 TEST_XLA_FLAGS := --xla_force_host_platform_device_count=8
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean bench-venvs bench-train bench-sampler memory-plan
 
 venv: $(STAMP)
 
@@ -27,5 +27,32 @@ test: $(STAMP)
 	XLA_FLAGS="$(TEST_XLA_FLAGS)" JAX_PLATFORMS=cpu HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
 		$(BIN)/python -m pytest -q tests
 
+# Benchmarks (tools/README.md). The peers get venvs of their own: google-tunix pins older
+# transformers / safetensors than ours, and TRL needs only torch.
+BENCH := .bench
+
+$(BENCH)/trl/.installed: tools/peers/trl-constraints.txt
+	$(PYTHON) -m venv $(BENCH)/trl
+	$(BENCH)/trl/bin/pip install --quiet --upgrade pip
+	$(BENCH)/trl/bin/pip install --quiet -c tools/peers/trl-constraints.txt trl torch
+	touch $@
+
+$(BENCH)/tunix/.installed: tools/peers/tunix-constraints.txt
+	$(PYTHON) -m venv $(BENCH)/tunix
+	$(BENCH)/tunix/bin/pip install --quiet --upgrade pip
+	$(BENCH)/tunix/bin/pip install --quiet -c tools/peers/tunix-constraints.txt google-tunix
+	touch $@
+
+bench-venvs: $(BENCH)/trl/.installed $(BENCH)/tunix/.installed
+
+bench-train: $(STAMP) bench-venvs
+	$(BIN)/python tools/bench_train.py --out tools/results/train
+
+bench-sampler: $(STAMP)
+	$(BIN)/python tools/bench_sampler.py --out tools/results/sampler
+
+memory-plan: $(STAMP)
+	$(BIN)/python tools/memory_plan.py --out tools/results/memory_plan
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(BENCH) runs

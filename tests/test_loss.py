@@ -126,10 +126,24 @@ def test_chunked_token_logprobs_equal_full_log_softmax(chunk):
         return jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)[..., 0]
 
     np.testing.assert_allclose(token_logprobs(hidden, targets, unembed, chunk), full(hidden, unembed), atol=1e-5)
-    g_chunked = jax.grad(lambda h, w: token_logprobs(h, targets, w, chunk).sum(), argnums=(0, 1))(hidden, unembed)
-    g_full = jax.grad(lambda h, w: full(h, w).sum(), argnums=(0, 1))(hidden, unembed)
+    # a different weight per slot, so the hand-written VJP is checked against autodiff for any cotangent
+    weights = jnp.asarray(rng.randn(3, 13).astype(np.float32))
+    g_chunked = jax.grad(lambda h, w: (weights * token_logprobs(h, targets, w, chunk)).sum(), argnums=(0, 1))(hidden, unembed)
+    g_full = jax.grad(lambda h, w: (weights * full(h, w)).sum(), argnums=(0, 1))(hidden, unembed)
     for a, b in zip(g_chunked, g_full):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_chunked_logprobs_gradients_keep_bfloat16_inputs_bfloat16():
+    rng = np.random.RandomState(2)
+    hidden = jnp.asarray(rng.randn(2, 9, 8), jnp.bfloat16)
+    unembed = jnp.asarray(rng.randn(8, 40), jnp.bfloat16)
+    targets = jnp.asarray(rng.randint(0, 40, (2, 9)))
+    g_h, g_w = jax.grad(lambda h, w: token_logprobs(h, targets, w, 4).sum(), argnums=(0, 1))(hidden, unembed)
+    assert g_h.dtype == jnp.bfloat16 and g_w.dtype == jnp.bfloat16  # no float32 copy of the head's gradient
+    f32 = jax.grad(lambda h, w: token_logprobs(h, targets, w, 4).sum(), argnums=(0, 1))(
+        hidden.astype(jnp.float32), unembed.astype(jnp.float32))
+    np.testing.assert_allclose(np.asarray(g_w, np.float32), f32[1], atol=0.1, rtol=0.05)
 
 
 def test_chunked_logprobs_never_build_full_logits():
