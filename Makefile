@@ -25,7 +25,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	XLA_FLAGS="$(TEST_XLA_FLAGS)" JAX_PLATFORMS=cpu HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
-		$(BIN)/python -m pytest -q tests
+		$(BIN)/python -m pytest -q --durations=15 tests
 
 # Benchmarks (tools/README.md). The peers get venvs of their own: google-tunix pins older
 # transformers / safetensors than ours, and TRL needs only torch.

@@ -269,6 +269,8 @@ def test_bucketing_bounds_the_number_of_shapes():
     pairs = _random_pairs(40, seed=5)
     buckets = default_buckets(64, smallest=8)
     assert buckets == [8, 16, 32, 64] and bucket_length(9, buckets) == 16
+    assert default_buckets(300, smallest=64, steps_per_octave=2) == [64, 96, 128, 192, 256, 300]
+    assert bucket_length(140, default_buckets(4096, steps_per_octave=2)) == 192  # 256 with powers of two only
     batches = PairBatches(pairs, pairs_per_micro=3, micro_batches=1, layout="duplicated", mask_from="cue", buckets=buckets)
     shapes = {batches.batch(0, i)[0]["tokens"].shape for i in range(batches.batches_per_epoch)}
     assert len(shapes) <= len(buckets)

@@ -41,22 +41,27 @@ def main() -> None:
     trunk = np.array([len(p.trunk) for p in pairs])
     suffix = np.array([len(p.chosen) + len(p.rejected) for p in pairs])
     result = {"pairs": len(pairs), "mean_trunk_tokens": float(trunk.mean()), "mean_suffix_tokens": float(suffix.mean())}
-    buckets = default_buckets(args.max_length)
+    bucketings = {  # the training default is half_steps
+        "powers_of_two": default_buckets(args.max_length),
+        "half_steps": default_buckets(args.max_length, steps_per_octave=2),
+        "exact": list(range(1, args.max_length + 1)),  # a shape per length: the padding left inside a batch
+    }
     for layout in ("duplicated", "prefix_shared"):
         real = sum(2 * p.row_length("duplicated") if layout == "duplicated" else p.row_length(layout) for p in pairs)
-        batches = PairBatches(pairs, args.pairs_per_batch, 1, layout, "cue", buckets, shuffle=False)
-        padded = 0
-        for i in range(batches.batches_per_epoch):
-            batch, _ = batches.batch(0, i)
-            padded += batch["tokens"].size
-        result[layout] = {"real_tokens": int(real), "padded_tokens": int(padded), "padding_share": 1 - real / padded}
+        result[layout] = {"real_tokens": int(real)}
+        for name, buckets in bucketings.items():
+            batches = PairBatches(pairs, args.pairs_per_batch, 1, layout, "cue", buckets, shuffle=False)
+            padded = sum(batches.batch(0, i)[0]["tokens"].size for i in range(batches.batches_per_epoch))
+            result[layout][name] = {"padded_tokens": int(padded), "padding_share": 1 - real / padded}
     result["token_saving"] = 1 - result["prefix_shared"]["real_tokens"] / result["duplicated"]["real_tokens"]
 
     print(f"{len(pairs)} pairs; mean prompt+prefix {trunk.mean():.0f} tokens, mean chosen+rejected {suffix.mean():.0f} tokens")
-    print("| layout | tokens processed | with padding | padding share |\n|---|---|---|---|")
+    print("| layout | tokens processed | padding share: powers of two | half steps (training default) | exact lengths |")
+    print("|---|---|---|---|---|")
     for layout in ("duplicated", "prefix_shared"):
         r = result[layout]
-        print(f"| {layout} | {r['real_tokens']} | {r['padded_tokens']} | {r['padding_share']:.1%} |")
+        shares = " | ".join(f"{r[name]['padding_share']:.1%}" for name in bucketings)
+        print(f"| {layout} | {r['real_tokens']} | {shares} |")
     print(f"prefix sharing saves {result['token_saving']:.1%} of the tokens processed")
     if args.json:
         with open(args.json, "w") as f:

@@ -169,11 +169,21 @@ def bucket_length(n: int, buckets: Sequence[int]) -> int:
     raise ValueError(f"row of {n} tokens is longer than the largest bucket {max(buckets)}")
 
 
-def default_buckets(max_length: int, smallest: int = 64) -> list[int]:
-    """Powers of two from `smallest` up to max_length, plus max_length itself."""
+def default_buckets(max_length: int, smallest: int = 64, steps_per_octave: int = 1) -> list[int]:
+    """Row lengths to compile, from `smallest` up to max_length (included).
+
+    steps_per_octave 1: powers of two (at most half of a row is padding); 2: powers of two and
+    1.5x each in between (64, 96, 128, 192, ...; at most a third is padding) for one more
+    compiled shape per octave. Training uses 2: on the sample pairs with the Qwen3 tokenizer the
+    prefix-shared rows (134-156 tokens) went from 44% padding (256-token rows) to 26% (192).
+    """
+    if steps_per_octave not in (1, 2):
+        raise ValueError(f"steps_per_octave must be 1 or 2, got {steps_per_octave}")
     out, b = [], smallest
     while b < max_length:
         out.append(b)
+        if steps_per_octave == 2 and b * 3 // 2 < max_length and (b * 3) % 2 == 0:
+            out.append(b * 3 // 2)
         b *= 2
     return out + [max_length]
 

@@ -23,7 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.layout = "prefix_shared"  # prefix_shared | duplicated (same numbers; shared saves the prefix compute)
     c.data.mask_from = "cue"  # cue: loss on the suffix only (IPO); reasoning: the whole completion
     c.data.max_length = 4096  # longer pairs lose suffix tail tokens (counted); see fit_to_length
-    c.data.buckets = ()  # row lengths compiled; () = powers of two up to max_length
+    c.data.buckets = ()  # row lengths compiled; () = 64, 96, 128, 192, ... (2^k and 1.5 * 2^k) up to max_length
     c.data.pairs_per_micro = 8
     c.data.micro_batches = 1  # gradient accumulation: pairs per step = pairs_per_micro * micro_batches
     c.data.seed = 0

@@ -377,7 +377,7 @@ def train(config) -> int:
                        seed=config.train.seed, vocab_needed=len(tokenizer))
 
     d = config.data
-    buckets = list(d.buckets) if d.buckets else default_buckets(d.max_length)
+    buckets = list(d.buckets) if d.buckets else default_buckets(d.max_length, steps_per_octave=2)
     batches = PairBatches(pairs, d.pairs_per_micro, d.micro_batches, d.layout, d.mask_from, buckets, d.seed, d.shuffle)
     check_batch_fits_mesh(d.pairs_per_micro * (2 if d.layout == "duplicated" else 1), mesh)
     loss_cfg = LossConfig(**config.loss)
