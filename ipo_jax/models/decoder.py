@@ -22,6 +22,8 @@ prefix-shared pair starts at the same position as the chosen one).
 
 from __future__ import annotations
 
+import math
+
 from typing import Sequence
 
 import flax.struct
@@ -62,7 +64,12 @@ class Projection(nnx.Module):
 
     def __call__(self, x: Array) -> Array:
         kernel = self.kernel[...].astype(x.dtype)
-        y = jnp.tensordot(x, kernel, axes=self.num_in)
+        # One plain [tokens, in] x [in, out] matmul: XLA:CPU runs the backward of a dot that
+        # contracts over (batch, length) well below its 2-D rate (a 6-layer MLP stack's backward:
+        # 1.84 s as tensordot, 1.29 s as 2-D dots); merging leading dims keeps every sharding.
+        lead, out_shape = x.shape[: x.ndim - self.num_in], kernel.shape[self.num_in :]
+        fan_in = math.prod(kernel.shape[: self.num_in])
+        y = (x.reshape(-1, fan_in) @ kernel.reshape(fan_in, -1)).reshape(*lead, *out_shape)
         if self.bias is not None:
             y = y + self.bias[...].astype(x.dtype)
         return y
