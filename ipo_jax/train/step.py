@@ -3,7 +3,7 @@
 A step takes one global batch laid out as [micro_batches, rows, ...], accumulates loss sums
 and gradients over the micro-batches with `lax.scan`, divides by the number of valid pairs
 (so k micro-batches equal one full batch), clips, applies AdamW, and skips the update (and
-counts it) when the loss or the gradient is not finite.
+counts it) when the loss, the gradient, or any updated parameter or optimizer state is not finite.
 """
 
 from __future__ import annotations
@@ -127,6 +127,12 @@ def _tree_where(pred, a, b):
     return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
 
 
+def all_finite(tree) -> Array:
+    """True when every floating-point entry of the pytree is finite (integer leaves always are)."""
+    checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
+
+
 def make_train_step(
     graphdef,
     tx: optax.GradientTransformation,
@@ -169,7 +175,10 @@ def make_train_step(
         grad_norm = optax.global_norm(grads)
         updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(sums["loss"]) & jnp.isfinite(grad_norm)
+        # an update is applied only if it leaves every parameter and optimizer moment finite
+        # (a huge but finite gradient, or a damaged moment, can still overflow them)
+        finite = (jnp.isfinite(sums["loss"]) & jnp.isfinite(grad_norm)
+                  & all_finite(new_params) & all_finite(new_opt_state))
         new_state = TrainState(
             params=_tree_where(finite, new_params, state.params),
             opt_state=_tree_where(finite, new_opt_state, state.opt_state),
