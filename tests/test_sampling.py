@@ -73,10 +73,13 @@ def test_eos_ends_each_row_and_stop_strings_cut_the_text(qwen2):
     free = sampler.generate(_prompts(), GREEDY)
     eos = free[0].tokens[4]  # make row 0's fifth greedy token the end of sequence
     ended = Sampler(model, eos_ids=[eos], batch_size=4, prompt_buckets=[16], chunk_tokens=3).generate(_prompts(), GREEDY)
-    assert ended[0].finish_reason == "eos" and ended[0].tokens == free[0].tokens[: free[0].tokens.index(eos)]
+    assert ended[0].finish_reason == "stop" and ended[0].tokens == free[0].tokens[: free[0].tokens.index(eos)]
+    # the ids as sampled keep the end id; a row cut by the limit has none
+    assert ended[0].end_id == eos and ended[0].completion_ids == free[0].tokens[: free[0].tokens.index(eos) + 1]
+    assert free[0].finish_reason == "length" and free[0].end_id is None and free[0].completion_ids == free[0].tokens
     stop = str(free[1].tokens[6])
     stopped = sampler.generate(_prompts(), GREEDY, stop_strings=[stop])[1]
-    assert stopped.finish_reason == "stop" and stopped.text.endswith(stop)
+    assert stopped.finish_reason == "stop" and stopped.text.endswith(stop) and stopped.end_id is None
     assert stopped.tokens == free[1].tokens[: len(stopped.tokens)] and len(stopped.tokens) <= 7
 
 
@@ -123,7 +126,7 @@ def test_an_eos_after_max_new_tokens_is_a_length_finish(qwen2):
     # a token greedy decoding produces only after step 12 (past max_new_tokens, inside the last chunk)
     row, late = next((r, t) for r, g in enumerate(long) for t in g.tokens[12:] if t not in g.tokens[:12])
     ended = make(late).generate(_prompts(), GREEDY)[row]
-    assert ended.finish_reason == "length" and ended.tokens == free[row].tokens
+    assert ended.finish_reason == "length" and ended.tokens == free[row].tokens and ended.completion_ids == free[row].tokens
 
 
 @pytest.mark.parametrize("top_p, top_k", [(0.5, 0), (0.9, 0), (0.95, 7), (1.0, 3), (1.0, 0)])

@@ -8,8 +8,12 @@ Decoding runs `chunk_tokens` steps per device call inside `lax.while_loop` (leav
 every row is done); between chunks the host checks stop strings, so per-row EOS and stop
 strings both end a row. Randomness: one key per call from `seed`, folded with the step.
 Continuing from a partial reasoning is just a longer prompt: pass prompt + partial ids.
+
+Each `Generation` says how it ended (finish_reason "stop": an end-of-sequence id or a stop
+string; "length": max_new_tokens) and carries the ids as sampled (`completion_ids`, the end id
+included when the row ended on one), so callers keep the exact token path.
 """
 
-from ipo_jax.sampling.sampler import Generation, Sampler, SamplingConfig
+from ipo_jax.sampling.sampler import FINISH_REASONS, Generation, Sampler, SamplingConfig
 
-__all__ = ["Generation", "Sampler", "SamplingConfig"]
+__all__ = ["FINISH_REASONS", "Generation", "Sampler", "SamplingConfig"]

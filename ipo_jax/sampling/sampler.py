@@ -29,11 +29,27 @@ class SamplingConfig:
             raise ValueError(f"bad sampling settings: {self}")
 
 
+FINISH_REASONS = ("stop", "length")
+
+
 @dataclasses.dataclass
 class Generation:
-    tokens: list[int]  # the new tokens, without the prompt (and without the EOS token)
-    finish_reason: str  # 'eos' | 'stop' | 'length'
-    text: str | None = None  # decoded, when the sampler has a decode function
+    """One generated row.
+
+    finish_reason is "stop" when the row ended on an end-of-sequence id (`end_id`) or on a stop
+    string, "length" when it reached max_new_tokens (an end id sampled past the limit does not
+    count). `completion_ids` are the ids exactly as sampled, without padding: `tokens` plus the
+    end id when the row ended on one, so a continuation from them retraces the sampled path.
+    """
+
+    tokens: list[int]  # the new tokens, without the prompt (and without the end-of-sequence id)
+    finish_reason: str  # 'stop' | 'length' (FINISH_REASONS)
+    text: str | None = None  # decoded `tokens`, when the sampler has a decode function
+    end_id: int | None = None  # the end-of-sequence id the row ended on (finish 'stop'), else None
+
+    @property
+    def completion_ids(self) -> list[int]:
+        return list(self.tokens) + ([self.end_id] if self.end_id is not None else [])
 
 
 def _threshold(values: jax.Array, enough: Callable[[jax.Array], jax.Array], iterations: int = 32) -> jax.Array:
@@ -279,12 +295,12 @@ class Sampler:
         results = []
         for i in range(n):
             ids = generated[i][: config.max_new_tokens]
-            reason = finish[i] or "length"
+            reason, end_id = finish[i] or "length", None
             if reason == "eos":
                 cut = next(j for j, t in enumerate(ids) if t in eos_set)
-                ids = ids[:cut]
-            if reason == "stop":  # keep tokens up to the one that completes the first stop string
+                ids, end_id, reason = ids[:cut], ids[cut], "stop"
+            elif reason == "stop":  # keep tokens up to the one that completes the first stop string
                 ids = ids[: next(k for k in range(1, len(ids) + 1) if any(s in self.decode(ids[:k]) for s in stop_strings))]
             text = self.decode(ids) if self.decode else None
-            results.append(Generation(ids, reason, text))
+            results.append(Generation(ids, reason, text, end_id))
         return results
