@@ -268,13 +268,14 @@ def _build_pairs(config, world: dict, base: str, out: Path) -> dict:
     summary = json.loads((out / "intervention" / "summary.json").read_text())
 
     from ipo_jax.pipeline.baselines import build_full_trajectory_pairs
-    from ipo_jax.pipeline.intervene import _atomic_write_lines, read_prompt_records
+    from ipo_jax.io import atomic_write_jsonl
+    from ipo_jax.pipeline.intervene import read_prompt_records
 
     judge, _ = build_judges(pc)
     pairs, full_stats = build_full_trajectory_pairs(read_prompt_records(pc.prompts), build_policy(pc), judge,
                                                      samples=config.full_trajectory_samples, seed=config.seed + 7)
     (out / "full_trajectory").mkdir(parents=True, exist_ok=True)
-    _atomic_write_lines(out / "full_trajectory" / "pairs.jsonl", pairs)
+    atomic_write_jsonl(out / "full_trajectory" / "pairs.jsonl", pairs)
     keys = ("prompts", "unsafe_share", "cue_found_share", "success_per_round", "generations_per_prompt", "pairs",
             "over_refusal_pairs", "judge_errors", "failed_after_rounds")
     return dict(intervention={k: summary.get(k) for k in keys}, full_trajectory=full_stats,

@@ -109,7 +109,7 @@ def test_pattern_judge_and_metrics_agree_on_demo_world_text():
     import random
 
     from ipo_jax.demo_world import _risky_trace
-    from ipo_jax.pipeline.intervene import split_completion
+    from ipo_jax.rollout import split_completion
 
     judge = PatternJudge()
     for compliant in (True, False):

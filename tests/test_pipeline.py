@@ -7,14 +7,13 @@ import pytest
 
 from ipo_jax.data.pairs import read_pair_records
 from ipo_jax.pipeline.intervene import (
-    Completion,
     InterventionConfig,
     PromptFileError,
     build_pairs,
     read_prompt_records,
-    reasoning_span,
 )
 from ipo_jax.pipeline.judges import PatternCueDetector, PatternJudge
+from ipo_jax.rollout import Completion, reasoning_span
 from ipo_jax.sampling import SamplingConfig
 
 TRIGGERS = (
@@ -226,7 +225,7 @@ def test_real_samples_become_pairs_that_train_accepts(tiny_world, tmp_path):
     from ipo_jax.data.tokenizer import load_tokenizer
     from ipo_jax.models.decoder import init_decoder
     from ipo_jax.models.presets import preset_config
-    from ipo_jax.pipeline.intervene import Policy
+    from ipo_jax.rollout import Policy
     from ipo_jax.sampling import Sampler
 
     tokenizer = load_tokenizer(tiny_world / "tokenizer")

@@ -1,12 +1,22 @@
-"""Crash-safe output directories: write into a temporary sibling, rename into place when complete."""
+"""Crash-safe output directories: write into a temporary sibling, rename into place when complete
+(the directory counterpart of `ipo_jax.io.atomic_write_bytes`, sharing its `fsync_dir`).
+
+The finished directory gets ordinary modes (0666 / 0777 less the umask: 0644 files and 0755
+directories as usual) whatever the writers used (safetensors writes 0600). A process killed
+mid-write leaves `.<name>.tmp-<pid>` (and, between its two renames, `.<name>.old-<pid>`);
+`remove_stale_temporaries` clears those when the next run starts.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Iterator
+
+from ipo_jax.io import fsync_dir
 
 
 @contextlib.contextmanager
@@ -21,6 +31,7 @@ def atomic_output_dir(out_dir: Path, overwrite: bool = False, *, enabled: bool =
     if not enabled:
         yield out_dir
         return
+    remove_stale_temporaries(out_dir.parent, out_dir.name)  # a killed earlier write of this same directory
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
         raise FileExistsError(f"{out_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -33,10 +44,68 @@ def atomic_output_dir(out_dir: Path, overwrite: bool = False, *, enabled: bool =
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    set_ordinary_modes(tmp)
+    fsync_dir(tmp)  # the directory's entries are on disk before it becomes visible
     old = None
     if out_dir.exists():
         old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
         out_dir.rename(old)
     tmp.rename(out_dir)
+    fsync_dir(out_dir.parent)  # the rename itself survives a power loss
     if old is not None:
         shutil.rmtree(old) if old.is_dir() else old.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def set_ordinary_modes(root: Path) -> None:
+    """Files 0666 and directories 0777, less the umask, under (and including) `root`."""
+    mask = _umask()
+    for directory, dirs, files in os.walk(root):
+        os.chmod(directory, 0o777 & ~mask)
+        for name in files:
+            path = os.path.join(directory, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~mask)
+
+
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: str | Path, name: str | None = None) -> list[Path]:
+    """Remove the `.<name>.tmp-<pid>` leftovers of killed writers in `directory` (files or
+    directories, from `atomic_output_dir` and `ipo_jax.io`); returns what was removed. A
+    `.<name>.old-<pid>` whose `<name>` is missing (killed between the two renames) is the
+    previous complete version and is renamed back; one beside its `<name>` is removed. Entries of
+    processes still running on this host are left alone; with `name`, only that entry's."""
+    directory = Path(directory)
+    removed = []
+    if not directory.is_dir():
+        return removed
+    for path in sorted(directory.iterdir()):
+        match = _TEMPORARY.match(path.name)
+        if not match or (name is not None and match["name"] != name):
+            continue
+        if int(match["pid"]) == os.getpid() or _alive(int(match["pid"])):
+            continue
+        target = directory / match["name"]
+        if match["kind"] == "old" and not target.exists():
+            path.rename(target)
+            continue
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        removed.append(path)
+    return removed

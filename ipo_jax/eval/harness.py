@@ -9,14 +9,13 @@ Outputs under ``config.out``:
                       refusal, predicted/reference/correct for math (`metrics.score_generation`)
   summary.json        metrics per benchmark and pooled, contamination, settings
   report.md + *.png   the tables and plots (`report.py`)
-Files are written through a temporary name and renamed, so a killed run never leaves a
-half-written file that reads as complete.
+Files are written atomically (`ipo_jax.io`), so a killed run never leaves a half-written file
+that reads as complete.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,8 +25,9 @@ from tqdm.auto import tqdm
 
 from ipo_jax.eval.items import EvalItem
 from ipo_jax.eval.metrics import headline, score_generation, summarize_by_benchmark
-from ipo_jax.pipeline.intervene import Policy, _atomic_write_lines, split_completion
+from ipo_jax.io import atomic_write_json, atomic_write_jsonl
 from ipo_jax.pipeline.judges import SafetyJudge, safe_judge_trajectory
+from ipo_jax.rollout import Policy, split_completion
 
 
 class EvalConfigError(ValueError):
@@ -106,13 +106,11 @@ def write_outputs(out: Path, rows: list[dict], meta: dict[str, Any], contaminati
     from ipo_jax.eval.report import write_single_report
 
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_lines(out / "generations.jsonl", rows)
+    atomic_write_jsonl(out / "generations.jsonl", rows)
     summaries = summarize_by_benchmark(rows)
     summary = dict(meta, benchmarks=summaries, pooled=headline(summaries),
                    contamination=[dataclasses.asdict(c) | {"share": c.share} for c in contamination_results])
-    tmp = out / ".summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(out / "summary.json")
+    atomic_write_json(out / "summary.json", summary)
     write_single_report(out, summary, contamination_results)
     return summary
 

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from ipo_jax.data.pairs import prompt_messages
-from ipo_jax.pipeline.intervene import Policy, prompt_text, split_completion
+from ipo_jax.pipeline.intervene import prompt_text
 from ipo_jax.pipeline.judges import SafetyJudge, safe_judge_trajectory, trajectory_label
+from ipo_jax.rollout import Policy, split_completion
 
 
 def build_full_trajectory_pairs(records: Sequence[dict[str, Any]], policy: Policy, judge: SafetyJudge, *,

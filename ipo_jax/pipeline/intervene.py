@@ -35,8 +35,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -44,9 +42,8 @@ from tqdm.auto import tqdm
 
 from ipo_jax.data.pairs import prompt_messages
 from ipo_jax.data.records import RecordFileError, read_jsonl_records
-from ipo_jax.data.tokenizer import THINK_CLOSE, THINK_OPEN
+from ipo_jax.io import atomic_write_bytes, jsonl_bytes
 from ipo_jax.pipeline.judges import (
-    DEFAULT_REFUSAL_PATTERNS,
     CueDetector,
     SafetyJudge,
     safe_first_cue,
@@ -54,6 +51,7 @@ from ipo_jax.pipeline.judges import (
     trajectory_label,
 )
 from ipo_jax.pipeline.steps import split_sentences
+from ipo_jax.rollout import Policy, is_refusal, reasoning_span, split_completion
 
 PROMPT_KINDS = ("harmful", "benign")
 
@@ -78,59 +76,12 @@ def prompt_text(record: dict[str, Any]) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class Completion:
-    text: str
-    finish_reason: str  # eos | stop | length
-
-
-class Policy:
-    """Text in, text out through the sampler: continue `prefix` after the chat prompt."""
-
-    def __init__(self, sampler, tokenizer, sampling, policy_id: str):
-        from ipo_jax.data.tokenizer import encode_prompt, encode_text
-
-        self.sampler, self.tokenizer, self.sampling, self.policy_id = sampler, tokenizer, sampling, policy_id
-        self._encode_prompt, self._encode_text = encode_prompt, encode_text
-
-    def count_tokens(self, text: str) -> int:
-        return len(self._encode_text(self.tokenizer, text)) if text else 0
-
-    def complete(self, jobs: Sequence[tuple[list[dict], str]], seed: int) -> list[Completion]:
-        prompts = []
-        for messages, prefix in jobs:
-            ids = self._encode_prompt(self.tokenizer, messages)
-            prompts.append(ids + (self._encode_text(self.tokenizer, prefix) if prefix else []))
-        generations = self.sampler.generate(prompts, dataclasses.replace(self.sampling, seed=seed))
-        return [Completion(self.tokenizer.decode(g.tokens, skip_special_tokens=True), g.finish_reason) for g in generations]
-
-
-@dataclasses.dataclass(frozen=True)
 class InterventionConfig:
     rounds: int = 3
     max_generations_per_prompt: int = 14  # the original sample included (paper: at most 14)
     chunk_prompts: int = 8  # prompts per resumable unit of work
     benign_candidates: int = 4
     seed: int = 0
-
-
-def reasoning_span(completion: str) -> tuple[int, int, bool]:
-    """(start, end, closed): where the reasoning lies in a completion. A leading `<think>` (and the
-    newlines after it) is skipped; the reasoning ends at `</think>`, or at the end when the
-    generation stopped before closing it (closed False)."""
-    start = 0
-    stripped = completion.lstrip()
-    if stripped.startswith(THINK_OPEN):
-        start = len(completion) - len(stripped) + len(THINK_OPEN)
-    while start < len(completion) and completion[start] == "\n":
-        start += 1
-    end = completion.find(THINK_CLOSE, start)
-    return (start, end, True) if end >= 0 else (start, len(completion), False)
-
-
-def split_completion(completion: str) -> tuple[str, str, bool]:
-    start, end, closed = reasoning_span(completion)
-    answer = completion[end + len(THINK_CLOSE) :].lstrip("\n") if closed else ""
-    return completion[start:end], answer, closed
 
 
 def first_cue_char(detector: CueDetector, prompt: str, completion: str, after: int = 0):
@@ -142,13 +93,6 @@ def first_cue_char(detector: CueDetector, prompt: str, completion: str, after: i
     if cue.is_error or cue.index is None:
         return None, cue
     return start + sentences[cue.index].start, cue
-
-
-_REFUSAL = re.compile("|".join(DEFAULT_REFUSAL_PATTERNS), re.IGNORECASE)
-
-
-def is_refusal(answer: str) -> bool:
-    return bool(_REFUSAL.search(answer.replace("\u2019", "'")))
 
 
 def _verdict_dicts(verdicts) -> dict[str, dict]:
@@ -294,37 +238,6 @@ class BuildPairsError(ValueError):
     """The output directory holds another run's work, or a chunk's files are inconsistent."""
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make renames in `directory` durable (a power loss must not undo a rename that a later
-    record, written after it, relies on)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. platforms without directory file descriptors
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    _fsync_dir(path.parent)
-
-
-def _jsonl_bytes(rows: Sequence[dict]) -> bytes:
-    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
-
-
-def _atomic_write_lines(path: Path, rows: Sequence[dict]) -> None:
-    _atomic_write_bytes(path, _jsonl_bytes(rows))
-
-
 def summarise(stats_list: Sequence[dict[str, Any]]) -> dict[str, Any]:
     total = _new_stats()
     for s in stats_list:
@@ -384,7 +297,7 @@ def _check_or_write_manifest(out: Path, manifest: dict[str, Any], chunks: list, 
                 "choose a new out directory"
             )
     if process_index == 0:
-        _atomic_write_bytes(path, (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+        atomic_write_bytes(path, (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def _chunk_files(chunks_dir: Path, i: int) -> dict[str, Path]:
@@ -459,12 +372,12 @@ def build_pairs(
         pairs, trajectories, stats = process_chunk(chunks[i], i, policy, judge, detector, triggers, cfg)
         files = {}
         for kind, rows in (("pairs", pairs), ("trajectories", trajectories)):
-            data = _jsonl_bytes(rows)
-            _atomic_write_bytes(_chunk_files(chunks_dir, i)[kind], data)
+            data = jsonl_bytes(rows)
+            atomic_write_bytes(_chunk_files(chunks_dir, i)[kind], data)
             files[kind] = {"sha256": hashlib.sha256(data).hexdigest(), "lines": len(rows)}
         progress = dict(chunk=i, prompt_ids=[r["id"] for r in chunks[i]], stats=stats, files=files)
         # written last: the chunk counts as done only when everything it lists is on disk
-        _atomic_write_bytes(chunks_dir / f"progress-{i:05d}.json", (json.dumps(progress) + "\n").encode("utf-8"))
+        atomic_write_bytes(chunks_dir / f"progress-{i:05d}.json", (json.dumps(progress) + "\n").encode("utf-8"))
         if on_chunk_done is not None:
             on_chunk_done(i)
 
@@ -481,6 +394,7 @@ def build_pairs(
             all_pairs += [json.loads(line) for line in f if line.strip()]
     summary = summarise(stats)
     if process_index == 0:
-        _atomic_write_lines(out / "pairs.jsonl", all_pairs)
-        _atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
+        # through this module's name, so a fault-injection test can cut any of these writes short
+        atomic_write_bytes(out / "pairs.jsonl", jsonl_bytes(all_pairs))
+        atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
     return summary

@@ -11,17 +11,16 @@ import jax
 from ipo_jax.checkpoint.init import load_model, tokenizer_dir_for
 from ipo_jax.data.pairs import prompt_messages
 from ipo_jax.data.tokenizer import load_tokenizer, stop_token_ids
+from ipo_jax.io import atomic_write_jsonl
 from ipo_jax.pipeline.intervene import (
     InterventionConfig,
-    Policy,
-    _atomic_write_lines,
     build_pairs,
     prompt_text,
     read_prompt_records,
-    split_completion,
 )
 from ipo_jax.pipeline.judges import PatternCueDetector, PatternJudge, safe_judge_trajectory, trajectory_label
 from ipo_jax.pipeline.triggers import DEFAULT_TRIGGERS, load_triggers
+from ipo_jax.rollout import Policy, split_completion
 from ipo_jax.sampling import Sampler, SamplingConfig
 from ipo_jax.sharding import make_mesh
 
@@ -105,7 +104,7 @@ def run_sample(config) -> int:
                          sampling=dataclasses.asdict(policy.sampling)))
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_lines(out / "trajectories.jsonl", rows)
+    atomic_write_jsonl(out / "trajectories.jsonl", rows)
     print(f"{len(rows)} trajectories: {counts['unsafe']} unsafe, {counts['safe']} safe, {counts['error']} judge errors "
           f"-> {out / 'trajectories.jsonl'}")
     return 0
@@ -142,7 +141,7 @@ def run_csr(config) -> int:
     candidates = collect_trigger_candidates(results)
     if candidates:
         write_trigger_candidates(out / "trigger_candidates.txt", candidates)
-    _atomic_write_lines(out / "csr_summary.jsonl", table)
+    atomic_write_jsonl(out / "csr_summary.jsonl", table)
     print(f"{len(rows)} trajectories analysed; {sum(len(r['cues']) for r in table)} compliance cues, "
           f"{len(candidates)} trigger candidates; CSV and PNG per trajectory in {out / 'csr'}")
     return 0
