@@ -55,14 +55,20 @@ a fast tokenizer (``return_offsets_mapping=True``).  Byte-level BPE tokenizers g
 space before a word to the word, so the token found for a sentence start usually begins with
 the whitespace that separates it from the previous sentence; it never begins after the
 sentence start.
+
+Sampled ids: `token_boundary_at_char` finds where a split at a character of a *sampled*
+completion falls in its ids (the pipeline's h), from prefix decodes of those ids, never by
+re-tokenising the text; `text_in_context` gives an inserted sentence (a safety trigger) the
+leading space its first token carries in running text.
 """
 
 from __future__ import annotations
 
 import bisect
 import dataclasses
+import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 # Abbreviations (lowercase, without their final dot) after which "." never ends a sentence.
 ABBREVIATIONS = frozenset(
@@ -260,4 +266,51 @@ def sentence_token_starts(tokenizer, text: str, sentences: Sequence[Sentence]) -
     return out
 
 
-__all__ = ["ABBREVIATIONS", "Sentence", "sentence_token_starts", "split_sentences", "token_index_of_char"]
+def _covered(decode: Callable[[Sequence[int]], str], ids: Sequence[int], k: int, text: str) -> int:
+    """How many leading characters of `text` decode(ids[:k]) reproduces (a token cut inside a
+    multi-byte character decodes to U+FFFD and stops the count there)."""
+    piece = decode(list(ids[:k]))
+    return len(os.path.commonprefix([piece, text]))
+
+
+def token_boundary_at_char(decode: Callable[[Sequence[int]], str], ids: Sequence[int], char: int) -> int:
+    """The token index t where a split of the sampled `ids` at character `char` of their
+    decoded text ``decode(ids)`` belongs: t is the first token whose decoded span covers
+    `char` (so a word's leading space stays with the word: ``'.', ' Let'`` splits before
+    ``' Let'``), moved back, if need be, until ``decode(ids[:t])`` is exactly a prefix of the
+    text (a token that starts inside a multi-byte character, or one spanning the previous
+    sentence's end as some CJK merges do, is kept whole on the right).
+
+    Offsets come from decoding the sampled ids themselves, never from re-tokenising text: a
+    binary search over prefix decodes (about log2(len(ids)) decodes).  `decode` must turn ids
+    into the text the caller split into sentences (same special-token handling).  Returns
+    len(ids) when `char` is at or past the end of the text.
+    """
+    text = decode(list(ids))
+    if char >= len(text):
+        return len(ids)
+    lo, hi = 0, len(ids)  # smallest k with _covered(k) > char lies in (lo, hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _covered(decode, ids, mid, text) > char:
+            hi = mid
+        else:
+            lo = mid
+    t = hi - 1
+    while t > 0 and not text.startswith(decode(list(ids[:t]))):
+        t -= 1
+    return t
+
+
+def text_in_context(preceding: str, text: str) -> str:
+    """`text` (stripped) as it continues `preceding`: with one leading space when `preceding`
+    is non-empty and ends in a non-space character, so a byte-level BPE tokeniser encodes the
+    first word with its space glued on (``' Wait'``, one token) instead of a lone ``' '``."""
+    text = text.strip()
+    if preceding and not preceding[-1].isspace():
+        return " " + text
+    return text
+
+
+__all__ = ["ABBREVIATIONS", "Sentence", "sentence_token_starts", "split_sentences", "text_in_context",
+           "token_boundary_at_char", "token_index_of_char"]

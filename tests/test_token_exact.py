@@ -1,0 +1,100 @@
+"""Token-exact pairs: h on a token boundary of the sampled ids (the cue's leading space kept with
+its first token), triggers tokenised in context (no lone-space tokens), and through build-pairs
+on a tiny model prefix_ids + rejected_ids == the trajectory's completion_ids."""
+
+import pytest
+
+from ipo_jax.data.tokenizer import encode_text, load_tokenizer, packaged_qwen3_tokenizer_dir
+from ipo_jax.pipeline.steps import split_sentences, text_in_context, token_boundary_at_char
+from ipo_jax.pipeline.triggers import DEFAULT_TRIGGERS
+
+
+@pytest.fixture(scope="module")
+def qwen3():
+    return load_tokenizer(packaged_qwen3_tokenizer_dir())
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from ipo_jax.data.tiny_tokenizer import build_tiny_tokenizer
+
+    # running text with the triggers in it, as the demo world's corpus has
+    corpus = ["The user asks about chemistry. Let me think about it. " + " ".join(DEFAULT_TRIGGERS)] * 4
+    return build_tiny_tokenizer(corpus, vocab_size=400)
+
+
+def _decoder(tokenizer):
+    return lambda ids: tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def _pieces(tokenizer, ids):
+    return [tokenizer.decode([i]) for i in ids]
+
+
+@pytest.mark.parametrize("name", ["qwen3", "tiny"])
+def test_h_keeps_the_cue_sentence_first_token_with_its_space(name, request):
+    tokenizer = request.getfixturevalue(name)
+    text = "<think>\nThe user asks about chemistry. Let me think about it.</think>\n\nNo."
+    ids = encode_text(tokenizer, text)
+    cue = text.index("Let me")
+    t = token_boundary_at_char(_decoder(tokenizer), ids, cue)
+    assert _pieces(tokenizer, ids[t - 1 : t + 1]) == [".", " Let"]  # never '.', ' ', 'Let'
+    prefix = _decoder(tokenizer)(ids[:t])
+    assert prefix == text[: cue - 1] and prefix + _decoder(tokenizer)(ids[t:]) == text
+
+
+def test_h_follows_the_sampled_path_not_a_re_tokenisation(qwen3):
+    # a model may sample '.', ' ', 'Let' (a path the tokenizer would not produce for the text):
+    # the split still falls on those sampled ids, at the token covering the cue's first character
+    ids = encode_text(qwen3, "chemistry.") + encode_text(qwen3, " ") + encode_text(qwen3, "Let me go")
+    t = token_boundary_at_char(_decoder(qwen3), ids, len("chemistry. "))
+    assert _pieces(qwen3, ids[t - 1 : t + 1]) == [" ", "Let"]
+    assert t == len(encode_text(qwen3, "chemistry.")) + 1
+
+
+def test_a_character_split_across_byte_tokens_stays_whole(qwen3):
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    # ' 😀' as five byte-level tokens (space + four bytes), as a model can sample it
+    byte_symbols = ByteLevel(add_prefix_space=False, use_regex=False).pre_tokenize_str(" \U0001F600")[0][0]
+    emoji = [qwen3.convert_tokens_to_ids(c) for c in byte_symbols]
+    ids = encode_text(qwen3, "ok.") + emoji + encode_text(qwen3, " Then more.")
+    text = _decoder(qwen3)(ids)
+    assert text == "ok. \U0001F600 Then more."
+    t = token_boundary_at_char(_decoder(qwen3), ids, text.index("\U0001F600"))
+    assert t == len(encode_text(qwen3, "ok.")) + 1  # before the emoji's first byte, after the space
+    t = token_boundary_at_char(_decoder(qwen3), ids, text.index("Then"))
+    assert _pieces(qwen3, ids[t : t + 1]) == [" Then"]
+    assert token_boundary_at_char(_decoder(qwen3), ids, len(text)) == len(ids)
+
+
+def test_sentence_starts_map_to_token_starts_on_a_real_trace(qwen3):
+    text = ("<think>\nOkay, so the user wants a summary. First, I note the facts.\n\n"
+            "1. The sky is blue.\n2. Grass is green. Then I answer.\n</think>\n\nDone.")
+    ids = encode_text(qwen3, text)
+    decode = _decoder(qwen3)
+    start = len("<think>\n")
+    for sentence in split_sentences(text[start : text.index("</think>")]):
+        t = token_boundary_at_char(decode, ids, start + sentence.start)
+        prefix = decode(ids[:t])
+        # the prefix is the text before the sentence, less at most the whitespace glued to its first token
+        assert text.startswith(prefix) and not text[len(prefix) : start + sentence.start].strip()
+        assert decode(ids[t:]).lstrip().startswith(sentence.text)
+
+
+@pytest.mark.parametrize("name", ["qwen3", "tiny"])
+def test_triggers_in_context_have_no_lone_space_tokens(name, request):
+    tokenizer = request.getfixturevalue(name)
+    lone_space = set(encode_text(tokenizer, " "))
+    for trigger in DEFAULT_TRIGGERS:
+        after_word = text_in_context("about chemistry.", trigger)
+        after_break = text_in_context("about chemistry.\n\n", trigger)
+        assert after_word == " " + trigger and after_break == trigger and text_in_context("", trigger) == trigger
+        ids = encode_text(tokenizer, after_word)
+        # the first token carries the space (the tiny 400-entry vocabulary has no merges for
+        # most of the trigger words, so only the real tokenizer is held to no lone space at all)
+        assert ids[0] not in lone_space and _pieces(tokenizer, ids)[0].startswith(" ")
+        if name == "qwen3":
+            assert not lone_space.intersection(ids), _pieces(tokenizer, ids)
+    if name == "qwen3":
+        assert _pieces(tokenizer, encode_text(tokenizer, text_in_context("x.", "Wait, no.")))[:2] == [" Wait", ","]
