@@ -3,6 +3,13 @@
 
 `Policy.complete(jobs, seed)` takes a LIST of (messages, prefix) jobs and returns one
 `Completion` per job, in order, from one batched ``sampler.generate`` call.
+
+Token-exact use (the pair builder): a job's prefix may be token ids instead of text; they are
+appended to the prompt ids as they are (never re-tokenised), and each `Completion` carries the
+ids as sampled (`ids`: the end-of-turn id included when finish_reason is "stop" because the
+model produced it). `decode` is the one ids -> text used for completions (special tokens such
+as the end-of-turn id dropped, no clean-up of spaces), so text offsets and ids agree;
+`encode_text` tokenises a piece of running text (a trigger) with no special tokens added.
 """
 
 from __future__ import annotations
@@ -14,7 +21,8 @@ from typing import Sequence
 @dataclasses.dataclass(frozen=True)
 class Completion:
     text: str
-    finish_reason: str  # eos | stop | length
+    finish_reason: str  # stop | length (ipo_jax.sampling.FINISH_REASONS)
+    ids: tuple[int, ...] = ()  # the sampled ids, end-of-turn id included when the model produced it
 
 
 class Policy:
@@ -29,13 +37,19 @@ class Policy:
     def count_tokens(self, text: str) -> int:
         return len(self._encode_text(self.tokenizer, text)) if text else 0
 
-    def complete(self, jobs: Sequence[tuple[list[dict], str]], seed: int) -> list[Completion]:
+    def encode_text(self, text: str) -> list[int]:
+        return self._encode_text(self.tokenizer, text) if text else []
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def complete(self, jobs: Sequence[tuple[list[dict], str | Sequence[int]]], seed: int) -> list[Completion]:
         prompts = []
         for messages, prefix in jobs:
             ids = self._encode_prompt(self.tokenizer, messages)
-            prompts.append(ids + (self._encode_text(self.tokenizer, prefix) if prefix else []))
+            prompts.append(ids + (self.encode_text(prefix) if isinstance(prefix, str) else [int(i) for i in prefix]))
         generations = self.sampler.generate(prompts, dataclasses.replace(self.sampling, seed=seed))
-        return [Completion(self.tokenizer.decode(g.tokens, skip_special_tokens=True), g.finish_reason) for g in generations]
+        return [Completion(self.decode(g.tokens), g.finish_reason, tuple(g.completion_ids)) for g in generations]
 
 
 __all__ = ["Completion", "Policy"]
