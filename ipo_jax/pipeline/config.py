@@ -4,42 +4,38 @@ from __future__ import annotations
 
 import ml_collections
 
+from ipo_jax.judging.config import detector_config, judge_config
+from ipo_jax.rollout.config import mesh_config, model_config, sampler_config, sampling_config
+
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.model = ml_collections.ConfigDict()
-    c.model.init = ""  # the current policy: 'hf:<dir>', 'orbax:<dir>' (e.g. a run's final/) or 'preset:<name>'
-    c.model.param_dtype = "float32"
-    c.model.dtype = "float32"
+    c.model = model_config()  # the current policy (ipo_jax/rollout/config.py)
     c.tokenizer = ""  # a tokenizer directory; '' = the HF init directory
-    c.prompts = ""  # JSONL: id, prompt (string or chat messages), kind (harmful | benign)
+    # prompts: a JSONL file (id, prompt: string or chat messages, kind: harmful | benign), a parquet /
+    # arrow file, a datasets directory, or a hub id (e.g. UCSC-VLAA/STAR-1; online only): ipo_jax/data/prompts.py
+    c.prompts = ""
+    c.prompts_fields = ""  # field mapping, e.g. 'prompt=question,id=id' ('' = the defaults: STAR-1 layouts load as they are)
+    c.prompts_split = "train"  # the split of a datasets source
+    c.prompts_kind = "harmful"  # the kind of records that carry none (STAR-benign-915: benign)
     c.out = "runs/pairs"
 
-    c.sampling = ml_collections.ConfigDict()
-    c.sampling.temperature = 0.6
-    c.sampling.top_p = 0.95
-    c.sampling.top_k = 0
-    c.sampling.max_new_tokens = 1024
+    c.sampling = sampling_config()
+    c.sampler = sampler_config()
 
-    c.sampler = ml_collections.ConfigDict()
-    c.sampler.batch_size = 8
-    c.sampler.chunk_tokens = 32
-    c.sampler.max_prompt_length = 4096
-
-    c.judge = ml_collections.ConfigDict()
-    # pattern: the offline lexicon judge and cue detector (ipo_jax/pipeline/judges.py)
-    # llm: a local checkpoint through our sampler (llm_judge.py); http: an OpenAI-compatible endpoint
-    c.judge.backend = "pattern"
-    c.judge.patterns_file = ""  # pattern: JSON with pattern lists overriding the defaults
-    c.judge.model = ""  # llm: 'hf:<dir>' / 'orbax:<dir>'; http: the served model's name
-    c.judge.tokenizer = ""  # llm: tokenizer directory ('' = the HF model directory)
-    c.judge.base_url = ""  # http: e.g. http://localhost:8000/v1 (a vLLM server)
-    c.judge.api_key_env = "OPENAI_API_KEY"  # http: the variable holding the key (never logged)
-    c.judge.timeout = 30.0
-    c.judge.max_retries = 4
-    c.judge.concurrency = 8
+    # judge / detector: pattern (the demo world's offline judge), llm (a local checkpoint) or http
+    # (an OpenAI-compatible endpoint); every field in ipo_jax/judging/config.py
+    c.judge = judge_config()
+    c.detector = detector_config()  # backend '' = the judge's settings
 
     c.triggers_file = ""  # one trigger per line (or JSONL {"trigger": ...}); '' = the six defaults
+
+    c.build_pairs = ml_collections.ConfigDict()
+    # ipo: IPO's intervened pairs (and over-refusal pairs for benign prompts);
+    # full_trajectory: the paper's DPO baseline, an independent safe and unsafe trajectory of each prompt;
+    # sft: safe, finished trajectories of each prompt (the SFT baseline's data)
+    c.build_pairs.kind = "ipo"
+    c.build_pairs.samples = 8  # full_trajectory / sft: trajectories sampled per harmful prompt
 
     c.intervention = ml_collections.ConfigDict()
     c.intervention.rounds = 3
@@ -56,8 +52,41 @@ def base_config() -> ml_collections.ConfigDict:
     c.csr.window = 15
     c.csr.kind = "harmful"  # analyse only trajectories of this kind ('' = all)
 
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1
-    c.mesh.fsdp = 1
-    c.mesh.tensor = 1
+    c.mesh = mesh_config()
+    return c
+
+
+def paper_pipeline_config(hf_name: str, run_name: str) -> ml_collections.ConfigDict:
+    """Pair building as in the paper for one of its models (method.md, "Building the training pairs").
+
+    Paper: 1,000 harmful prompts from STAR-1, the 6-trigger pool, at most 14 generations per
+    prompt, CSR with N = 32 continuations, decoding at temperature 0.6 / top-p 0.95. Ours: up to
+    3 intervention rounds; 16,384 new tokens per generation (R1-style traces run to thousands of
+    tokens, and a cut-off generation never becomes a pair side, so a short limit only wastes
+    samples); prompts up to 20,480 tokens, since an intervention continues from the prompt plus a
+    prefix of up to one generation plus the trigger; bfloat16 weights (sampling only). The judge
+    and cue detector: an OpenAI-compatible endpoint (e.g. a vLLM server), set judge.base_url and
+    judge.model.
+    """
+    c = base_config()
+    c.model.init = f"hf:/models/{hf_name}"
+    c.model.param_dtype = "bfloat16"
+    c.model.dtype = "bfloat16"
+    c.prompts = "UCSC-VLAA/STAR-1"  # or a local copy: a parquet file or a save_to_disk directory
+    c.out = f"pairs/{run_name}"
+    c.sampling.temperature = 0.6
+    c.sampling.top_p = 0.95
+    c.sampling.max_new_tokens = 16384
+    c.sampler.batch_size = 32
+    c.sampler.chunk_tokens = 64
+    c.sampler.max_prompt_length = 20480
+    c.judge.backend = "http"
+    c.judge.base_url = "http://localhost:8000/v1"
+    c.judge.model = "judge"
+    c.judge.timeout = 300.0  # a thinking judge writes its reasoning before the label
+    c.judge.concurrency = 32
+    c.intervention.rounds = 3
+    c.intervention.max_generations_per_prompt = 14
+    c.intervention.chunk_prompts = 32
+    c.csr.num_samples = 32
     return c
