@@ -12,21 +12,63 @@ Stages:
 
 Stages that take a config use ml_collections config files with dotted overrides:
   ipo-jax demo --config configs/demo.py --config.presets="('tiny-qwen3',)"
+`ipo-jax STAGE --help` lists the stage's settings with their defaults and meaning.
+
+Errors: bad input (a config, a setting out of range, a record file, a path that is missing, of
+the wrong kind or not writable, a full disk) is one line on stderr and exit code 2; anything
+else is one line and exit code 1 (-v shows the traceback). A closed output pipe
+(`ipo-jax presets | head -1`) ends the command quietly with exit code 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
 from pathlib import Path
 
-STAGES = ("convert", "presets", "sample", "build-pairs", "csr", "train", "eval", "demo")
-CONFIG_STAGES = ("sample", "build-pairs", "csr", "train", "eval", "demo")
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+# The config stages: their help line and the config files shipped for them (under configs/).
+CONFIG_STAGES = {
+    "sample": ("sample and judge one trajectory per prompt", "pipeline_*.py"),
+    "build-pairs": ("build preference pairs by corrective intervention", "pipeline_*.py"),
+    "csr": ("continuation safety ratio analysis of trajectories", "pipeline_*.py"),
+    "train": ("train from a pair file", "train_*.py"),
+    "eval": ("evaluate a model on safety / over-refusal / math benchmarks", "eval*.py"),
+    "demo": ("run the main job on the embedded default", "demo.py"),
+}
+STAGES = ("convert", "presets", *CONFIG_STAGES)
+EXIT_BAD_INPUT = 2
+EXIT_UNEXPECTED = 1
+_WRITE_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 class ConfigError(ValueError):
     """A missing config file, an unknown key or a wrongly typed override (exit code 2)."""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse, with usage errors as the same one line as every other bad input."""
+
+    def error(self, message):
+        raise ConfigError(f"{message} (see `{self.prog} --help`)")
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the working directory when it is below it (as a user would type it)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def example_configs(stage: str) -> list[str]:
+    """The shipped config files of a stage, as paths that exist from here."""
+    pattern = CONFIG_STAGES[stage][1]
+    found = sorted(CONFIGS_DIR.glob(pattern), key=lambda p: ("tiny" not in p.name, p.name))
+    return [_shown(p) for p in found]
 
 
 def parse_config(argv: list[str], stage: str):
@@ -40,8 +82,12 @@ def parse_config(argv: list[str], stage: str):
 
     for i, arg in enumerate(argv):  # absl reports a missing file only on first use, obscurely
         path = arg.split("=", 1)[1] if arg.startswith("--config=") else (argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None)
-        if path is not None and not Path(path.split(":", 1)[0]).is_file():
-            raise ConfigError(f"config file {path!r} not found")
+        if path is not None:
+            file = Path(path.split(":", 1)[0])
+            if file.is_dir():
+                raise ConfigError(f"config file {path!r} is a directory; expected a Python config file")
+            if not file.is_file():
+                raise ConfigError(f"config file {path!r} not found" + _config_hint(stage))
     flag_values = flags.FlagValues()
     full_argv = [f"ipo-jax {stage}", *argv]
     # sys_argv: config_flags discovers the override flags from the argv it is given
@@ -50,12 +96,138 @@ def parse_config(argv: list[str], stage: str):
     )
     try:
         flag_values(full_argv)
-    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError, SyntaxError, ImportError) as e:
         # ml_collections reports an unknown key as AttributeError/KeyError, a bad value as TypeError/ValueError
-        raise ConfigError(f"bad config or override: {e}") from None
+        raise ConfigError(f"bad config or override: {' '.join(str(e).split())}") from None
     if flag_values.config is None:
-        raise ConfigError(f"--config is required (for example --config configs/{stage}.py)")
+        raise ConfigError("--config is required" + _config_hint(stage))
     return flag_values.config
+
+
+def _config_hint(stage: str) -> str:
+    files = example_configs(stage) if stage in CONFIG_STAGES else []
+    return f" (for example --config {files[0]})" if files else ""
+
+
+# ----------------------------------------------------------------------------- --help for config stages
+
+
+def _base_config(stage: str):
+    if stage == "train":
+        from ipo_jax.train.config import base_config
+    elif stage == "eval":
+        from ipo_jax.eval.config import base_config
+    elif stage == "demo":
+        return _load_config_file(CONFIGS_DIR / "demo.py")
+    else:
+        from ipo_jax.pipeline.config import base_config
+    return base_config()
+
+
+def _load_config_file(path: Path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_ipo_jax_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def _config_sources(stage: str) -> list[Path]:
+    """The files whose `c.<field> = value  # comment` lines describe the stage's fields (later wins)."""
+    package = Path(__file__).resolve().parent
+    return {
+        "train": [package / "train" / "config.py"],
+        "eval": [package / "pipeline" / "config.py", package / "eval" / "config.py"],
+        "demo": [CONFIGS_DIR / "demo.py"],
+    }.get(stage, [package / "pipeline" / "config.py"])
+
+
+def field_comments(sources: list[Path]) -> dict[str, str]:
+    """{'data.max_length': 'its comment'} from assignments `c.data.max_length = ...  # comment` (or a
+    comment line right above them): the config files' comments are the one source of field help."""
+    import io
+    import tokenize
+
+    comments: dict[str, str] = {}
+    for source in sources:
+        if not source.is_file():
+            continue
+        found: dict[str, str] = {}  # within a file the first assignment is the base default's
+        above: list[str] = []
+        line_tokens: list[tokenize.TokenInfo] = []
+        for token in tokenize.generate_tokens(io.StringIO(source.read_text()).readline):
+            if token.type == tokenize.COMMENT and not line_tokens:
+                above.append(token.string.lstrip("#").strip())
+                continue
+            if token.type in (tokenize.NEWLINE, tokenize.NL):
+                if line_tokens:
+                    _record_comment(line_tokens, above, found)
+                    above = []
+                line_tokens = []
+                continue
+            if token.type not in (tokenize.INDENT, tokenize.DEDENT):
+                line_tokens.append(token)
+        comments.update(found)
+    return comments
+
+
+def _record_comment(tokens, above: list[str], comments: dict[str, str]) -> None:
+    import tokenize
+
+    words = [t.string for t in tokens]
+    if len(words) < 4 or words[0] != "c" or words[1] != ".":
+        return
+    try:
+        end = words.index("=")
+    except ValueError:
+        return
+    name = "".join(words[2:end])
+    trailing = [t.string.lstrip("#").strip() for t in tokens if t.type == tokenize.COMMENT]
+    text = trailing[0] if trailing else (above[0] if above else "")
+    if text and name not in comments:
+        comments[name] = text
+
+
+def _flatten(config, prefix: str = ""):
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if hasattr(value, "items"):
+            yield from _flatten(value, name + ".")
+        else:
+            yield name, value
+
+
+def stage_help(stage: str, argv: list[str]) -> str:
+    """The stage's usage, config files, and every field: default, meaning, accepted values."""
+    from ipo_jax.validation import RULES
+
+    config_file = next((a.split("=", 1)[1] if a.startswith("--config=") else argv[i + 1]
+                        for i, a in enumerate(argv) if a.startswith("--config=") or (a == "--config" and i + 1 < len(argv))), None)
+    config = _load_config_file(Path(config_file)) if config_file and Path(config_file).is_file() else _base_config(stage)
+    sources = _config_sources(stage) + ([Path(config_file)] if config_file else [])
+    comments = field_comments(sources)
+    rules = RULES.get(stage, {})
+    fields = list(_flatten(config))
+    width = min(48, max(len(f"{name} = {value!r}") for name, value in fields))
+    lines = [
+        f"usage: ipo-jax {stage} --config FILE [--config.FIELD=VALUE ...] [-v]",
+        "",
+        f"{CONFIG_STAGES[stage][0]}.",
+        f"config files: {', '.join(example_configs(stage)) or '(none shipped)'}",
+        f"fields (defaults {'of ' + config_file if config_file else 'before a config file changes them'}):",
+    ]
+    for name, value in fields:
+        description = comments.get(name, "")
+        check = rules.get(name)
+        accepted = check(object()) if check else None  # a rule names what it accepts when given nothing valid
+        if accepted and accepted not in description:
+            description = f"{description}{'; ' if description else ''}{accepted}"
+        lines.append(f"  {f'{name} = {value!r}':<{width}}  {description or '-'}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- stages
 
 
 def _mesh_arg(text: str | None):
@@ -65,17 +237,28 @@ def _mesh_arg(text: str | None):
 
     shape = {}
     for part in text.split(","):
-        name, _, size = part.partition("=")
+        name, sep, size = part.partition("=")
         try:
+            if not sep:
+                raise ValueError
             shape[name.strip()] = int(size)
         except ValueError:
-            raise SystemExit(f"--mesh {text!r}: expected axis=size pairs such as 'fsdp=4,tensor=2'") from None
+            raise ConfigError(f"--mesh {text!r}: expected axis=size pairs such as 'fsdp=4,tensor=2'") from None
     return make_mesh(shape)
 
 
 def cmd_convert(args) -> int:
     from ipo_jax.checkpoint import load_hf, load_orbax, save_hf, save_orbax
 
+    src, dst = Path(args.src), Path(args.dst)
+    if not src.exists():
+        raise FileNotFoundError(f"source {src} does not exist")
+    if not src.is_dir():
+        raise NotADirectoryError(f"source {src} is a file; expected a model directory")
+    if dst.exists() and not dst.is_dir():
+        raise FileExistsError(f"output {dst} is a file; expected a directory to write")
+    if args.dst_format == "orbax" and (args.tokenizer or args.dtype):
+        raise ConfigError("--tokenizer and --dtype apply to HF output only; use --param-dtype for orbax")
     mesh = _mesh_arg(args.mesh)
     overrides = {"param_dtype": args.param_dtype} if args.param_dtype else {}
     if args.src_format == "hf":
@@ -93,8 +276,6 @@ def cmd_convert(args) -> int:
             overwrite=args.overwrite,
         )
     else:
-        if args.tokenizer or args.dtype:
-            raise SystemExit("--tokenizer and --dtype apply to HF output only; use --param-dtype for orbax")
         save_orbax(model, args.dst, overwrite=args.overwrite)
     cfg = model.cfg
     print(
@@ -124,27 +305,39 @@ def cmd_presets(args) -> int:
     return 0
 
 
-def cmd_train(args, rest: list[str]) -> int:
-    from ipo_jax.checkpoint.init import ModelSpecError
-    from ipo_jax.train.loop import TrainingError, train
+def _run_config_stage(stage: str, config) -> int:
+    if stage == "train":
+        from ipo_jax.train.loop import train
 
-    try:
-        return train(parse_config(rest, "train"))
-    except (TrainingError, ModelSpecError) as e:
-        print(f"ipo-jax train: error: {e}", file=sys.stderr)
-        return 2
+        return train(config)
+    if stage in ("sample", "build-pairs", "csr"):
+        from ipo_jax.pipeline import run as stages
 
+        return {"sample": stages.run_sample, "build-pairs": stages.run_build_pairs, "csr": stages.run_csr}[stage](config)
+    if stage == "eval":
+        from ipo_jax.eval.harness import run_eval
 
-def cmd_demo(args, rest: list[str]) -> int:
+        return run_eval(config)
     from ipo_jax.demo import run_demo
 
-    return run_demo(parse_config(rest, "demo"))
+    return run_demo(config)
+
+
+def _output_path(config) -> str | None:
+    """Where a config stage writes (named in a write error that does not name its file)."""
+    for dotted in ("train.out", "out"):
+        node = config
+        for key in dotted.split("."):
+            node = node.get(key) if hasattr(node, "get") else None
+        if isinstance(node, str) and node:
+            return node
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ipo-jax", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    sub = parser.add_subparsers(dest="stage", required=True, metavar="stage")
+    parser = _ArgumentParser(prog="ipo-jax", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level; show tracebacks")
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="stage", parser_class=_ArgumentParser)
 
     conv = sub.add_parser(
         "convert",
@@ -166,57 +359,90 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
 
     sub.add_parser("presets", help="list model presets with parameter counts")
-    for stage, text in (("sample", "sample and judge one trajectory per prompt"),
-                        ("build-pairs", "build preference pairs by corrective intervention"),
-                        ("csr", "continuation safety ratio analysis of trajectories")):
-        sub.add_parser(stage, help=f"{text} (--config configs/pipeline_tiny_cpu.py)", add_help=False)
-    sub.add_parser(
-        "train",
-        help="train from a pair file (--config configs/train_tiny_cpu.py, --config.<field>=value overrides)",
-        add_help=False,
-    )
-    sub.add_parser(
-        "eval",
-        help="evaluate a model on safety / over-refusal / math benchmarks (--config configs/eval.py)",
-        add_help=False,
-    )
-    sub.add_parser(
-        "demo",
-        help="run the main job on the embedded default (--config configs/demo.py)",
-        add_help=False,
-    )
+    for stage, (text, _) in CONFIG_STAGES.items():
+        hint = _config_hint(stage).strip(" ()").replace("for example ", "")
+        sub.add_parser(stage, help=f"{text} ({hint}; `ipo-jax {stage} --help` lists the fields)", add_help=False)
     return parser
+
+
+def _dispatch(args, rest: list[str], parser) -> int:
+    if args.stage in CONFIG_STAGES:
+        if "--help" in rest or "-h" in rest:
+            print(stage_help(args.stage, [a for a in rest if a not in ("--help", "-h")]))
+            return 0
+        from ipo_jax.validation import validate_settings
+
+        config = parse_config(rest, args.stage)
+        args.output = _output_path(config)
+        validate_settings(args.stage, config)  # before any work and before anything is written
+        return _run_config_stage(args.stage, config)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.stage == "convert":
+        args.output = args.dst
+        return cmd_convert(args)
+    return cmd_presets(args)
+
+
+def _os_error_line(e: OSError, output: str | None) -> str:
+    """One line naming the path: 'cannot write <path>: No space left on device'."""
+    path = e.filename or output
+    reason = e.strerror or str(e)
+    if e.errno in _WRITE_ERRNOS:
+        return f"cannot write {path}: {reason}" if path else f"cannot write: {reason}"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return f"cannot access {path}: {reason}" if path else f"permission denied: {reason}"
+    if e.filename is not None:
+        return f"{e.filename}: {reason}"
+    return str(e) if e.errno is None else f"{output + ': ' if output else ''}{reason}"
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.stage not in CONFIG_STAGES and rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    verbose = "-v" in argv[:1] or "--verbose" in argv[:1]
+    stage = next((a for a in argv if a in STAGES), None)
+    prefix = f"ipo-jax {stage}" if stage else "ipo-jax"
+    args = argparse.Namespace(output=None)
     try:
-        if args.stage == "convert":
-            return cmd_convert(args)
-        if args.stage == "presets":
-            return cmd_presets(args)
-        if args.stage == "train":
-            return cmd_train(args, rest)
-        if args.stage in ("sample", "build-pairs", "csr"):
-            from ipo_jax.pipeline import run as stages
+        parser = build_parser()
+        args, rest = parser.parse_known_args(argv)
+        args.output = None
+        verbose = args.verbose
+        logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        return _dispatch(args, rest, parser)
+    except SystemExit as e:  # argparse's own --help / usage exits
+        return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
+    except BrokenPipeError:
+        # the reader went away (`| head`): not an error; later writes to stdout go nowhere
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print(f"{prefix}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 -- every error ends as one line; -v shows the traceback
+        if verbose:
+            raise
+        message, code = error_line(e, getattr(args, "output", None))
+        print(f"{prefix}: error: {message}", file=sys.stderr)
+        return code
 
-            run = {"sample": stages.run_sample, "build-pairs": stages.run_build_pairs, "csr": stages.run_csr}[args.stage]
-            return run(parse_config(rest, args.stage))
-        if args.stage == "eval":
-            from ipo_jax.eval.harness import run_eval
 
-            return run_eval(parse_config(rest, "eval"))
-        return cmd_demo(args, rest)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        # Our errors already name the file / tensor / field; a traceback adds nothing for the user.
-        print(f"ipo-jax {args.stage}: error: {e}", file=sys.stderr)
-        return 2
+def _is_bad_input(e: Exception) -> bool:
+    training = sys.modules.get("ipo_jax.train.loop")
+    return isinstance(e, (ValueError, OSError)) or (training is not None and isinstance(e, training.TrainingError))
 
+
+def error_line(e: Exception, output: str | None = None) -> tuple[str, int]:
+    """(one-line message, exit code) for an error that ends a command."""
+    if isinstance(e, OSError) and e.errno is not None:  # raised by the OS: name the path and the reason
+        return _os_error_line(e, output), EXIT_BAD_INPUT
+    if _is_bad_input(e):
+        # our errors already name the file / line / field; a traceback adds nothing for the user.
+        # Multi-line messages (lists of fields) are joined so the error stays one line.
+        return "; ".join(line.strip() for line in str(e).splitlines() if line.strip()), EXIT_BAD_INPUT
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text} (unexpected; run with -v for the traceback)", EXIT_UNEXPECTED
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -32,9 +32,12 @@ def test_convert_into_non_empty_dir_is_refused(hf_dirs, tmp_path, capsys):
     assert (tmp_path / "out" / "x").read_text() == "keep"
 
 
-def test_convert_mesh_argument_is_validated(hf_dirs, tmp_path):
-    with pytest.raises(SystemExit, match="axis=size"):
-        main(["convert", "--from", "hf", "--to", "orbax", str(hf_dirs["qwen2"][0]), str(tmp_path / "o"), "--mesh", "fsdp:4"])
+@pytest.mark.parametrize("mesh", ["fsdp:4", "fsdp=x", "fsdp"])
+def test_convert_mesh_argument_is_validated(hf_dirs, tmp_path, capsys, mesh):
+    assert main(["convert", "--from", "hf", "--to", "orbax", str(hf_dirs["qwen2"][0]), str(tmp_path / "o"), "--mesh", mesh]) == 2
+    err = capsys.readouterr().err
+    assert err == f"ipo-jax convert: error: --mesh {mesh!r}: expected axis=size pairs such as 'fsdp=4,tensor=2'\n"
+    assert not (tmp_path / "o").exists()
 
 
 def test_presets_lists_known_shapes(capsys):

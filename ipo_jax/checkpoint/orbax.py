@@ -6,6 +6,10 @@ Directory layout:
 
 Before restoring, the stored arrays' names and shapes are checked against the model that
 model_config.json describes; a mismatch is a CheckpointError naming each array and both shapes.
+After restoring, every array's checksum (`array_checksums`, recorded in model_config.json at
+save time) is compared with the restored values: flipped bits are a CheckpointError, never a
+silently different model. The training loop records and checks the same checksums for its
+checkpoints.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -27,11 +32,67 @@ CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
 
 
+CHECKSUMS_KEY = "checksums"
+
+
+def _array_checksum(x: jax.Array) -> jax.Array:
+    """A 32-bit fingerprint of an array's exact bits: sum over elements of bits * odd weight(index),
+    modulo 2**32. Any single changed element changes it (an odd weight times a non-zero difference
+    below 2**32 is non-zero modulo 2**32), it does not depend on the array's sharding or on the
+    order of the sum, and it runs where the array lives (no host copy)."""
+    x = jnp.asarray(x)
+    if x.dtype == jnp.bool_:
+        bits = x.astype(jnp.uint32)
+    else:
+        unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}.get(x.dtype.itemsize)
+        if unsigned is None:
+            raise TypeError(f"no checksum for arrays of {x.dtype}")
+        bits = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+    index = jax.lax.iota(jnp.uint32, max(bits.size, 1))[: bits.size].reshape(bits.shape)
+    weight = index * jnp.uint32(2654435761) | jnp.uint32(1)  # Knuth's multiplicative hash, made odd
+    return jnp.sum(bits * weight, dtype=jnp.uint32)
+
+
+@jax.jit
+def _checksums(leaves: list) -> list:
+    return [_array_checksum(x) for x in leaves]
+
+
+def _leaf_name(path) -> str:
+    keys = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+    if keys and keys[-1] == "value":  # an nnx Variable's array (as orbax metadata names it)
+        keys = keys[:-1]
+    return "/".join(keys)
+
+
+def array_checksums(tree) -> dict[str, int]:
+    """{'params/blocks/mlp/up_proj/kernel': 32-bit checksum} for every array of a pytree.
+
+    Computed on the devices (every process of a multi-host run calls it and gets the same
+    numbers, whatever its addressable shards); checksums of equal arrays are equal."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    if not flat:
+        return {}
+    values = jax.device_get(_checksums([leaf for _, leaf in flat]))
+    return {_leaf_name(path): int(v) for (path, _), v in zip(flat, values)}
+
+
+def checksum_mismatches(recorded: dict[str, int], tree) -> list[str]:
+    """Names of the arrays of `tree` whose checksum differs from the recorded one (or is missing)."""
+    actual = array_checksums(tree)
+    bad = [f"{name}: checksum {actual[name]:#010x}, recorded {int(want):#010x}"
+           for name, want in recorded.items() if name in actual and int(want) != actual[name]]
+    bad += [f"{name}: no checksum recorded" for name in actual if name not in recorded]
+    bad += [f"{name}: recorded but not restored" for name in recorded if name not in actual]
+    return bad
+
+
 def save_orbax(model: Decoder, out_dir: str | Path, *, overwrite: bool = False) -> Path:
     out_dir = Path(out_dir).absolute()
     cfg: ModelConfig = model.cfg
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     is_writer = jax.process_index() == 0
+    checksums = array_checksums(params)  # every process: the computation spans all devices
     # orbax coordinates all processes itself; only the config file is ours to write.
     with atomic_output_dir(out_dir, overwrite, enabled=is_writer) as tmp:
         with ocp.StandardCheckpointer() as checkpointer:
@@ -39,6 +100,7 @@ def save_orbax(model: Decoder, out_dir: str | Path, *, overwrite: bool = False) 
             checkpointer.wait_until_finished()
         if is_writer:
             meta = {"hf_config": cfg.to_hf_dict(), "param_dtype": cfg.param_dtype, "dtype": cfg.dtype}
+            meta[CHECKSUMS_KEY] = checksums
             (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return out_dir
 
@@ -69,6 +131,13 @@ def load_orbax(
     with ocp.StandardCheckpointer() as checkpointer:
         _check_stored_shapes(checkpointer, ckpt_dir, target)
         restored = checkpointer.restore(ckpt_dir / PARAMS_DIR, target)
+    recorded = json.loads((ckpt_dir / CONFIG_FILE).read_text()).get(CHECKSUMS_KEY)
+    if recorded is not None:  # directories written before checksums were recorded have none
+        bad = checksum_mismatches(recorded, restored)
+        if bad:
+            raise CheckpointError(f"{ckpt_dir / PARAMS_DIR}: the stored parameters are damaged (they do not match "
+                                  f"the checksums in {CONFIG_FILE}): " + "; ".join(bad[:5])
+                                  + (f"; and {len(bad) - 5} more" if len(bad) > 5 else ""))
     nnx.replace_by_pure_dict(state, restored)
     return nnx.merge(graphdef, state)
 

@@ -18,21 +18,33 @@ exactly the batches and optimizer state an uninterrupted run would have had. A s
 by a kill is never read (orbax commits a checkpoint by renaming it into place; the leftover
 temporary directory is removed). A checkpoint that does not read back (corrupted or partial
 files) is reported, the previous one is used, and the damaged one is moved to
-unreadable_checkpoints/<step>; a checkpoint of another model shape, or a train.out holding a
-run with other settings (RUN_IDENTITY) or no run at all, is an error.
+unreadable_checkpoints/<step> (<step>.2, .3, ... when that step was moved aside before); a
+checkpoint of another model shape, or a train.out holding a run with other settings
+(RUN_IDENTITY) or no run at all, is an error. Every checkpoint records a checksum of each array
+(`ipo_jax.checkpoint.orbax.array_checksums`) in its `meta` item; a restored state whose arrays
+do not match them (flipped bits that still decode) counts as unreadable. Temporary directories
+of a save killed half-way (`.final.tmp-PID`, orbax's) are removed when the run starts again.
+
+The settings are validated (ipo_jax/validation.py) and the pair file read before anything is
+written to train.out; a train.out whose run never completed a step may be restarted with other
+settings (a rejected start does not block the corrected one).
 
 Exit codes: 0 done; EXIT_PREEMPTED (143) after SIGTERM, with a checkpoint of the step reached;
 EXIT_TOO_MANY_SKIPS (3) after train.max_consecutive_skips non-finite steps in a row, with a
-checkpoint holding the last good state; the CLI gives 2 for a TrainingError (bad input).
+checkpoint holding the last good state; EXIT_NOT_TRAINED (4) when the run ends with every update
+skipped or with non-finite parameters (no final/ is written); the CLI gives 2 for a
+TrainingError or a SettingsError (bad input).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -44,20 +56,25 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from ipo_jax.checkpoint import save_orbax
+from ipo_jax.checkpoint.atomic import remove_stale_temporaries
+from ipo_jax.checkpoint.orbax import CHECKSUMS_KEY, array_checksums, checksum_mismatches
 from ipo_jax.checkpoint.init import load_model, tokenizer_dir_for
 from ipo_jax.data.pairs import (
     PairBatches,
     TokenizedPair,
     default_buckets,
     fit_to_length,
+    has_token_ids,
     prompt_messages,
-    read_pair_records,
+    read_pair_sources,
 )
 from ipo_jax.data.tokenizer import load_tokenizer
 from ipo_jax.loss import LossConfig
 from ipo_jax.sharding import make_mesh
 from ipo_jax.train import reference as reference_lib
 from ipo_jax.train.mfu import peak_flops_per_device, train_flops_per_token
+from ipo_jax.train.step import all_finite
+from ipo_jax.validation import validate_settings
 from ipo_jax.train.step import (
     OptimConfig,
     batch_shardings,
@@ -74,6 +91,7 @@ log = logging.getLogger(__name__)
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: schedulers read it as "terminated, may be restarted"
 EXIT_TOO_MANY_SKIPS = 3
+EXIT_NOT_TRAINED = 4  # every update skipped, or non-finite parameters at the end: no final/ model
 
 
 class TrainingError(RuntimeError):
@@ -98,6 +116,14 @@ def _tokenizer(config, records, out: Path):
     if source == "tiny":  # build a small BPE from the pair texts (tiny CPU runs and tests)
         from ipo_jax.data.tiny_tokenizer import build_tiny_tokenizer
 
+        with_ids = next((r for r in records if has_token_ids(r)), None)
+        if with_ids is not None:
+            raise TrainingError(
+                f"{with_ids['_file']}:{with_ids['_line']} (id {with_ids['id']!r}) carries token ids (prefix_ids ...) of the "
+                "tokenizer that sampled it, but tokenizer='tiny' builds a new vocabulary from the texts; set tokenizer to "
+                "that tokenizer's directory"
+            )
+
         corpus = []
         for r in records:
             corpus += [m["content"] for m in prompt_messages(r)] + [r["prefix"], r["chosen"], r["rejected"]]
@@ -110,11 +136,13 @@ def _tokenizer(config, records, out: Path):
 
 
 def _tokenize(records, tokenizer) -> list[TokenizedPair]:
-    """Tokenise through a datasets.Dataset (prompt messages as JSON, so the column has one type)."""
+    """Tokenise through a datasets.Dataset (prompt messages, and the token ids a record carries, as
+    JSON, so each column has one type); records with ids keep them (see ipo_jax/data/pairs.py)."""
     import datasets
 
-    from ipo_jax.data.pairs import tokenize_pair
+    from ipo_jax.data.pairs import ID_FIELDS, tokenize_pair
 
+    carried = ID_FIELDS + ("_file", "_line")
     table = datasets.Dataset.from_dict(
         {
             "id": [r["id"] for r in records],
@@ -122,18 +150,21 @@ def _tokenize(records, tokenizer) -> list[TokenizedPair]:
             "prefix": [r["prefix"] for r in records],
             "chosen": [r["chosen"] for r in records],
             "rejected": [r["rejected"] for r in records],
+            "carried": [json.dumps({k: r[k] for k in carried if r.get(k) is not None}) for r in records],
         }
     )
 
     def encode(row):
-        pair = tokenize_pair(tokenizer, {**row, "prompt": json.loads(row["messages"]), "system": None})
-        return {"prompt_ids": pair.prompt, "prefix_ids": pair.prefix, "chosen_ids": pair.chosen, "rejected_ids": pair.rejected}
+        record = {**row, **json.loads(row["carried"]), "prompt": json.loads(row["messages"]), "system": None}
+        pair = tokenize_pair(tokenizer, record)
+        return {"prompt_tok": pair.prompt, "prefix_tok": pair.prefix, "chosen_tok": pair.chosen, "rejected_tok": pair.rejected}
 
-    table = table.map(encode, remove_columns=["messages", "prefix", "chosen", "rejected"], desc="tokenize pairs")
+    table = table.map(encode, remove_columns=["messages", "prefix", "chosen", "rejected", "carried"], desc="tokenize pairs")
     to_np = lambda x: np.asarray(x, np.int32)  # noqa: E731
     return [
-        TokenizedPair(row["id"], to_np(row["prompt_ids"]), to_np(row["prefix_ids"]), to_np(row["chosen_ids"]), to_np(row["rejected_ids"]))
-        for row in table
+        TokenizedPair(row["id"], to_np(row["prompt_tok"]), to_np(row["prefix_tok"]), to_np(row["chosen_tok"]),
+                      to_np(row["rejected_tok"]), source=int(record.get("_source", 0)))
+        for row, record in zip(table, records)
     ]
 
 
@@ -152,6 +183,20 @@ def _fit_pairs(pairs, config, out: Path):
     if not kept:
         raise TrainingError(f"no pair fits max_length {config.data.max_length}; see {out / 'skipped_pairs.jsonl'}")
     return kept, truncated, len(skipped)
+
+
+def _reference_params(spec: str, config, mesh, vocab_needed: int, policy_params):
+    """The weights of a reference model other than the initial policy (reference.init), loaded like
+    the policy (same mesh and dtypes); it must have the policy's architecture and shapes."""
+    m = config.model
+    reference = load_model(spec, mesh=mesh, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,
+                           attention=m.attention, seed=config.train.seed, vocab_needed=vocab_needed)
+    _, ref_params = nnx.split(reference, nnx.Param)
+    problems = shape_mismatches(ref_params, policy_params)
+    if problems:
+        raise TrainingError(f"reference.init {spec!r} is not the policy's architecture ({m.init!r}):\n  "
+                            + "\n  ".join(problems[:10]))
+    return ref_params
 
 
 class _Preemption:
@@ -258,19 +303,25 @@ def _restore_newest_readable(manager, state, state_shardings, position, out: Pat
                 "resume with the config that wrote it, or choose a new train.out"
             )
         try:
-            restored = manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
-            )
+            with _quiet_orbax():
+                restored = manager.restore(
+                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+                )
             position = restored["meta"]["position"]
             if int(restored["state"].step) != step or not {"epoch", "batch"} <= set(position):
                 raise ValueError(f"its contents contradict its step: state.step {int(restored['state'].step)}, position {position}")
+            recorded = restored["meta"].get(CHECKSUMS_KEY)
+            if recorded is not None:  # checkpoints written before checksums were recorded have none
+                bad = checksum_mismatches(recorded, restored["state"])
+                if bad:
+                    raise ValueError(f"{len(bad)} array(s) differ from the checksums recorded at save time: {'; '.join(bad[:3])}")
         except Exception as e:  # orbax / tensorstore raise many types for damaged files
-            reason = f"{type(e).__name__}: {str(e)[:200]}"
+            reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]  # one line
             print(f"checkpoint {where} is unreadable ({reason}); trying the previous one")
             unreadable.append((step, reason))
             continue
         for bad, _ in unreadable:
-            aside = out / "unreadable_checkpoints" / str(bad)
+            aside = _unused_path(out / "unreadable_checkpoints" / str(bad))
             if jax.process_index() == 0:
                 aside.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(str(out / "checkpoints" / str(bad)), str(aside))
@@ -287,6 +338,48 @@ def _restore_newest_readable(manager, state, state_shardings, position, out: Pat
             f"{out / 'checkpoints'} aside and rerun to start from step 0"
         )
     return state, position, None
+
+
+def _unused_path(path: Path) -> Path:
+    """`path`, or `path.2`, `path.3`, ... if it is taken (a step moved aside twice is kept twice, side by side)."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate
+
+
+def _ignore_closed_loop_noise(unraisable) -> None:
+    """orbax closes its asyncio loop while tensorstore still reports a damaged read back to it:
+    a RuntimeError('Event loop is closed') with no bearing on the outcome, printed as a
+    traceback per array. Drop those; everything else goes to Python's default hook."""
+    if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value):
+        return
+    sys.__unraisablehook__(unraisable)
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """A restore attempt that may fail: orbax's and absl's own error logs (with tracebacks) are
+    silenced -- the loop reports a failed restore in one line of its own."""
+    loggers = [logging.getLogger(name) for name in ("absl", "orbax", "orbax.checkpoint")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    sys.unraisablehook = _ignore_closed_loop_noise  # stays: the noise can arrive after the restore returns
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _has_progress(out: Path) -> bool:
+    """Whether train.out holds anything a restart would lose: a checkpoint, metrics, a final model."""
+    checkpoints = out / "checkpoints"
+    return ((checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir()))
+            or (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").stat().st_size > 0
+            or (out / "final").exists())
 
 
 def _drop_partial_metrics_line(path: Path) -> None:
@@ -308,8 +401,8 @@ def _drop_partial_metrics_line(path: Path) -> None:
 # (max_steps, save_every, mesh, buckets, compute dtype, ...) may change between restarts.
 RUN_IDENTITY = (
     "model.init", "model.param_dtype", "tokenizer", "tiny_tokenizer_vocab", "data.pairs", "data.layout",
-    "data.mask_from", "data.max_length", "data.pairs_per_micro", "data.micro_batches", "data.seed", "data.shuffle",
-    "loss", "optim", "reference.mode", "train.seed",
+    "data.mask_from", "data.max_length", "data.pairs_per_micro", "data.micro_batches", "data.seed", "data.shuffle", "data.packing",
+    "loss", "optim", "reference.mode", "reference.init", "train.seed",
 )
 
 
@@ -344,6 +437,9 @@ def check_output_dir(out: Path, config) -> None:
 
     changed = [f"{field}: was {get(previous, field)!r}, now {get(current, field)!r}"
                for field in RUN_IDENTITY if get(previous, field) != get(current, field)]
+    if changed and not _has_progress(out):  # a start that failed before its first step holds nothing to resume
+        print(f"train.out {out}: the previous start with other settings never completed a step; starting afresh")
+        return
     if changed:
         raise TrainingError(
             f"train.out {out} holds a run with other settings, so it cannot be resumed with these:\n  "
@@ -354,17 +450,20 @@ def check_output_dir(out: Path, config) -> None:
 def train(config) -> int:
     """Run (or resume) a training run described by an ml_collections config. Returns the exit code."""
     maybe_initialize_distributed()
+    validate_settings("train", config)  # before anything is read or written
     out = Path(config.train.out)
     check_output_dir(out, config)
+    mesh = make_mesh(dict(config.mesh))
+    records, pair_sources = read_pair_sources(config.data.pairs)
     out.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
+        for leftover in remove_stale_temporaries(out):
+            print(f"removed {leftover} (left by a save that was killed)")
         tmp = out / ".config.json.tmp"
         tmp.write_text(config.to_json_best_effort(indent=2) + "\n")
         tmp.replace(out / "config.json")  # the run's identity: never half-written
         _drop_partial_metrics_line(out / "metrics.jsonl")
 
-    mesh = make_mesh(dict(config.mesh))
-    records = read_pair_records(config.data.pairs)
     tokenizer = _tokenizer(config, records, out)
     # the data is checked before the model is loaded: a bad pair file fails in seconds, not after a 70B load
     pairs, truncated, skipped = _fit_pairs(_tokenize(records, tokenizer), config, out)
@@ -374,11 +473,13 @@ def train(config) -> int:
     )
     m = config.model
     model = load_model(m.init, mesh=mesh, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,
-                       seed=config.train.seed, vocab_needed=len(tokenizer))
+                       attention=m.attention, seed=config.train.seed, vocab_needed=len(tokenizer))
 
     d = config.data
     buckets = list(d.buckets) if d.buckets else default_buckets(d.max_length, steps_per_octave=2)
-    batches = PairBatches(pairs, d.pairs_per_micro, d.micro_batches, d.layout, d.mask_from, buckets, d.seed, d.shuffle)
+    batches = PairBatches(pairs, d.pairs_per_micro, d.micro_batches, d.layout, d.mask_from, buckets, d.seed, d.shuffle,
+                          packing=d.packing, weights=[s.weight for s in pair_sources] if len(pair_sources) > 1 else ())
+    print(batches.describe([str(s.path) for s in pair_sources]))
     check_batch_fits_mesh(d.pairs_per_micro * (2 if d.layout == "duplicated" else 1), mesh)
     loss_cfg = LossConfig(**config.loss)
     max_steps = config.train.max_steps or config.train.epochs * batches.batches_per_epoch
@@ -389,21 +490,30 @@ def train(config) -> int:
     graphdef, params = nnx.split(model, nnx.Param)
     on_the_fly = loss_cfg.needs_reference and config.reference.mode == "on_the_fly"
     ref_params, ref_c, ref_r = None, np.zeros(len(pairs), np.float32), np.zeros(len(pairs), np.float32)
+    ref_init = config.reference.init or m.init
+    reference_params = None  # the frozen reference's weights, when it is not the initial policy
+    if loss_cfg.needs_reference and ref_init != m.init:
+        reference_params = _reference_params(ref_init, config, mesh, len(tokenizer), params)
+        print(f"reference model: {ref_init} (the policy starts from {m.init})")
     if on_the_fly:
-        ref_params = jax.tree.map(jnp.copy, params)  # frozen copy: the policy's buffers are donated
+        # frozen copy: the policy's buffers are donated
+        ref_params = reference_params if reference_params is not None else jax.tree.map(jnp.copy, params)
     elif loss_cfg.needs_reference:
         if config.reference.mode != "precomputed":
             raise TrainingError(f"reference.mode {config.reference.mode!r}: expected 'precomputed' or 'on_the_fly'")
         settings = dict(mask_from=d.mask_from, layout=d.layout, max_length=d.max_length, dtype=config.model.param_dtype,
-                        compute=config.model.dtype, tokenizer=len(tokenizer), seed=config.train.seed)
-        key = reference_lib.fingerprint(config.model.init, d.pairs, settings)
-        cache_dir = Path(config.reference.cache_dir or Path(d.pairs).parent)
-        cache_file = cache_dir / f"{Path(d.pairs).name}.reference-logps.npz"
-        ref_batches = PairBatches(pairs, d.pairs_per_micro, 1, d.layout, d.mask_from, buckets, shuffle=False)
+                        compute=config.model.dtype, tokenizer=len(tokenizer), seed=config.train.seed,
+                        **({"packing": True} if d.packing else {}))
+        pair_files = [s.path for s in pair_sources]
+        key = reference_lib.fingerprint(ref_init, pair_files, settings)
+        cache_file = reference_lib.cache_file_for(pair_files, config.reference.cache_dir)
+        ref_batches = PairBatches(pairs, d.pairs_per_micro, 1, d.layout, d.mask_from, buckets, shuffle=False, packing=d.packing)
         ref_c, ref_r, cached = reference_lib.load_or_compute(
             cache_file, key, [p.id for p in pairs],
-            lambda: reference_lib.compute_reference_logps(params, graphdef, ref_batches, mesh, chunk),
+            lambda: reference_lib.compute_reference_logps(
+                params if reference_params is None else reference_params, graphdef, ref_batches, mesh, chunk),
         )
+        del reference_params  # the cached log-probs are all the precomputed mode keeps of it
         print(f"reference log-probs: {'loaded from' if cached else 'computed and cached in'} {cache_file}")
 
     tx = make_optimizer(optim_cfg)
@@ -421,7 +531,8 @@ def train(config) -> int:
     state, position, latest = _restore_newest_readable(manager, state, state_shardings, position, out, config.model.init)
 
     def save(step: int):
-        meta = {"position": position, "data_seed": d.seed, "model_init": config.model.init}
+        meta = {"position": position, "data_seed": d.seed, "model_init": config.model.init,
+                CHECKSUMS_KEY: array_checksums(state)}  # verified on restore (flipped bits that still decode)
         manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
 
     shardings = batch_shardings(mesh)
@@ -494,6 +605,14 @@ def train(config) -> int:
     if last_saved != max_steps and max_steps > start:
         save(max_steps)
         manager.wait_until_finished()
+    if int(state.step) > 0 and int(state.skipped) >= int(state.step):
+        print(f"not trained: all {int(state.step)} updates were skipped (non-finite loss, gradient or update); "
+              f"no final model written; exit code {EXIT_NOT_TRAINED}")
+        return EXIT_NOT_TRAINED
+    if not bool(all_finite(state.params)):
+        print(f"not trained: the parameters are not finite after step {int(state.step)}; "
+              f"no final model written; exit code {EXIT_NOT_TRAINED}")
+        return EXIT_NOT_TRAINED
     final = nnx.merge(graphdef, state.params)
     save_orbax(final, out / "final", overwrite=True)
     print(f"done: {max_steps} steps, {int(state.skipped)} skipped updates; final model in {out / 'final'}")
