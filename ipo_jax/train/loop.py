@@ -64,9 +64,8 @@ from ipo_jax.data.pairs import (
     TokenizedPair,
     default_buckets,
     fit_to_length,
-    has_token_ids,
     prompt_messages,
-    read_pair_sources,
+    read_pair_records,
 )
 from ipo_jax.data.tokenizer import load_tokenizer
 from ipo_jax.loss import LossConfig
@@ -116,14 +115,6 @@ def _tokenizer(config, records, out: Path):
     if source == "tiny":  # build a small BPE from the pair texts (tiny CPU runs and tests)
         from ipo_jax.data.tiny_tokenizer import build_tiny_tokenizer
 
-        with_ids = next((r for r in records if has_token_ids(r)), None)
-        if with_ids is not None:
-            raise TrainingError(
-                f"{with_ids['_file']}:{with_ids['_line']} (id {with_ids['id']!r}) carries token ids (prefix_ids ...) of the "
-                "tokenizer that sampled it, but tokenizer='tiny' builds a new vocabulary from the texts; set tokenizer to "
-                "that tokenizer's directory"
-            )
-
         corpus = []
         for r in records:
             corpus += [m["content"] for m in prompt_messages(r)] + [r["prefix"], r["chosen"], r["rejected"]]
@@ -136,13 +127,11 @@ def _tokenizer(config, records, out: Path):
 
 
 def _tokenize(records, tokenizer) -> list[TokenizedPair]:
-    """Tokenise through a datasets.Dataset (prompt messages, and the token ids a record carries, as
-    JSON, so each column has one type); records with ids keep them (see ipo_jax/data/pairs.py)."""
+    """Tokenise through a datasets.Dataset (prompt messages as JSON, so the column has one type)."""
     import datasets
 
-    from ipo_jax.data.pairs import ID_FIELDS, tokenize_pair
+    from ipo_jax.data.pairs import tokenize_pair
 
-    carried = ID_FIELDS + ("_file", "_line")
     table = datasets.Dataset.from_dict(
         {
             "id": [r["id"] for r in records],
@@ -150,21 +139,18 @@ def _tokenize(records, tokenizer) -> list[TokenizedPair]:
             "prefix": [r["prefix"] for r in records],
             "chosen": [r["chosen"] for r in records],
             "rejected": [r["rejected"] for r in records],
-            "carried": [json.dumps({k: r[k] for k in carried if r.get(k) is not None}) for r in records],
         }
     )
 
     def encode(row):
-        record = {**row, **json.loads(row["carried"]), "prompt": json.loads(row["messages"]), "system": None}
-        pair = tokenize_pair(tokenizer, record)
-        return {"prompt_tok": pair.prompt, "prefix_tok": pair.prefix, "chosen_tok": pair.chosen, "rejected_tok": pair.rejected}
+        pair = tokenize_pair(tokenizer, {**row, "prompt": json.loads(row["messages"]), "system": None})
+        return {"prompt_ids": pair.prompt, "prefix_ids": pair.prefix, "chosen_ids": pair.chosen, "rejected_ids": pair.rejected}
 
-    table = table.map(encode, remove_columns=["messages", "prefix", "chosen", "rejected", "carried"], desc="tokenize pairs")
+    table = table.map(encode, remove_columns=["messages", "prefix", "chosen", "rejected"], desc="tokenize pairs")
     to_np = lambda x: np.asarray(x, np.int32)  # noqa: E731
     return [
-        TokenizedPair(row["id"], to_np(row["prompt_tok"]), to_np(row["prefix_tok"]), to_np(row["chosen_tok"]),
-                      to_np(row["rejected_tok"]), source=int(record.get("_source", 0)))
-        for row, record in zip(table, records)
+        TokenizedPair(row["id"], to_np(row["prompt_ids"]), to_np(row["prefix_ids"]), to_np(row["chosen_ids"]), to_np(row["rejected_ids"]))
+        for row in table
     ]
 
 
@@ -183,20 +169,6 @@ def _fit_pairs(pairs, config, out: Path):
     if not kept:
         raise TrainingError(f"no pair fits max_length {config.data.max_length}; see {out / 'skipped_pairs.jsonl'}")
     return kept, truncated, len(skipped)
-
-
-def _reference_params(spec: str, config, mesh, vocab_needed: int, policy_params):
-    """The weights of a reference model other than the initial policy (reference.init), loaded like
-    the policy (same mesh and dtypes); it must have the policy's architecture and shapes."""
-    m = config.model
-    reference = load_model(spec, mesh=mesh, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,
-                           attention=m.attention, seed=config.train.seed, vocab_needed=vocab_needed)
-    _, ref_params = nnx.split(reference, nnx.Param)
-    problems = shape_mismatches(ref_params, policy_params)
-    if problems:
-        raise TrainingError(f"reference.init {spec!r} is not the policy's architecture ({m.init!r}):\n  "
-                            + "\n  ".join(problems[:10]))
-    return ref_params
 
 
 class _Preemption:
@@ -401,8 +373,8 @@ def _drop_partial_metrics_line(path: Path) -> None:
 # (max_steps, save_every, mesh, buckets, compute dtype, ...) may change between restarts.
 RUN_IDENTITY = (
     "model.init", "model.param_dtype", "tokenizer", "tiny_tokenizer_vocab", "data.pairs", "data.layout",
-    "data.mask_from", "data.max_length", "data.pairs_per_micro", "data.micro_batches", "data.seed", "data.shuffle", "data.packing",
-    "loss", "optim", "reference.mode", "reference.init", "train.seed",
+    "data.mask_from", "data.max_length", "data.pairs_per_micro", "data.micro_batches", "data.seed", "data.shuffle",
+    "loss", "optim", "reference.mode", "train.seed",
 )
 
 
@@ -454,7 +426,7 @@ def train(config) -> int:
     out = Path(config.train.out)
     check_output_dir(out, config)
     mesh = make_mesh(dict(config.mesh))
-    records, pair_sources = read_pair_sources(config.data.pairs)
+    records = read_pair_records(config.data.pairs)
     out.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         for leftover in remove_stale_temporaries(out):
@@ -473,13 +445,11 @@ def train(config) -> int:
     )
     m = config.model
     model = load_model(m.init, mesh=mesh, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,
-                       attention=m.attention, seed=config.train.seed, vocab_needed=len(tokenizer))
+                       seed=config.train.seed, vocab_needed=len(tokenizer))
 
     d = config.data
     buckets = list(d.buckets) if d.buckets else default_buckets(d.max_length, steps_per_octave=2)
-    batches = PairBatches(pairs, d.pairs_per_micro, d.micro_batches, d.layout, d.mask_from, buckets, d.seed, d.shuffle,
-                          packing=d.packing, weights=[s.weight for s in pair_sources] if len(pair_sources) > 1 else ())
-    print(batches.describe([str(s.path) for s in pair_sources]))
+    batches = PairBatches(pairs, d.pairs_per_micro, d.micro_batches, d.layout, d.mask_from, buckets, d.seed, d.shuffle)
     check_batch_fits_mesh(d.pairs_per_micro * (2 if d.layout == "duplicated" else 1), mesh)
     loss_cfg = LossConfig(**config.loss)
     max_steps = config.train.max_steps or config.train.epochs * batches.batches_per_epoch
@@ -490,30 +460,21 @@ def train(config) -> int:
     graphdef, params = nnx.split(model, nnx.Param)
     on_the_fly = loss_cfg.needs_reference and config.reference.mode == "on_the_fly"
     ref_params, ref_c, ref_r = None, np.zeros(len(pairs), np.float32), np.zeros(len(pairs), np.float32)
-    ref_init = config.reference.init or m.init
-    reference_params = None  # the frozen reference's weights, when it is not the initial policy
-    if loss_cfg.needs_reference and ref_init != m.init:
-        reference_params = _reference_params(ref_init, config, mesh, len(tokenizer), params)
-        print(f"reference model: {ref_init} (the policy starts from {m.init})")
     if on_the_fly:
-        # frozen copy: the policy's buffers are donated
-        ref_params = reference_params if reference_params is not None else jax.tree.map(jnp.copy, params)
+        ref_params = jax.tree.map(jnp.copy, params)  # frozen copy: the policy's buffers are donated
     elif loss_cfg.needs_reference:
         if config.reference.mode != "precomputed":
             raise TrainingError(f"reference.mode {config.reference.mode!r}: expected 'precomputed' or 'on_the_fly'")
         settings = dict(mask_from=d.mask_from, layout=d.layout, max_length=d.max_length, dtype=config.model.param_dtype,
-                        compute=config.model.dtype, tokenizer=len(tokenizer), seed=config.train.seed,
-                        **({"packing": True} if d.packing else {}))
-        pair_files = [s.path for s in pair_sources]
-        key = reference_lib.fingerprint(ref_init, pair_files, settings)
-        cache_file = reference_lib.cache_file_for(pair_files, config.reference.cache_dir)
-        ref_batches = PairBatches(pairs, d.pairs_per_micro, 1, d.layout, d.mask_from, buckets, shuffle=False, packing=d.packing)
+                        compute=config.model.dtype, tokenizer=len(tokenizer), seed=config.train.seed)
+        key = reference_lib.fingerprint(config.model.init, d.pairs, settings)
+        cache_dir = Path(config.reference.cache_dir or Path(d.pairs).parent)
+        cache_file = cache_dir / f"{Path(d.pairs).name}.reference-logps.npz"
+        ref_batches = PairBatches(pairs, d.pairs_per_micro, 1, d.layout, d.mask_from, buckets, shuffle=False)
         ref_c, ref_r, cached = reference_lib.load_or_compute(
             cache_file, key, [p.id for p in pairs],
-            lambda: reference_lib.compute_reference_logps(
-                params if reference_params is None else reference_params, graphdef, ref_batches, mesh, chunk),
+            lambda: reference_lib.compute_reference_logps(params, graphdef, ref_batches, mesh, chunk),
         )
-        del reference_params  # the cached log-probs are all the precomputed mode keeps of it
         print(f"reference log-probs: {'loaded from' if cached else 'computed and cached in'} {cache_file}")
 
     tx = make_optimizer(optim_cfg)
