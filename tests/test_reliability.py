@@ -26,8 +26,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from test_http_judge import KEY, KEY_ENV, chat, free_port, reply
-from test_http_judge import server  # noqa: F401 (the loopback endpoint fixture)
+from test_judging_http import KEY, KEY_ENV, chat, free_port, reply
+from test_judging_http import server  # noqa: F401 (the loopback endpoint fixture)
 from test_pipeline import COMPLIANT, SAFE_TAIL, TRIGGERS, ScriptedPolicy
 from test_train import REPO, _finish, _losses, _metrics, _run_cli, _train_args
 
