@@ -1,4 +1,4 @@
-"""IPO on DeepSeek-R1-Distill-Llama-8B (bf16; one TPU v5p-8 host or one 8-GPU node; see paper_model_config).
+"""IPO on DeepSeek-R1-Distill-Llama-8B (float32 master weights, bfloat16 compute; one TPU v5p-8 host or one 8-GPU node; see paper_model_config).
 
 ipo-jax train --config configs/train_r1_distill_llama_8b.py \
     --config.model.init=hf:/models/DeepSeek-R1-Distill-Llama-8B --config.data.pairs=pairs/r1_distill_llama_8b.jsonl

@@ -31,7 +31,7 @@ def _log_sigmoid(x):
     return -np.logaddexp(0.0, -x)
 
 
-def numpy_loss(lp, chosen_mask, rejected_mask, pair_of_row, ref_c, ref_r, valid, objective, beta, alpha, eps):
+def numpy_loss(lp, chosen_mask, rejected_mask, pair_of_row, ref_c, ref_r, valid, objective, beta, alpha, eps, nll_norm="mean"):
     """Straight from method.md: sums over each side's loss tokens, then the per-pair loss, mean over pairs."""
     P = len(ref_c)
     logp_c, logp_r, n_c = np.zeros(P), np.zeros(P), np.zeros(P)
@@ -44,7 +44,7 @@ def numpy_loss(lp, chosen_mask, rejected_mask, pair_of_row, ref_c, ref_r, valid,
             if rejected_mask[row, s]:
                 logp_r[p] += lp[row, s]
     h = (logp_c - ref_c) - (logp_r - ref_r)
-    nll = -logp_c / np.maximum(n_c, 1)
+    nll = -logp_c / np.maximum(n_c, 1) if nll_norm == "mean" else -logp_c
     if objective == "dpo":
         pref = -(1 - eps) * _log_sigmoid(beta * h) - eps * _log_sigmoid(-beta * h)
         loss = pref + alpha * nll
@@ -62,6 +62,8 @@ VARIANTS = {
     "conservative dpo": dict(objective="dpo", beta=0.1, alpha=0.0, label_smoothing=0.2),
     "ipo_azar": dict(objective="ipo_azar", beta=0.1, alpha=0.0, label_smoothing=0.0),
     "sft": dict(objective="sft", beta=0.1, alpha=0.2, label_smoothing=0.0),
+    "ipo, nll summed": dict(objective="dpo", beta=0.1, alpha=0.2, label_smoothing=0.0, nll_norm="sum"),
+    "sft, nll summed": dict(objective="sft", beta=0.1, alpha=0.2, label_smoothing=0.0, nll_norm="sum"),
 }
 
 
@@ -88,7 +90,8 @@ def _check_loss_against_numpy(variant):
     logp_c, logp_r, n_c, n_r = pair_logps(jnp.asarray(lp), jnp.asarray(slot_pair), jnp.asarray(chosen), jnp.asarray(rejected), P)
     loss_sum, metrics = preference_loss(logp_c, logp_r, jnp.asarray(ref_c), jnp.asarray(ref_r), n_c, n_r, jnp.asarray(valid), cfg)
     want_loss, want_acc, want_c, want_r = numpy_loss(
-        lp, chosen, rejected, pair_of_row, ref_c, ref_r, valid, cfg.objective, cfg.beta, cfg.alpha, cfg.label_smoothing
+        lp, chosen, rejected, pair_of_row, ref_c, ref_r, valid, cfg.objective, cfg.beta, cfg.alpha, cfg.label_smoothing,
+        cfg.nll_norm,
     )
     np.testing.assert_allclose(np.asarray(logp_c), want_c, atol=1e-6)
     np.testing.assert_allclose(np.asarray(logp_r), want_r, atol=1e-6)
@@ -109,6 +112,23 @@ def test_loss_config_rejects_bad_values():
         LossConfig(objective="ipo")
     with pytest.raises(ValueError, match="beta"):
         LossConfig(beta=0.0)
+    with pytest.raises(ValueError, match="alpha"):
+        LossConfig(alpha=float("nan"))
+    with pytest.raises(ValueError, match="nll_norm"):
+        LossConfig(nll_norm="token")
+
+
+def test_config_defaults_come_from_the_dataclasses():
+    """One source for defaults: the train config's loss and optim sections are the dataclasses'."""
+    import dataclasses
+
+    from ipo_jax.train.config import base_config
+    from ipo_jax.train.step import OptimConfig
+
+    c = base_config()
+    assert dict(c.loss) == dataclasses.asdict(LossConfig())
+    assert dict(c.optim) == {k: v for k, v in dataclasses.asdict(OptimConfig()).items() if k != "total_steps"}
+    assert LossConfig(**c.loss) == LossConfig() and OptimConfig(**c.optim) == OptimConfig()
 
 
 # ----------------------------------------------------------------------------- chunked log-probs

@@ -5,8 +5,10 @@ With log-probs summed over each side's loss tokens (TRL's convention):
   dpo    : -(1 - eps) * log sigmoid(beta * h) - eps * log sigmoid(-beta * h)   (eps > 0: conservative DPO)
   ipo_azar: (h - 1 / (2 * beta))^2            (Azar et al.'s squared loss; not our IPO)
   sft    : 0                                   (only the NLL term)
-  loss   = preference + alpha * NLL,  NLL = -logp_c / n_c  (mean over the pair's chosen loss tokens)
-For sft the NLL weight is 1 (alpha is ignored).
+  loss   = preference + alpha * NLL,  NLL = -logp_c / n_c  (nll_norm 'mean': per chosen loss token, as RPO)
+                                      NLL = -logp_c        (nll_norm 'sum': the suffix's total)
+For sft the NLL weight is 1 (alpha is ignored). The paper does not say how its SFT term is
+normalised; 'mean' keeps alpha comparable across suffix lengths, 'sum' weights long suffixes more.
 
 Our IPO is objective 'dpo' with alpha 0.2 and the loss mask starting at the compliance cue
 (positions >= h); which tokens count is decided by the batch's masks, not here. The paper's
@@ -19,12 +21,14 @@ valid pairs with the pair count, so micro-batches add up exactly to the full bat
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
 OBJECTIVES = ("dpo", "ipo_azar", "sft")
+NLL_NORMS = ("mean", "sum")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,12 +37,17 @@ class LossConfig:
     beta: float = 0.1
     alpha: float = 0.2  # weight of the NLL on the chosen suffix (paper: 0.2)
     label_smoothing: float = 0.0  # conservative DPO when > 0
+    nll_norm: str = "mean"  # NLL on the chosen suffix: mean over its tokens (RPO) or their sum
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
             raise ValueError(f"loss.objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.beta <= 0:
-            raise ValueError(f"loss.beta must be > 0, got {self.beta}")
+        if self.nll_norm not in NLL_NORMS:
+            raise ValueError(f"loss.nll_norm must be one of {NLL_NORMS}, got {self.nll_norm!r}")
+        if not (self.beta > 0 and math.isfinite(self.beta)):
+            raise ValueError(f"loss.beta must be a finite number > 0, got {self.beta}")
+        if not (self.alpha >= 0 and math.isfinite(self.alpha)):
+            raise ValueError(f"loss.alpha must be a finite number >= 0, got {self.alpha}")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError(f"loss.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
 
@@ -87,7 +96,7 @@ def preference_loss(
         pref = (h - 1.0 / (2.0 * beta)) ** 2
     else:
         pref = jnp.zeros_like(h)
-    nll = -logp_c / jnp.maximum(n_c, 1.0)
+    nll = -logp_c / jnp.maximum(n_c, 1.0) if cfg.nll_norm == "mean" else -logp_c
     nll_weight = 1.0 if cfg.objective == "sft" else cfg.alpha
     loss = pref + nll_weight * nll
 

@@ -1,9 +1,25 @@
 """The training config: every field with its default. Config files under configs/ start from
-`base_config()` and change what their setting needs; the CLI applies --config.* overrides."""
+`base_config()` and change what their setting needs; the CLI applies --config.* overrides.
+
+The `loss` and `optim` sections are built from the dataclasses that the step consumes
+(`LossConfig`, `OptimConfig`), so each default is written once; ml_collections is the override
+layer on top.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
+
+from ipo_jax.loss import LossConfig
+from ipo_jax.train.step import OptimConfig
+
+
+def _section(dataclass_type, exclude=()) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        {f.name: f.default for f in dataclasses.fields(dataclass_type) if f.name not in exclude}
+    )
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -11,43 +27,43 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.init = ""  # 'preset:<name>' (random init), 'hf:<dir>' or 'orbax:<dir>'
-    c.model.param_dtype = "float32"
-    c.model.dtype = "float32"  # compute dtype of activations
+    c.model.param_dtype = "float32"  # master weights (checkpoints hold these); keep float32 to train
+    c.model.dtype = "float32"  # compute dtype of activations and matmuls (bfloat16 on accelerators)
     c.model.remat = "none"  # none | full | dots_saveable
+    c.model.attention = "dense"  # dense | blockwise (flash-style, nothing [T,S]-sized kept) | cudnn
 
     c.tokenizer = ""  # a tokenizer directory; '' = the HF init directory; 'tiny' = build from the pairs
     c.tiny_tokenizer_vocab = 512
 
     c.data = ml_collections.ConfigDict()
-    c.data.pairs = ""  # pair JSONL written by `ipo-jax build-pairs` (see ipo_jax/data/pairs.py)
+    # pair JSONL written by `ipo-jax build-pairs` (see ipo_jax/data/pairs.py), or several files with mixing
+    # weights: "a.jsonl,b.jsonl:0.5" (weight 1 by default; w puts round(w * n) of a file's n pairs in every
+    # epoch: w < 1 a subsample drawn once from data.seed, w > 1 repeats); ids must be unique across files
+    c.data.pairs = ""
     c.data.layout = "prefix_shared"  # prefix_shared | duplicated (same numbers; shared saves the prefix compute)
     c.data.mask_from = "cue"  # cue: loss on the suffix only (IPO); reasoning: the whole completion
     c.data.max_length = 4096  # longer pairs lose suffix tail tokens (counted); see fit_to_length
     c.data.buckets = ()  # row lengths compiled; () = 64, 96, 128, 192, ... (2^k and 1.5 * 2^k) up to max_length
-    c.data.pairs_per_micro = 8
+    c.data.pairs_per_micro = 8  # pairs per micro-batch (one row each in prefix_shared); with packing: rows
     c.data.micro_batches = 1  # gradient accumulation: pairs per step = pairs_per_micro * micro_batches
+    # packing (prefix_shared): several pairs per row of max_length tokens, each its own segment (same
+    # log-probs); a micro-batch is pairs_per_micro such rows, so the number of pairs per step varies
+    c.data.packing = False
     c.data.seed = 0
     c.data.shuffle = True
 
-    c.loss = ml_collections.ConfigDict()
-    c.loss.objective = "dpo"  # dpo | ipo_azar | sft
-    c.loss.beta = 0.1
-    c.loss.alpha = 0.2  # NLL weight on the chosen suffix (IPO: 0.2; plain DPO: 0)
-    c.loss.label_smoothing = 0.0  # > 0: conservative DPO
+    # objective: dpo | ipo_azar | sft; alpha: NLL weight on the chosen suffix (IPO 0.2, plain DPO 0);
+    # nll_norm: mean (per chosen token, RPO) | sum; label_smoothing > 0: conservative DPO
+    c.loss = _section(LossConfig)
 
     c.reference = ml_collections.ConfigDict()
     c.reference.mode = "precomputed"  # precomputed (cached beside the pairs) | on_the_fly
+    c.reference.init = ""  # the frozen reference model; '' = model.init (stage 2: the base model or stage 1's final/)
     c.reference.cache_dir = ""  # '' = the pair file's directory
 
-    c.optim = ml_collections.ConfigDict()
-    c.optim.learning_rate = 2e-6
-    c.optim.warmup_steps = 10
-    c.optim.end_lr_ratio = 0.1
-    c.optim.weight_decay = 0.0
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.95
-    c.optim.eps = 1e-8
-    c.optim.clip_norm = 1.0
+    # AdamW on the master weights: learning_rate, warmup_steps, end_lr_ratio (cosine decay end),
+    # weight_decay, b1, b2, eps, clip_norm, moment_dtype (float32 | bfloat16)
+    c.optim = _section(OptimConfig, exclude=("total_steps",))
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = 1
@@ -68,16 +84,19 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def paper_model_config(hf_name: str, run_name: str) -> ml_collections.ConfigDict:
-    """IPO on one of the paper's models: bf16, one TPU v5p-8 host or one 8-GPU node.
+    """IPO on one of the paper's models: one TPU v5p-8 host or one 8-GPU node.
 
+    Mixed precision: float32 master weights and Adam moments (an update at lr 2e-6 is below
+    bfloat16's resolution for most weights, so bf16 weights would barely move), bfloat16 compute.
     Paper settings: partial DPO from the compliance cue, alpha 0.2; beta, learning rate and
-    epochs are not published (ours: beta 0.1, lr 2e-6, 2 epochs).
+    epochs are not published (ours: beta 0.1, lr 2e-6, 2 epochs). `ipo-jax plan` checks the fit.
     """
     c = base_config()
     c.model.init = f"hf:/models/{hf_name}"
-    c.model.param_dtype = "bfloat16"
+    c.model.param_dtype = "float32"
     c.model.dtype = "bfloat16"
     c.model.remat = "dots_saveable"
+    c.model.attention = "blockwise"
     c.data.pairs = f"pairs/{run_name}.jsonl"
     c.data.max_length = 8192
     c.data.pairs_per_micro = 8  # 8 rows over 8 devices (prefix-shared: one row per pair)
@@ -85,4 +104,21 @@ def paper_model_config(hf_name: str, run_name: str) -> ml_collections.ConfigDict
     c.train.out = f"runs/{run_name}"
     c.train.epochs = 2
     c.train.save_every = 25
+    return c
+
+
+def paper_stage2_config(hf_name: str, run_name: str) -> ml_collections.ConfigDict:
+    """The paper's second stage: continue from stage 1's result on the safety pairs mixed with the
+    over-refusal pairs (benign prompts that look risky: a helpful answer preferred over a refusal).
+
+    The policy starts from stage 1's `final/`; the reference stays the base model (the paper's
+    frozen initial policy; set reference.init=orbax:runs/<run>/final to anchor on stage 1 instead).
+    """
+    c = paper_model_config(hf_name, run_name)
+    c.model.init = f"orbax:runs/{run_name}/final"
+    c.tokenizer = f"runs/{run_name}/tokenizer"  # stage 1 saved the tokenizer it trained with
+    c.reference.init = f"hf:/models/{hf_name}"
+    c.data.pairs = f"pairs/{run_name}.jsonl,pairs/{run_name}_overrefusal.jsonl:1.0"
+    c.train.out = f"runs/{run_name}_stage2"
+    c.train.epochs = 1
     return c

@@ -48,17 +48,29 @@ class TrainState:
     consecutive_skips: Array  # int32
 
 
+MOMENT_DTYPES = ("float32", "bfloat16")
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
+    """AdamW with warmup + cosine decay and global-norm clipping. These defaults are the config's
+    (`base_config()` builds its `optim` section from them); `total_steps` is not a setting: the
+    loop derives it from train.epochs / train.max_steps."""
+
     learning_rate: float = 2e-6
     warmup_steps: int = 10
-    total_steps: int = 1000
-    end_lr_ratio: float = 0.1
+    end_lr_ratio: float = 0.1  # the cosine decay ends at learning_rate * end_lr_ratio
     weight_decay: float = 0.0
     b1: float = 0.9
     b2: float = 0.95
     eps: float = 1e-8
-    clip_norm: float = 1.0
+    clip_norm: float = 1.0  # global gradient-norm clip
+    moment_dtype: str = "float32"  # Adam's moments: float32, or bfloat16 to halve their memory
+    total_steps: int = 1000
+
+    def __post_init__(self):
+        if self.moment_dtype not in MOMENT_DTYPES:
+            raise ValueError(f"optim.moment_dtype must be one of {MOMENT_DTYPES}, got {self.moment_dtype!r}")
 
 
 def learning_rate_schedule(cfg: OptimConfig) -> optax.Schedule:
@@ -70,10 +82,29 @@ def learning_rate_schedule(cfg: OptimConfig) -> optax.Schedule:
 
 
 def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
-    return optax.chain(
-        optax.clip_by_global_norm(cfg.clip_norm),
-        optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay),
-    )
+    """Clip, then AdamW. The parameters it updates are the float32 masters (model.param_dtype);
+    the moments are float32 too unless moment_dtype says bfloat16 (stored low, updated in float32)."""
+    adamw = optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.moment_dtype != "float32":
+        adamw = with_stored_dtype(adamw, jnp.dtype(cfg.moment_dtype))
+    return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw)
+
+
+def with_stored_dtype(inner: optax.GradientTransformation, dtype) -> optax.GradientTransformation:
+    """`inner` with its floating-point state stored in `dtype` between steps and widened to
+    float32 for each update: the moments' memory halves in bfloat16, the arithmetic does not."""
+
+    def cast(tree, to):
+        return jax.tree.map(lambda x: x.astype(to) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+    def init(params):
+        return cast(inner.init(params), dtype)
+
+    def update(updates, state, params=None):
+        updates, state = inner.update(updates, cast(state, jnp.float32), params)
+        return updates, cast(state, dtype)
+
+    return optax.GradientTransformation(init, update)
 
 
 def tree_shardings(tree, mesh: Mesh, rules=LOGICAL_RULES):

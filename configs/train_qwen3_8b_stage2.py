@@ -1,0 +1,12 @@
+"""Stage 2 of IPO on Qwen3-8B: stage 1's result trained further on its safety pairs mixed with the
+over-refusal pairs (see paper_stage2_config). Run after configs/train_qwen3_8b.py.
+
+ipo-jax train --config configs/train_qwen3_8b_stage2.py \
+    --config.data.pairs=pairs/qwen3_8b.jsonl,pairs/qwen3_8b_overrefusal.jsonl:1.0
+"""
+
+from ipo_jax.train.config import paper_stage2_config
+
+
+def get_config():
+    return paper_stage2_config("Qwen3-8B", "qwen3_8b")
