@@ -64,8 +64,9 @@ from ipo_jax.data.pairs import (
     TokenizedPair,
     default_buckets,
     fit_to_length,
+    has_token_ids,
     prompt_messages,
-    read_pair_records,
+    read_pair_sources,
 )
 from ipo_jax.data.tokenizer import load_tokenizer
 from ipo_jax.loss import LossConfig
@@ -115,6 +116,14 @@ def _tokenizer(config, records, out: Path):
     if source == "tiny":  # build a small BPE from the pair texts (tiny CPU runs and tests)
         from ipo_jax.data.tiny_tokenizer import build_tiny_tokenizer
 
+        with_ids = next((r for r in records if has_token_ids(r)), None)
+        if with_ids is not None:
+            raise TrainingError(
+                f"{with_ids['_file']}:{with_ids['_line']} (id {with_ids['id']!r}) carries token ids (prefix_ids ...) of the "
+                "tokenizer that sampled it, but tokenizer='tiny' builds a new vocabulary from the texts; set tokenizer to "
+                "that tokenizer's directory"
+            )
+
         corpus = []
         for r in records:
             corpus += [m["content"] for m in prompt_messages(r)] + [r["prefix"], r["chosen"], r["rejected"]]
@@ -127,11 +136,13 @@ def _tokenizer(config, records, out: Path):
 
 
 def _tokenize(records, tokenizer) -> list[TokenizedPair]:
-    """Tokenise through a datasets.Dataset (prompt messages as JSON, so the column has one type)."""
+    """Tokenise through a datasets.Dataset (prompt messages, and the token ids a record carries, as
+    JSON, so each column has one type); records with ids keep them (see ipo_jax/data/pairs.py)."""
     import datasets
 
-    from ipo_jax.data.pairs import tokenize_pair
+    from ipo_jax.data.pairs import ID_FIELDS, tokenize_pair
 
+    carried = ID_FIELDS + ("_file", "_line")
     table = datasets.Dataset.from_dict(
         {
             "id": [r["id"] for r in records],
@@ -139,18 +150,21 @@ def _tokenize(records, tokenizer) -> list[TokenizedPair]:
             "prefix": [r["prefix"] for r in records],
             "chosen": [r["chosen"] for r in records],
             "rejected": [r["rejected"] for r in records],
+            "carried": [json.dumps({k: r[k] for k in carried if r.get(k) is not None}) for r in records],
         }
     )
 
     def encode(row):
-        pair = tokenize_pair(tokenizer, {**row, "prompt": json.loads(row["messages"]), "system": None})
-        return {"prompt_ids": pair.prompt, "prefix_ids": pair.prefix, "chosen_ids": pair.chosen, "rejected_ids": pair.rejected}
+        record = {**row, **json.loads(row["carried"]), "prompt": json.loads(row["messages"]), "system": None}
+        pair = tokenize_pair(tokenizer, record)
+        return {"prompt_tok": pair.prompt, "prefix_tok": pair.prefix, "chosen_tok": pair.chosen, "rejected_tok": pair.rejected}
 
-    table = table.map(encode, remove_columns=["messages", "prefix", "chosen", "rejected"], desc="tokenize pairs")
+    table = table.map(encode, remove_columns=["messages", "prefix", "chosen", "rejected", "carried"], desc="tokenize pairs")
     to_np = lambda x: np.asarray(x, np.int32)  # noqa: E731
     return [
-        TokenizedPair(row["id"], to_np(row["prompt_ids"]), to_np(row["prefix_ids"]), to_np(row["chosen_ids"]), to_np(row["rejected_ids"]))
-        for row in table
+        TokenizedPair(row["id"], to_np(row["prompt_tok"]), to_np(row["prefix_tok"]), to_np(row["chosen_tok"]),
+                      to_np(row["rejected_tok"]), source=int(record.get("_source", 0)))
+        for row, record in zip(table, records)
     ]
 
 
@@ -373,7 +387,7 @@ def _drop_partial_metrics_line(path: Path) -> None:
 # (max_steps, save_every, mesh, buckets, compute dtype, ...) may change between restarts.
 RUN_IDENTITY = (
     "model.init", "model.param_dtype", "tokenizer", "tiny_tokenizer_vocab", "data.pairs", "data.layout",
-    "data.mask_from", "data.max_length", "data.pairs_per_micro", "data.micro_batches", "data.seed", "data.shuffle",
+    "data.mask_from", "data.max_length", "data.pairs_per_micro", "data.micro_batches", "data.seed", "data.shuffle", "data.packing",
     "loss", "optim", "reference.mode", "train.seed",
 )
 
@@ -426,7 +440,7 @@ def train(config) -> int:
     out = Path(config.train.out)
     check_output_dir(out, config)
     mesh = make_mesh(dict(config.mesh))
-    records = read_pair_records(config.data.pairs)
+    records, pair_sources = read_pair_sources(config.data.pairs)
     out.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         for leftover in remove_stale_temporaries(out):
@@ -449,7 +463,9 @@ def train(config) -> int:
 
     d = config.data
     buckets = list(d.buckets) if d.buckets else default_buckets(d.max_length, steps_per_octave=2)
-    batches = PairBatches(pairs, d.pairs_per_micro, d.micro_batches, d.layout, d.mask_from, buckets, d.seed, d.shuffle)
+    batches = PairBatches(pairs, d.pairs_per_micro, d.micro_batches, d.layout, d.mask_from, buckets, d.seed, d.shuffle,
+                          packing=d.packing, weights=[s.weight for s in pair_sources] if len(pair_sources) > 1 else ())
+    print(batches.describe([str(s.path) for s in pair_sources]))
     check_batch_fits_mesh(d.pairs_per_micro * (2 if d.layout == "duplicated" else 1), mesh)
     loss_cfg = LossConfig(**config.loss)
     max_steps = config.train.max_steps or config.train.epochs * batches.batches_per_epoch
@@ -466,11 +482,12 @@ def train(config) -> int:
         if config.reference.mode != "precomputed":
             raise TrainingError(f"reference.mode {config.reference.mode!r}: expected 'precomputed' or 'on_the_fly'")
         settings = dict(mask_from=d.mask_from, layout=d.layout, max_length=d.max_length, dtype=config.model.param_dtype,
-                        compute=config.model.dtype, tokenizer=len(tokenizer), seed=config.train.seed)
-        key = reference_lib.fingerprint(config.model.init, d.pairs, settings)
-        cache_dir = Path(config.reference.cache_dir or Path(d.pairs).parent)
-        cache_file = cache_dir / f"{Path(d.pairs).name}.reference-logps.npz"
-        ref_batches = PairBatches(pairs, d.pairs_per_micro, 1, d.layout, d.mask_from, buckets, shuffle=False)
+                        compute=config.model.dtype, tokenizer=len(tokenizer), seed=config.train.seed,
+                        **({"packing": True} if d.packing else {}))
+        pair_files = [s.path for s in pair_sources]
+        key = reference_lib.fingerprint(config.model.init, pair_files, settings)
+        cache_file = reference_lib.cache_file_for(pair_files, config.reference.cache_dir)
+        ref_batches = PairBatches(pairs, d.pairs_per_micro, 1, d.layout, d.mask_from, buckets, shuffle=False, packing=d.packing)
         ref_c, ref_r, cached = reference_lib.load_or_compute(
             cache_file, key, [p.id for p in pairs],
             lambda: reference_lib.compute_reference_logps(params, graphdef, ref_batches, mesh, chunk),

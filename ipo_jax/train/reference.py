@@ -1,7 +1,12 @@
-"""Reference log-probs: one jitted, sharded forward pass of the frozen initial policy over all
-pairs, cached beside the pair file and keyed by a fingerprint of everything they depend on
-(reference checkpoint files, pair file contents, tokenisation and mask settings), so a stale
-cache is detected and recomputed rather than silently reused.
+"""Reference log-probs: one jitted, sharded forward pass of the frozen reference over all
+pairs, cached beside the pair file(s) and keyed by a fingerprint of everything they depend on
+(reference checkpoint files, every pair file's contents, tokenisation and mask settings), so a
+stale cache is detected and recomputed rather than silently reused.
+
+Cache file (`cache_file_for`): <dir>/<pair file name>.reference-logps.npz for one pair file;
+for several (data.pairs 'a.jsonl,b.jsonl:0.5') <dir>/<stem>+<stem>...-<hash>.reference-logps.npz,
+the hash over the files' resolved paths (weights do not change the per-pair log-probs, each
+pair is computed once). <dir> is reference.cache_dir or the first file's directory.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
+from typing import Sequence
 
 import jax
 import numpy as np
@@ -22,9 +28,11 @@ from ipo_jax.train.step import batch_shardings, policy_pair_logps, put_batch
 log = logging.getLogger(__name__)
 
 
-def fingerprint(init: str, pairs_file: str | Path, settings: dict) -> str:
-    """sha256 over the reference checkpoint's files (name, size, mtime), the pair file's bytes
-    and the settings that change the numbers (mask start, truncation, dtype, tokenizer)."""
+def fingerprint(init: str, pairs_file: str | Path | Sequence[str | Path], settings: dict) -> str:
+    """sha256 over the reference checkpoint's files (name, size, mtime), the bytes of every pair
+    file (one path or several, in order) and the settings that change the numbers (mask start,
+    truncation, dtype, tokenizer, packing)."""
+    files = [pairs_file] if isinstance(pairs_file, (str, Path)) else list(pairs_file)
     h = hashlib.sha256()
     h.update(json.dumps({"init": init, **settings}, sort_keys=True, default=str).encode())
     kind, _, location = init.partition(":")
@@ -33,8 +41,24 @@ def fingerprint(init: str, pairs_file: str | Path, settings: dict) -> str:
         for f in sorted(p for p in root.rglob("*") if p.is_file()):
             stat = f.stat()
             h.update(f"{f.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    h.update(Path(pairs_file).read_bytes())
+    if len(files) == 1:
+        h.update(Path(files[0]).read_bytes())  # as before several files were allowed: old caches stay valid
+    else:
+        for f in files:  # length-prefixed, so moving bytes from one file to the next changes the key
+            data = Path(f).read_bytes()
+            h.update(f"{len(data)}:".encode() + data)
     return h.hexdigest()
+
+
+def cache_file_for(pair_files: Sequence[str | Path], cache_dir: str | Path = "") -> Path:
+    """Where the reference log-probs of these pair files are cached (see the module doc)."""
+    files = [Path(f) for f in pair_files]
+    directory = Path(cache_dir) if cache_dir else files[0].parent
+    if len(files) == 1:
+        return directory / f"{files[0].name}.reference-logps.npz"
+    digest = hashlib.sha256("\n".join(str(f.resolve()) for f in files).encode()).hexdigest()[:12]
+    stems = "+".join(f.stem for f in files)[:80]
+    return directory / f"{stems}-{digest}.reference-logps.npz"
 
 
 def compute_reference_logps(params, graphdef, batches: PairBatches, mesh, chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
