@@ -7,6 +7,7 @@ Stages:
   build-pairs  intervention: sample -> judge -> first cue -> trigger -> continue -> pairs
   csr       continuation safety ratio per sentence, safety triggers and compliance cues
   train     IPO (or a baseline) training from a pair file (see ipo_jax/train/config.py)
+  plan      will a training config fit a topology? per-device memory of its compiled step, no weights
   eval      harmful share of reasoning and answer, refusal, over-refusal, math accuracy, report
   demo      the main job on the embedded default (see ipo_jax/demo.py)
 
@@ -39,7 +40,7 @@ CONFIG_STAGES = {
     "eval": ("evaluate a model on safety / over-refusal / math benchmarks", "eval*.py"),
     "demo": ("run the main job on the embedded default", "demo.py"),
 }
-STAGES = ("convert", "presets", *CONFIG_STAGES)
+STAGES = ("convert", "presets", "plan", *CONFIG_STAGES)
 EXIT_BAD_INPUT = 2
 EXIT_UNEXPECTED = 1
 _WRITE_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -134,18 +135,22 @@ def _load_config_file(path: Path):
 
 
 def _config_sources(stage: str) -> list[Path]:
-    """The files whose `c.<field> = value  # comment` lines describe the stage's fields (later wins)."""
+    """The files whose `c.<field> = value  # comment` lines describe the stage's fields, in order
+    of precedence: the stage's own config module, then every other config module of the package
+    (sections such as judge/ or model/ are built there)."""
     package = Path(__file__).resolve().parent
-    return {
+    own = {
         "train": [package / "train" / "config.py"],
-        "eval": [package / "pipeline" / "config.py", package / "eval" / "config.py"],
+        "eval": [package / "eval" / "config.py", package / "pipeline" / "config.py"],
         "demo": [CONFIGS_DIR / "demo.py"],
     }.get(stage, [package / "pipeline" / "config.py"])
+    return own + [p for p in sorted(package.glob("*/config.py")) if p not in own]
 
 
 def field_comments(sources: list[Path]) -> dict[str, str]:
     """{'data.max_length': 'its comment'} from assignments `c.data.max_length = ...  # comment` (or a
-    comment line right above them): the config files' comments are the one source of field help."""
+    comment line right above them): the config files' comments are the one source of field help.
+    The first file (and within it the first assignment) that describes a field wins."""
     import io
     import tokenize
 
@@ -153,7 +158,6 @@ def field_comments(sources: list[Path]) -> dict[str, str]:
     for source in sources:
         if not source.is_file():
             continue
-        found: dict[str, str] = {}  # within a file the first assignment is the base default's
         above: list[str] = []
         line_tokens: list[tokenize.TokenInfo] = []
         for token in tokenize.generate_tokens(io.StringIO(source.read_text()).readline):
@@ -162,21 +166,29 @@ def field_comments(sources: list[Path]) -> dict[str, str]:
                 continue
             if token.type in (tokenize.NEWLINE, tokenize.NL):
                 if line_tokens:
-                    _record_comment(line_tokens, above, found)
+                    _record_comment(line_tokens, above, comments)
                     above = []
                 line_tokens = []
                 continue
             if token.type not in (tokenize.INDENT, tokenize.DEDENT):
                 line_tokens.append(token)
-        comments.update(found)
     return comments
+
+
+def _describe(name: str, comments: dict[str, str]) -> str:
+    """A field's comment; for a copied section (detector.* from judge.*) the one field of that name."""
+    if name in comments:
+        return comments[name]
+    leaf = name.rsplit(".", 1)[-1]
+    same_leaf = [text for key, text in comments.items() if key.rsplit(".", 1)[-1] == leaf]
+    return same_leaf[0] if len(same_leaf) == 1 else ""
 
 
 def _record_comment(tokens, above: list[str], comments: dict[str, str]) -> None:
     import tokenize
 
     words = [t.string for t in tokens]
-    if len(words) < 4 or words[0] != "c" or words[1] != ".":
+    if len(words) < 4 or not words[0].isidentifier() or words[1] != ".":
         return
     try:
         end = words.index("=")
@@ -196,6 +208,19 @@ def _flatten(config, prefix: str = ""):
             yield from _flatten(value, name + ".")
         else:
             yield name, value
+
+
+def _kind(value) -> str:
+    """What a field without a comment or a rule holds, from its default."""
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, (tuple, list)):
+        return "a tuple"
+    return "a string" if isinstance(value, str) else type(value).__name__
 
 
 def stage_help(stage: str, argv: list[str]) -> str:
@@ -218,12 +243,12 @@ def stage_help(stage: str, argv: list[str]) -> str:
         f"fields (defaults {'of ' + config_file if config_file else 'before a config file changes them'}):",
     ]
     for name, value in fields:
-        description = comments.get(name, "")
+        description = _describe(name, comments)
         check = rules.get(name)
         accepted = check(object()) if check else None  # a rule names what it accepts when given nothing valid
         if accepted and accepted not in description:
             description = f"{description}{'; ' if description else ''}{accepted}"
-        lines.append(f"  {f'{name} = {value!r}':<{width}}  {description or '-'}")
+        lines.append(f"  {f'{name} = {value!r}':<{width}}  {description or _kind(value)}")
     return "\n".join(lines)
 
 
@@ -289,6 +314,22 @@ def _has_tokenizer(path) -> bool:
     from ipo_jax.checkpoint.hf import TOKENIZER_EXPORT_FILES
 
     return any((Path(path) / name).is_file() for name in TOKENIZER_EXPORT_FILES)
+
+
+def cmd_plan(args, rest: list[str]) -> int:
+    from ipo_jax.train.plan import PlanError, run_plan
+
+    layers = None
+    if args.layers:
+        try:
+            layers = tuple(int(x) for x in args.layers.split(","))
+        except ValueError:
+            layers = ()
+        if len(layers) != 2:
+            raise PlanError(f"--layers {args.layers!r}: expected two layer counts A,B such as 2,4")
+    config = parse_config(rest, "train")
+    return run_plan(config, args.topology, headroom=args.headroom, layers=layers, suggest=not args.no_suggest,
+                    device_memory_gib=args.device_memory)
 
 
 def cmd_presets(args) -> int:
@@ -359,6 +400,19 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
 
     sub.add_parser("presets", help="list model presets with parameter counts")
+    plan = sub.add_parser(
+        "plan",
+        help="will a training config fit a topology? (--config configs/train_*.py --topology v5p-8)",
+        description="Compile the config's train step ahead of time (no weights) and print its per-device memory.\n"
+        "Exit 0: fits; 3: does not fit (the smallest change that would is printed); 2: bad input.\n"
+        "  ipo-jax plan --config configs/train_qwen3_8b.py --topology 8xh100 [--config.data.max_length=16384]",
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
+    plan.add_argument("--topology", required=True, help="v5p-8 ... v5p-256, 8xh100, 8xh200, Nxa100-80 (Nxh100, Nxh200)")
+    plan.add_argument("--headroom", type=float, default=0.10, help="share of device memory kept free (default 0.10)")
+    plan.add_argument("--device-memory", type=float, metavar="GIB", help="memory per device in GiB (default: the topology's)")
+    plan.add_argument("--layers", metavar="A,B", help="compile A and B layers and extrapolate (default: full depth)")
+    plan.add_argument("--no-suggest", action="store_true", help="when it does not fit, do not search for a change that fits")
     for stage, (text, _) in CONFIG_STAGES.items():
         hint = _config_hint(stage).strip(" ()").replace("for example ", "")
         sub.add_parser(stage, help=f"{text} ({hint}; `ipo-jax {stage} --help` lists the fields)", add_help=False)
@@ -376,6 +430,8 @@ def _dispatch(args, rest: list[str], parser) -> int:
         args.output = _output_path(config)
         validate_settings(args.stage, config)  # before any work and before anything is written
         return _run_config_stage(args.stage, config)
+    if args.stage == "plan":
+        return cmd_plan(args, rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.stage == "convert":

@@ -25,7 +25,10 @@ from ipo_jax.loss.preference import OBJECTIVES
 from ipo_jax.models import config as model_config
 from ipo_jax.models.config import DTYPES, REMAT_POLICIES
 
-JUDGE_BACKENDS = ("pattern", "llm", "http")  # build_judges (ipo_jax/pipeline/run.py) chooses among these
+try:  # the backends build_judges chooses among, from their owner
+    from ipo_jax.judging.config import BACKENDS as JUDGE_BACKENDS
+except ImportError:  # the judging package not there yet: the pipeline's three
+    JUDGE_BACKENDS = ("pattern", "llm", "http")
 _MISSING = object()
 
 
@@ -191,6 +194,7 @@ _SAMPLING = {
 }
 _JUDGE = {
     "judge.backend": one_of(*JUDGE_BACKENDS),
+    "detector.backend": one_of("", *JUDGE_BACKENDS),
     "judge.patterns_file": optional_file,
     "judge.timeout": number_in(0, low_open=True),
     "judge.max_retries": int_at_least(0),

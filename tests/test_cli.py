@@ -115,3 +115,220 @@ def test_the_makefile_demo_command_parses():
     args = shlex.split(recipe.split("ipo-jax demo", 1)[1])
     config = parse_config([a.replace("configs/", f"{CONFIGS}/", 1) for a in args], "demo")
     assert config.presets and config.methods.names and not config.short
+
+
+# ============================================================================ bad input: one line, exit 2, nothing written
+
+GOOD_PAIR = {"id": "a", "prompt": "p [request details withheld]", "prefix": "Let me think. ", "chosen": "I refuse.",
+             "rejected": "Sure. [harmful details withheld]"}
+
+
+BAD_UTF8 = b'{"id": "caf\xe9", "prompt": "hi"}\n'  # Latin-1, not UTF-8
+
+
+def _jsonl(path: Path, *records) -> str:
+    path.write_bytes(b"".join(r if isinstance(r, bytes) else json.dumps(r).encode() + b"\n" for r in records))
+    return str(path)
+
+
+def _pairs_with(tmp: Path, **bad) -> str:
+    return _jsonl(tmp / "pairs.jsonl", GOOD_PAIR, {**GOOD_PAIR, "id": "b", **bad})
+
+
+def _prompts_with(tmp: Path, bad: dict | bytes) -> str:
+    good = {"id": "p1", "prompt": "How do I go about it? [request details withheld]", "kind": "harmful"}
+    return _jsonl(tmp / "prompts.jsonl", good, bad if isinstance(bad, bytes) else {"id": "p2", "kind": "harmful", **bad})
+
+
+def _a_file(tmp: Path) -> str:
+    (tmp / "plain.txt").write_text("not a directory")
+    return str(tmp / "plain.txt")
+
+
+def _train(tmp: Path, *overrides: str) -> list[str]:
+    return ["train", "--config", str(CONFIGS / "train_tiny_cpu.py"), f"--config.train.out={tmp / 'out'}", *overrides]
+
+
+def _pipeline(stage: str, tmp: Path, *overrides: str) -> list[str]:
+    from ipo_jax.data.tokenizer import packaged_qwen3_tokenizer_dir
+
+    return [stage, "--config", str(CONFIGS / "pipeline_tiny_cpu.py"), f"--config.out={tmp / 'out'}",
+            "--config.model.init=preset:tiny-qwen3", f"--config.tokenizer={packaged_qwen3_tokenizer_dir()}", *overrides]
+
+
+def _eval(tmp: Path, *overrides: str) -> list[str]:
+    from ipo_jax.data.tokenizer import packaged_qwen3_tokenizer_dir
+
+    bench = _jsonl(tmp / "bench.jsonl", {"id": "q1", "prompt": "What is 2 + 2?", "kind": "math", "reference": "4"})
+    return ["eval", "--config", str(CONFIGS / "eval.py"), f"--config.out={tmp / 'out'}", "--config.model.init=preset:tiny-qwen3",
+            f"--config.tokenizer={packaged_qwen3_tokenizer_dir()}", f"--config.benchmarks=jsonl={bench}", *overrides]
+
+
+# (id, argv from a temporary directory, a fragment the one error line must contain)
+BAD_INPUTS = [
+    ("max-steps-negative", lambda t: _train(t, "--config.train.max_steps=-5"), "config.train.max_steps is -5; expected an integer >= 0"),
+    ("alpha-nan", lambda t: _train(t, "--config.loss.alpha=nan"), "config.loss.alpha is nan; expected a finite number"),
+    ("beta-inf", lambda t: _train(t, "--config.loss.beta=inf"), "config.loss.beta is inf"),
+    ("save-every-zero", lambda t: _train(t, "--config.train.save_every=0"), "config.train.save_every is 0; expected an integer >= 1"),
+    ("pairs-per-micro-zero", lambda t: _train(t, "--config.data.pairs_per_micro=0"), "config.data.pairs_per_micro is 0"),
+    ("learning-rate-negative", lambda t: _train(t, "--config.optim.learning_rate=-1e-3"), "config.optim.learning_rate is -0.001"),
+    ("b2-one", lambda t: _train(t, "--config.optim.b2=1.0"), "config.optim.b2 is 1.0; expected a finite number in [0, 1)"),
+    ("no-steps-at-all", lambda t: _train(t, "--config.train.max_steps=0", "--config.train.epochs=0"), "both 0"),
+    ("objective-unknown", lambda t: _train(t, "--config.loss.objective=magic"), "config.loss.objective is 'magic'; expected one of"),
+    ("mesh-zero", lambda t: _train(t, "--config.mesh.fsdp=0"), "config.mesh.fsdp is 0"),
+    ("preset-unknown", lambda t: _train(t, "--config.model.init=preset:nope"), "expected a known preset"),
+    ("init-dir-missing", lambda t: _train(t, f"--config.model.init=hf:{t / 'missing'}"), "does not exist"),
+    ("init-without-kind", lambda t: _train(t, "--config.model.init=somewhere"), "'preset:<name>', 'hf:<dir>' or 'orbax:<dir>'"),
+    ("tokenizer-missing", lambda t: _train(t, f"--config.tokenizer={t / 'tok'}"), "config.tokenizer is"),
+    ("out-is-a-file", lambda t: _train(t, f"--config.train.out={_a_file(t)}"), "plain.txt is a file"),
+    ("out-under-a-file", lambda t: _train(t, f"--config.train.out={_a_file(t)}/run"), "plain.txt is a file, so"),
+    ("out-read-only", lambda t: _train(t, "--config.train.out=/proc/ipo-jax-test/run"), "expected a writable directory"),
+    ("pairs-missing", lambda t: _train(t, f"--config.data.pairs={t / 'nope.jsonl'}"), "nope.jsonl not found"),
+    ("pairs-a-directory", lambda t: _train(t, f"--config.data.pairs={t}"), "is a directory"),
+    ("pairs-role-robot", lambda t: _train(t, f"--config.data.pairs={_pairs_with(t, prompt=[{'role': 'robot', 'content': 'hi'}])}"),
+     "pairs.jsonl:2 (id 'b'): field 'prompt' message 0 has role 'robot'"),
+    ("pairs-role-missing", lambda t: _train(t, f"--config.data.pairs={_pairs_with(t, prompt=[{'content': 'hi'}])}"), "has no 'role'"),
+    ("pairs-prompt-strings", lambda t: _train(t, f"--config.data.pairs={_pairs_with(t, prompt=['hello'])}"),
+     "pairs.jsonl:2 (id 'b'): field 'prompt' message 0 should be an object"),
+    ("pairs-content-int", lambda t: _train(t, f"--config.data.pairs={_pairs_with(t, prompt=[{'role': 'user', 'content': 5}])}"),
+     "content of type int"),
+    ("pairs-no-user-turn", lambda t: _train(t, f"--config.data.pairs={_pairs_with(t, prompt=[{'role': 'system', 'content': 'x'}])}"),
+     "has no user message"),
+    ("pairs-empty-id", lambda t: _train(t, f"--config.data.pairs={_pairs_with(t, id='')}"), "pairs.jsonl:2: field 'id' should be a non-empty string"),
+    ("pairs-repeated-id", lambda t: _train(t, f"--config.data.pairs={_pairs_with(t, id='a')}"), "pairs.jsonl:2: id 'a' repeats line 1"),
+    ("pairs-bad-utf8", lambda t: _train(t, "--config.data.pairs=" + _jsonl(t / "pairs.jsonl", GOOD_PAIR, BAD_UTF8)),
+     "pairs.jsonl:2: not valid UTF-8"),
+    ("override-unknown", lambda t: _train(t, "--config.train.max_stepz=5"), "bad config or override"),
+    ("override-wrong-type", lambda t: _train(t, "--config.train.max_steps=many"), "bad config or override"),
+    ("config-missing", lambda t: ["train", "--config", str(t / "nope.py")], "not found (for example --config "),
+    ("config-a-directory", lambda t: ["train", "--config", str(t)], "is a directory"),
+    ("no-config", lambda t: ["train"], "--config is required (for example --config "),
+    ("unknown-stage", lambda t: ["tran"], "invalid choice: 'tran'"),
+    ("judge-backend-unknown", lambda t: _pipeline("build-pairs", t, "--config.judge.backend=magic"),
+     "config.judge.backend is 'magic'; expected one of 'pattern', 'llm', 'http'"),
+    ("top-p-zero", lambda t: _pipeline("sample", t, "--config.sampling.top_p=0.0"), "config.sampling.top_p is 0.0"),
+    ("temperature-nan", lambda t: _pipeline("sample", t, "--config.sampling.temperature=nan"), "config.sampling.temperature is nan"),
+    ("max-new-tokens-zero", lambda t: _pipeline("build-pairs", t, "--config.sampling.max_new_tokens=0"), "max_new_tokens is 0"),
+    ("prompts-missing", lambda t: _pipeline("build-pairs", t, f"--config.prompts={t / 'nope.jsonl'}"), "nope.jsonl"),
+    ("prompts-role-robot", lambda t: _pipeline("build-pairs", t, f"--config.prompts={_prompts_with(t, {'prompt': [{'role': 'robot', 'content': 'x'}]})}"),
+     "role 'robot'"),
+    ("prompts-content-int", lambda t: _pipeline("sample", t, f"--config.prompts={_prompts_with(t, {'prompt': [{'role': 'user', 'content': 5}]})}"),
+     "content of type int"),
+    ("prompts-bad-utf8", lambda t: _pipeline("sample", t, "--config.prompts=" + _prompts_with(t, BAD_UTF8)), "UTF-8"),
+    ("pipeline-out-a-file", lambda t: _pipeline("build-pairs", t, f"--config.out={_a_file(t)}"), "plain.txt is a file"),
+    ("triggers-missing", lambda t: _pipeline("build-pairs", t, f"--config.triggers_file={t / 'triggers.txt'}"), "triggers.txt does not exist"),
+    ("csr-mu-above-one", lambda t: _pipeline("csr", t, "--config.csr.mu=2.0", f"--config.csr.trajectories={_a_file(t)}"), "config.csr.mu is 2.0"),
+    ("csr-no-trajectories", lambda t: _pipeline("csr", t), "config.csr.trajectories is ''"),
+    ("eval-samples-zero", lambda t: _eval(t, "--config.samples_per_prompt=0"), "config.samples_per_prompt is 0"),
+    ("eval-no-benchmarks", lambda t: _eval(t, "--config.benchmarks="), "config.benchmarks is ''"),
+    ("eval-train-prompts-missing", lambda t: _eval(t, f"--config.train_prompts={t / 'seen.jsonl'}"), "seen.jsonl does not exist"),
+    ("eval-out-read-only", lambda t: _eval(t, "--config.out=/proc/ipo-jax-test"), "expected a writable directory"),
+    ("demo-seed-negative", lambda t: ["demo", "--config", str(CONFIGS / "demo.py"), "--config.seed=-1", f"--config.out={t / 'out'}"],
+     "config.seed is -1"),
+    ("convert-mesh-not-a-number", lambda t: ["convert", "--from", "hf", "--to", "orbax", _a_dir(t), str(t / "out"), "--mesh", "fsdp=x"],
+     "--mesh 'fsdp=x': expected axis=size"),
+    ("convert-source-missing", lambda t: ["convert", "--from", "hf", "--to", "orbax", str(t / "nope"), str(t / "out")], "does not exist"),
+    ("convert-source-a-file", lambda t: ["convert", "--from", "hf", "--to", "orbax", _a_file(t), str(t / "out")], "is a file"),
+    ("convert-source-not-a-model", lambda t: ["convert", "--from", "hf", "--to", "orbax", _a_dir(t), str(t / "out")], "config.json"),
+    ("presets-extra-argument", lambda t: ["presets", "--all"], "unrecognized arguments: --all"),
+]
+
+
+def _a_dir(tmp: Path) -> str:
+    (tmp / "empty_model").mkdir(exist_ok=True)
+    return str(tmp / "empty_model")
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("make_argv, fragment", [case[1:] for case in BAD_INPUTS], ids=[case[0] for case in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, make_argv, fragment):
+    argv = make_argv(tmp_path)
+    before = _tree(tmp_path)
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("ipo-jax") and ": error: " in lines[0], lines[0]
+    assert fragment in lines[0], lines[0]
+    assert "Traceback" not in captured.err + captured.out
+    assert _tree(tmp_path) == before  # no output directory, no config.json: the corrected rerun starts clean
+
+
+def test_suggested_config_files_exist(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # from any directory, the named file is one that exists from there
+    for stage in ("train", "sample", "build-pairs", "csr", "eval", "demo"):
+        assert main([stage]) == 2
+        err = capsys.readouterr().err
+        suggested = err.split("--config ")[-1].rstrip(")\n")
+        assert Path(suggested).is_file(), err
+
+
+@pytest.mark.parametrize("stage", ["train", "sample", "build-pairs", "csr", "eval", "demo"])
+def test_stage_help_lists_every_field_with_its_default_and_a_description(stage, capsys):
+    from ipo_jax.cli import _base_config, _flatten
+
+    assert main([stage, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: ipo-jax {stage} --config FILE")
+    rows = {line.split(" = ", 1)[0].strip(): line for line in out.splitlines() if line.startswith("  ") and " = " in line}
+    for name, value in _flatten(_base_config(stage)):
+        assert name in rows, name
+        default, description = rows[name].split(" = ", 1)[1].split("  ", 1) if "  " in rows[name].split(" = ", 1)[1] else (rows[name], "")
+        assert default.strip() == repr(value), (name, rows[name])
+        assert description.strip(), f"{name} has no description"
+
+
+def test_stage_help_describes_fields_from_the_config_comments(capsys):
+    assert main(["train", "--help", "--config", str(CONFIGS / "train_tiny_cpu.py")]) == 0
+    out = capsys.readouterr().out
+    assert "  data.max_length = 256" in out  # the file's default
+    row = next(line for line in out.splitlines() if line.startswith("  train.max_consecutive_skips"))
+    assert "stop after this many non-finite steps in a row" in row and "an integer >= 1" in row
+
+
+def test_an_unexpected_error_is_one_line_with_a_hint_and_a_traceback_with_v(monkeypatch, capsys):
+    from ipo_jax import cli
+
+    def boom(args):
+        raise RuntimeError("the presets table is on fire")
+
+    monkeypatch.setattr(cli, "cmd_presets", boom)
+    assert main(["presets"]) == 1
+    err = capsys.readouterr().err
+    assert err == "ipo-jax presets: error: RuntimeError: the presets table is on fire (unexpected; run with -v for the traceback)\n"
+    with pytest.raises(RuntimeError, match="on fire"):  # -v: the traceback (raised through)
+        main(["-v", "presets"])
+
+
+@pytest.mark.parametrize("error, message", [
+    (OSError(28, "No space left on device"), "cannot write {out}: No space left on device"),
+    (OSError(28, "No space left on device", "/data/run/checkpoints/5"), "cannot write /data/run/checkpoints/5: No space left on device"),
+    (OSError(30, "Read-only file system", "/data/run/config.json"), "cannot write /data/run/config.json: Read-only file system"),
+    (PermissionError(13, "Permission denied", "/data/run/metrics.jsonl"), "cannot access /data/run/metrics.jsonl: Permission denied"),
+    (IsADirectoryError(21, "Is a directory", "/data/run/metrics.jsonl"), "/data/run/metrics.jsonl: Is a directory"),
+], ids=["disk-full", "disk-full-with-path", "read-only", "permission", "wrong-kind"])
+def test_file_system_errors_while_training_are_one_line_naming_the_path(tmp_path, capsys, monkeypatch, error, message):
+    """A file-system error after the start (simulated where the run first writes to train.out)."""
+    from ipo_jax.train import loop
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(loop, "_drop_partial_metrics_line", fail)
+    out = tmp_path / "out"
+    assert main(_train(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert err == f"ipo-jax train: error: {message.format(out=out)}\n"
+
+
+def test_a_closed_output_pipe_is_not_an_error():
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "ipo_jax.cli", "presets"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before anything is written (`| head -0`; `| head -1` at worst)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and err == ""

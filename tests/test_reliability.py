@@ -218,6 +218,175 @@ def test_a_checkpoint_of_another_shape_is_an_error_not_a_fallback(three_checkpoi
     assert _complete_checkpoints(out) == [2, 4, 6] and not (out / "unreadable_checkpoints").exists()
 
 
+def _checkpoints_with_checksums(out: Path) -> Path:
+    """Checkpoints 2, 4, 6 as the loop writes them: the meta item records each array's checksum."""
+    from ipo_jax.checkpoint.orbax import CHECKSUMS_KEY, array_checksums
+
+    manager = loop.checkpoint_manager(out / "checkpoints", keep=5, asynchronous=False)
+    rng = np.random.RandomState(0)
+    for step in (2, 4, 6):
+        state = _tiny_state(float(step), step)
+        # random values: the compressed array file then is large enough to flip bytes in its middle
+        state = state.replace(params={"w": jnp.asarray(rng.randn(64, 64).astype(np.float32))})
+        meta = {"position": {"epoch": 0, "batch": step}, CHECKSUMS_KEY: array_checksums(state)}
+        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    manager.close()
+    return out
+
+
+def _flip_64_bytes_of_the_largest_array_file(d: Path, seed: int) -> None:
+    """The issue's damage: 64 bytes flipped in the checkpoint's largest file (the compressed data
+    still decodes, to different numbers)."""
+    largest = max((d / "state").rglob("d/*"), key=lambda f: f.stat().st_size)
+    data = bytearray(largest.read_bytes())
+    start = np.random.RandomState(seed).randint(100, len(data) - 100)
+    for i in range(start, start + 64):
+        data[i] ^= 0xFF
+    largest.write_bytes(bytes(data))
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_flipped_bits_that_still_decode_fail_the_checksums_and_the_previous_checkpoint_is_used(tmp_path, capsys, seed):
+    out = _checkpoints_with_checksums(tmp_path / "run")
+    template = _tiny_state(0.0, 0).replace(params={"w": jnp.zeros((64, 64), jnp.float32)})
+    _flip_64_bytes_of_the_largest_array_file(out / "checkpoints" / "6", seed)
+    # orbax alone reads the damaged checkpoint back without complaint, as different numbers
+    manager = loop.checkpoint_manager(out / "checkpoints", keep=5, asynchronous=False)
+    raw = manager.restore(6, args=ocp.args.Composite(state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()))
+    rng = np.random.RandomState(0)
+    saved = {step: rng.randn(64, 64).astype(np.float32) for step in (2, 4, 6)}
+    assert not np.array_equal(np.asarray(raw["state"].params["w"]), saved[6])
+    manager.close()
+
+    manager, (state, position, step) = _restore(out, template)
+    printed = capsys.readouterr()
+    assert step == 4 and position == {"epoch": 0, "batch": 4}
+    np.testing.assert_array_equal(np.asarray(state.params["w"]), saved[4])
+    (line,) = [l for l in printed.out.splitlines() if "is unreadable" in l]
+    assert line.startswith(f"checkpoint {out / 'checkpoints' / '6'} is unreadable (ValueError: ")
+    assert "differ from the checksums recorded at save time: params/w: checksum" in line
+    assert "Traceback" not in printed.out + printed.err
+    assert (out / "unreadable_checkpoints" / "6").is_dir() and manager.all_steps() == [2, 4]
+
+
+def test_a_step_moved_aside_twice_is_kept_twice_side_by_side(three_checkpoints, capsys):
+    out = three_checkpoints
+    for round_ in (1, 2):
+        _truncate_files(out / "checkpoints" / "6")
+        manager, (_, _, step) = _restore(out, _tiny_state(0.0, 0))
+        assert step == 4
+        manager.save(6, args=ocp.args.Composite(state=ocp.args.StandardSave(_tiny_state(6.0, 6)),
+                                                meta=ocp.args.JsonSave({"position": {"epoch": 0, "batch": 6}})))
+        manager.wait_until_finished()
+        manager.close()
+    aside = out / "unreadable_checkpoints"
+    assert sorted(p.name for p in aside.iterdir()) == ["6", "6.2"]
+    assert not (aside / "6" / "6").exists() and (aside / "6.2" / "state").is_dir()
+    assert f"moved unreadable checkpoint {out / 'checkpoints' / '6'} to {aside / '6.2'}" in capsys.readouterr().out
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_the_fallback_prints_one_line_per_unreadable_checkpoint_and_no_traceback(three_checkpoints, capsys):
+    out = three_checkpoints
+    _truncate_files(out / "checkpoints" / "6")
+    _truncate_files(out / "checkpoints" / "4")
+    _, (_, _, step) = _restore(out, _tiny_state(0.0, 0))
+    jax.effects_barrier()
+    printed = capsys.readouterr()
+    assert step == 2
+    assert "Traceback" not in printed.out + printed.err and printed.err.strip() == ""
+    lines = printed.out.splitlines()
+    assert [l.split(" is unreadable")[0] for l in lines if "is unreadable" in l] == \
+        [f"checkpoint {out / 'checkpoints' / '6'}", f"checkpoint {out / 'checkpoints' / '4'}"]
+    assert len(lines) == 5  # two unreadable, two moved, one resumed
+
+
+def test_an_update_that_leaves_an_optimizer_moment_non_finite_is_skipped():
+    """A damaged Adam second moment (-2.4e38, as the issue's bit flip gave): loss and gradient are
+    finite, the update would make parameters NaN; it is skipped, nothing changes."""
+    import optax
+    from flax import nnx
+    from test_train import ONE_DEVICE, _batch, _pairs
+
+    from ipo_jax.loss import LossConfig
+    from ipo_jax.models.decoder import init_decoder
+    from ipo_jax.models.presets import preset_config
+    from ipo_jax.sharding import make_mesh, shard_model
+    from ipo_jax.train.step import batch_shardings, init_train_state, jit_train_step, make_train_step, put_batch
+
+    mesh = make_mesh(ONE_DEVICE["mesh_shape"], devices=ONE_DEVICE["devices"])
+    graphdef, params = nnx.split(shard_model(init_decoder(preset_config("tiny-qwen3"), seed=1), mesh), nnx.Param)
+    tx = optax.adam(1e-3)
+    state, shardings = init_train_state(params, tx, mesh)
+    adam = state.opt_state[0]
+    damaged_nu = jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(-2.4e38), adam.nu)
+    state = state.replace(opt_state=(adam._replace(nu=damaged_nu), *state.opt_state[1:]))
+    before = jax.tree.map(np.asarray, (state.params, state.opt_state))
+    step = jit_train_step(make_train_step(graphdef, tx, LossConfig(), optax.constant_schedule(1e-3), chunk_size=8, mesh=mesh),
+                          shardings, mesh)
+    state, metrics = step(state, put_batch(_batch(_pairs(4), 1), batch_shardings(mesh)), None)
+    metrics = jax.device_get(metrics)
+    assert np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])
+    assert metrics["update_applied"] == 0 and int(state.skipped) == 1
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves((state.params, state.opt_state))):
+        np.testing.assert_array_equal(a, np.asarray(b))
+
+
+def test_killed_save_leftovers_are_removed_and_a_half_renamed_directory_restored(tmp_path):
+    from ipo_jax.checkpoint.atomic import remove_stale_temporaries
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run = tmp_path / "run"
+    (run / f".final.tmp-{dead.pid}").mkdir(parents=True)
+    (run / f".final.tmp-{dead.pid}" / "model_config.json").write_text("{}")
+    (run / f".metrics.jsonl.tmp-{dead.pid}").write_text("half")
+    (run / f".export.old-{dead.pid}").mkdir()  # killed between moving export/ aside and renaming the new one in
+    (run / f".final.tmp-{os.getpid()}").mkdir()  # this process's own: in use
+    removed = remove_stale_temporaries(run)
+    assert sorted(p.name for p in removed) == [f".final.tmp-{dead.pid}", f".metrics.jsonl.tmp-{dead.pid}"]
+    assert sorted(p.name for p in run.iterdir()) == [f".final.tmp-{os.getpid()}", "export"]
+
+
+def test_exports_get_ordinary_modes(tmp_path):
+    from ipo_jax.checkpoint import save_hf, save_orbax
+    from ipo_jax.models.decoder import init_decoder
+    from ipo_jax.models.presets import preset_config
+
+    mask = os.umask(0o022)
+    try:
+        model = init_decoder(preset_config("tiny-qwen3"), seed=0)
+        save_hf(model, tmp_path / "hf")
+        save_orbax(model, tmp_path / "orbax")
+    finally:
+        os.umask(mask)
+    for root in (tmp_path / "hf", tmp_path / "orbax"):
+        modes = {p.relative_to(tmp_path): p.stat().st_mode & 0o777 for p in [root, *root.rglob("*")]}
+        assert modes[root.relative_to(tmp_path)] == 0o755
+        assert {m for p, m in modes.items() if (tmp_path / p).is_file()} == {0o644}, modes
+        assert {m for p, m in modes.items() if (tmp_path / p).is_dir()} == {0o755}, modes
+    assert (tmp_path / "hf" / "model.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+def test_an_orbax_model_directory_with_flipped_bits_is_refused(tmp_path):
+    from ipo_jax.checkpoint import load_orbax, save_orbax
+    from ipo_jax.checkpoint.hf import CheckpointError
+    from ipo_jax.models.decoder import init_decoder
+    from ipo_jax.models.presets import preset_config
+
+    save_orbax(init_decoder(preset_config("tiny-qwen3"), seed=0), tmp_path / "model")
+    load_orbax(tmp_path / "model")  # reads back as saved
+    largest = max((tmp_path / "model" / "params").rglob("d/*"), key=lambda f: f.stat().st_size)
+    data = bytearray(largest.read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 64):
+        data[i] ^= 0xFF
+    largest.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"the stored parameters are damaged \(they do not match the checksums in "
+                                              r"model_config.json\)|cannot read|Error"):
+        load_orbax(tmp_path / "model")
+
+
 # ============================================================================ non-finite steps through the loop
 
 
@@ -325,8 +494,8 @@ def test_a_killed_pair_builder_restarts_to_exactly_the_uninterrupted_pair_set(tm
 def test_pair_builder_refuses_an_out_dir_holding_another_run(tmp_path):
     from test_pipeline import PROMPTS
 
+    from ipo_jax.judging.pattern import PatternCueDetector, PatternJudge
     from ipo_jax.pipeline.intervene import BuildPairsError, InterventionConfig, build_pairs
-    from ipo_jax.pipeline.judges import PatternCueDetector, PatternJudge
 
     cfg = InterventionConfig(rounds=3, chunk_prompts=2, benign_candidates=2)
     build_pairs(PROMPTS, tmp_path, ScriptedPolicy(), PatternJudge(), PatternCueDetector(), TRIGGERS, cfg)
@@ -350,14 +519,14 @@ FAULT_PROMPTS = [
 def _endpoint_with_faults():
     """A handler for the scripted server: one fault per prompt, the API key echoed back in every
     failure (as a careless proxy might), cue requests answered with sentence 3."""
-    from ipo_jax.pipeline.http_judge import CUE_SYSTEM_PROMPT
+    from ipo_jax.judging.prompts import CUE_SYSTEM
 
     lock, rate_limited = threading.Lock(), set()
 
     def handle(request):
         messages = request["json"]["messages"]
         text = messages[-1]["content"]
-        if messages[0]["content"] == CUE_SYSTEM_PROMPT:
+        if messages[0]["content"] == CUE_SYSTEM:
             return reply(chat("3"))  # "Let me work them out." is sentence 3 of the scripted trajectory
         if "case-timeout" in text:
             return reply(chat("safe"), delay=3.0)  # far beyond the client's 0.3 s timeout
@@ -381,15 +550,16 @@ def test_judge_faults_are_retried_then_counted_as_judge_errors_never_as_verdicts
     429 with Retry-After (then succeeds) or garbage, for different prompts; and against a closed
     port. Failures are retried with backoff, then recorded as judge errors, excluded from the
     safe/unsafe counts and counted in the run's summary; the key never reaches a written file."""
-    from ipo_jax.pipeline.http_judge import HttpCueDetector, HttpJudge
+    from ipo_jax.judging.chat import HttpChat
+    from ipo_jax.judging.llm import LLMCueDetector, LLMJudge
     from ipo_jax.pipeline.intervene import InterventionConfig, build_pairs
 
     monkeypatch.setenv(KEY_ENV, KEY)
     server.handler = _endpoint_with_faults()
     sleeps = []
     options = dict(api_key_env=KEY_ENV, timeout=0.3, max_retries=2, backoff=0.01, sleep=sleeps.append)
-    judge = HttpJudge(server.base_url, "judge-model", **options)
-    detector = HttpCueDetector(server.base_url, "judge-model", **options)
+    chat_backend = HttpChat(server.base_url, "judge-model", **options)
+    judge, detector = LLMJudge(chat_backend), LLMCueDetector(chat_backend)
     cfg = InterventionConfig(rounds=1, chunk_prompts=5)
     summary = build_pairs(FAULT_PROMPTS, tmp_path / "faulty", ScriptedPolicy(), judge, detector, TRIGGERS[:1], cfg)
 
@@ -412,8 +582,8 @@ def test_judge_faults_are_retried_then_counted_as_judge_errors_never_as_verdicts
     # connection refused: every verdict is an error, nothing is counted as safe or unsafe
     closed = dict(options, max_retries=1)
     url = f"http://127.0.0.1:{free_port()}/v1"
-    down = build_pairs(FAULT_PROMPTS[:2], tmp_path / "down", ScriptedPolicy(), HttpJudge(url, "judge-model", **closed),
-                       HttpCueDetector(url, "judge-model", **closed), TRIGGERS[:1], cfg)
+    down = build_pairs(FAULT_PROMPTS[:2], tmp_path / "down", ScriptedPolicy(), LLMJudge(HttpChat(url, "judge-model", **closed)),
+                       LLMCueDetector(HttpChat(url, "judge-model", **closed)), TRIGGERS[:1], cfg)
     assert (down["judge_errors"], down["safe_original"], down["unsafe_original"], down["pairs"]) == (2, 0, 0, 0)
     assert down["unsafe_share"] is None
     trajectory = json.loads((tmp_path / "down" / "chunks" / "trajectories-00000.jsonl").read_text().splitlines()[0])
