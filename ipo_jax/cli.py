@@ -282,6 +282,11 @@ def cmd_convert(args) -> int:
         raise NotADirectoryError(f"source {src} is a file; expected a model directory")
     if dst.exists() and not dst.is_dir():
         raise FileExistsError(f"output {dst} is a file; expected a directory to write")
+    from ipo_jax.validation import output_dir
+
+    problem = output_dir(str(dst))  # before the model is read: a read-only target fails in seconds
+    if problem:
+        raise ConfigError(f"output {dst}: expected {problem}")
     if args.dst_format == "orbax" and (args.tokenizer or args.dtype):
         raise ConfigError("--tokenizer and --dtype apply to HF output only; use --param-dtype for orbax")
     mesh = _mesh_arg(args.mesh)

@@ -230,8 +230,23 @@ BAD_INPUTS = [
     ("convert-source-missing", lambda t: ["convert", "--from", "hf", "--to", "orbax", str(t / "nope"), str(t / "out")], "does not exist"),
     ("convert-source-a-file", lambda t: ["convert", "--from", "hf", "--to", "orbax", _a_file(t), str(t / "out")], "is a file"),
     ("convert-source-not-a-model", lambda t: ["convert", "--from", "hf", "--to", "orbax", _a_dir(t), str(t / "out")], "config.json"),
+    ("convert-output-read-only", lambda t: ["convert", "--from", "hf", "--to", "orbax", _a_dir(t), "/proc/ipo-jax-test"],
+     "expected a writable directory"),
+    ("convert-truncated-safetensors", lambda t: ["convert", "--from", "hf", "--to", "orbax", _truncated_hf_dir(t), str(t / "out")],
+     "model.safetensors: not a readable safetensors file"),
     ("presets-extra-argument", lambda t: ["presets", "--all"], "unrecognized arguments: --all"),
 ]
+
+
+def _truncated_hf_dir(tmp: Path) -> str:
+    from ipo_jax.checkpoint import save_hf
+    from ipo_jax.models.decoder import init_decoder
+    from ipo_jax.models.presets import preset_config
+
+    save_hf(init_decoder(preset_config("tiny-qwen3"), seed=0), tmp / "hf")
+    weights = tmp / "hf" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # a copy cut short
+    return str(tmp / "hf")
 
 
 def _a_dir(tmp: Path) -> str:

@@ -188,10 +188,21 @@ def hf_weight_files(model_dir: Path) -> dict[str, Path]:
         raise CheckpointError(f"{model_dir}: no model.safetensors, no model.safetensors.index.json")
     files = {}
     for shard in shards:
-        with safe_open(shard, framework="numpy") as f:
+        with _open_safetensors(shard) as f:
             for name in f.keys():
                 files[name] = shard
     return files
+
+
+def _open_safetensors(path: Path):
+    """safe_open, with a damaged file (truncated, not safetensors) reported by name."""
+    try:
+        return safe_open(path, framework="numpy")
+    except Exception as e:  # noqa: BLE001 -- safetensors raises its own SafetensorError (and OSError)
+        if isinstance(e, OSError) and e.errno is not None:
+            raise
+        raise CheckpointError(f"{path}: not a readable safetensors file ({' '.join(str(e).split())}); "
+                              "is it truncated or damaged?") from None
 
 
 def _check_tensors(maps: list[TensorMap], files: dict[str, Path], handles, tied: bool, model_dir: Path):
@@ -250,7 +261,7 @@ def load_hf(
     target = _NP_DTYPES[param_dtype]
 
     with contextlib.ExitStack() as stack:
-        handles = {f: stack.enter_context(safe_open(f, framework="numpy")) for f in sorted(set(files.values()))}
+        handles = {f: stack.enter_context(_open_safetensors(f)) for f in sorted(set(files.values()))}
         _check_tensors(list(maps.values()), files, handles, cfg.tie_word_embeddings, model_dir)
 
         def load(path, var, sharding):
