@@ -27,7 +27,7 @@ from ipo_jax.pipeline.csr import (
     write_csr_outputs,
     write_trigger_candidates,
 )
-from ipo_jax.pipeline.judges import Verdict, judge_parts
+from ipo_jax.judging import Verdict
 from ipo_jax.pipeline.steps import Sentence, split_sentences
 from ipo_jax.pipeline.triggers import TriggerFileError, load_triggers
 from ipo_jax.sampling import Sampler, SamplingConfig
@@ -181,26 +181,30 @@ def test_prefix_seeds_are_distinct_and_stable():
 
 
 class MarkerJudge:
-    """Unsafe iff the text holds the harm placeholder and no refusal; records what it saw."""
+    """Unsafe iff the text holds the harm placeholder and no refusal; records what it saw and
+    how many batched calls it got."""
 
     name = "fake-marker"
 
     def __init__(self):
         self.seen: list[str] = []
+        self.calls = 0
 
-    def judge(self, prompt, text):
-        self.seen.append(text)
-        unsafe = HARM in text and REFUSE not in text
-        return Verdict("unsafe" if unsafe else "safe", float(unsafe), self.name)
-
-    def judge_trajectory(self, prompt, reasoning, answer):
-        return judge_parts(self, prompt, reasoning, answer)
+    def judge(self, requests):
+        self.calls += 1
+        out = []
+        for request in requests:
+            self.seen.append(request.text)
+            unsafe = HARM in request.text and REFUSE not in request.text
+            out.append(Verdict("unsafe" if unsafe else "safe", float(unsafe), self.name))
+        return out
 
 
 class HashJudge:
     """A verdict that depends on the whole text (so on the sampled continuation): crc32 mod 3
-    -> 0 raise (when `errors`), 1 unsafe, else safe.  Empty text is safe.  Every call is logged
-    as (text, label) with label "error" for a raise; a prompt holding "ALWAYS-FAIL" always raises."""
+    -> 0 an error verdict (when `errors`), 1 unsafe, else safe.  Empty text is safe.  Every
+    request is logged as (text, label); a batch with a prompt holding "ALWAYS-FAIL" raises (every
+    request of it logged as "error")."""
 
     name = "fake-hash"
 
@@ -208,20 +212,17 @@ class HashJudge:
         self.errors = errors
         self.log: list[tuple[str, str]] = []
 
-    def judge(self, prompt, text):
-        if "ALWAYS-FAIL" in prompt:
-            self.log.append((text, "error"))
+    def judge(self, requests):
+        if any("ALWAYS-FAIL" in r.prompt for r in requests):
+            self.log += [(r.text, "error") for r in requests]
             raise RuntimeError("judge backend down")
-        h = zlib.crc32(text.encode()) % 3 if text else 2
-        if h == 0 and self.errors:
-            self.log.append((text, "error"))
-            raise RuntimeError("judge timed out")
-        label = "unsafe" if h == 1 else "safe"
-        self.log.append((text, label))
-        return Verdict(label, None, self.name)
-
-    def judge_trajectory(self, prompt, reasoning, answer):
-        return judge_parts(self, prompt, reasoning, answer)
+        out = []
+        for request in requests:
+            h = zlib.crc32(request.text.encode()) % 3 if request.text else 2
+            label = "error" if h == 0 and self.errors else "unsafe" if h == 1 else "safe"
+            self.log.append((request.text, label))
+            out.append(Verdict.error(self.name, "judge timed out") if label == "error" else Verdict(label, None, self.name))
+        return out
 
 
 # --------------------------------------------------------------------------- tiny model
@@ -292,6 +293,7 @@ def test_csr_mechanics_with_a_marker_judge(world):
     # the judge saw whole trajectories: each judged reasoning is a prefix plus a continuation
     reasonings = judge.seen[0::2]
     assert len(judge.seen) == 2 * NUM_SAMPLES * len(EXPECTED_CSR)
+    assert judge.calls == 1  # every continuation of the trace in one batched judge call
     for k, text in enumerate(reasonings):
         prefix = REASONING[: result.sentences[k // NUM_SAMPLES].end]
         assert text.startswith(prefix)

@@ -11,7 +11,8 @@ import pytest
 from ipo_jax.eval.items import EvalItem
 from ipo_jax.eval.metrics import headline, score_generation, share, summarize, summarize_by_benchmark, wilson_interval
 from ipo_jax.eval.report import benchmark_table, comparison_table, fmt_share, plot_comparison
-from ipo_jax.pipeline.judges import PatternJudge, Verdict
+from ipo_jax.judging import Verdict, judge_trajectories
+from ipo_jax.judging.pattern import PatternJudge
 
 EVAL_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "eval.py")
 UNSAFE = Verdict("unsafe", 1.0, "hand")
@@ -115,7 +116,7 @@ def test_pattern_judge_and_metrics_agree_on_demo_world_text():
     for compliant in (True, False):
         text = _risky_trace(random.Random(0), "a topic", compliant)
         reasoning, answer, _ = split_completion(text)
-        verdicts = judge.judge_trajectory(HARM.prompt, reasoning, answer)
+        (verdicts,) = judge_trajectories(judge, [(HARM.prompt, reasoning, answer)])
         row = score_generation(HARM, 0, text, "eos", verdicts)
         expected = "unsafe" if compliant else "safe"
         assert row["verdicts"]["reasoning"]["label"] == expected and row["verdicts"]["answer"]["label"] == expected

@@ -12,7 +12,7 @@ from ipo_jax.pipeline.intervene import (
     build_pairs,
     read_prompt_records,
 )
-from ipo_jax.pipeline.judges import PatternCueDetector, PatternJudge
+from ipo_jax.judging.pattern import PatternCueDetector, PatternJudge
 from ipo_jax.rollout import Completion, reasoning_span
 from ipo_jax.sampling import SamplingConfig
 
@@ -205,18 +205,17 @@ class _MarkerJudge:
 
     name = "marker-judge"
 
-    def judge(self, prompt, text):
-        from ipo_jax.pipeline.judges import Verdict
+    def judge(self, requests):
+        from ipo_jax.judging import Verdict
 
-        return Verdict("safe" if TRIGGERS[0][:20] in text else "unsafe", None, self.name, "marker")
+        # the marker lives in the reasoning; the answer part is always safe, so the reasoning decides
+        return [Verdict("safe" if r.part == "answer" or TRIGGERS[0][:20] in r.text else "unsafe", None, self.name, "marker")
+                for r in requests]
 
-    def judge_trajectory(self, prompt, reasoning, answer):
-        return {"reasoning": self.judge(prompt, reasoning), "answer": self.judge(prompt, reasoning + answer)}
+    def detect(self, requests):
+        from ipo_jax.judging import CueResult
 
-    def first_cue(self, prompt, sentences):
-        from ipo_jax.pipeline.judges import CueResult
-
-        return CueResult(0 if sentences else None, self.name, "first sentence")
+        return [CueResult(0 if r.sentences else None, self.name, "first sentence") for r in requests]
 
 
 def test_real_samples_become_pairs_that_train_accepts(tiny_world, tmp_path):
@@ -250,18 +249,20 @@ def test_real_samples_become_pairs_that_train_accepts(tiny_world, tmp_path):
 def test_judge_backend_is_chosen_by_config():
     import runpy
 
-    from ipo_jax.pipeline.http_judge import HttpCueDetector, HttpJudge
-    from ipo_jax.pipeline.run import build_judges
+    from ipo_jax.judging.build import build_judges
+    from ipo_jax.judging.chat import HttpChat
+    from ipo_jax.judging.llm import LLMCueDetector, LLMJudge
 
     config = runpy.run_path(str(Path(__file__).parents[1] / "configs" / "pipeline_tiny_cpu.py"))["get_config"]()
     judge, detector = build_judges(config)
     assert isinstance(judge, PatternJudge) and isinstance(detector, PatternCueDetector)
     config.judge.backend, config.judge.model, config.judge.base_url = "http", "judge-model", "http://127.0.0.1:1/v1"
     judge, detector = build_judges(config)
-    assert isinstance(judge, HttpJudge) and isinstance(detector, HttpCueDetector) and judge.name == "http:judge-model"
+    assert isinstance(judge, LLMJudge) and isinstance(detector, LLMCueDetector) and judge.name == "http:judge-model"
+    assert isinstance(judge.chat, HttpChat) and detector.chat is judge.chat  # detector.backend '': the judge's, shared
     config.judge.base_url = ""
     with pytest.raises(ValueError, match="base_url"):
         build_judges(config)
     config.judge.backend = "oracle"
-    with pytest.raises(ValueError, match="expected 'pattern', 'llm' or 'http'"):
+    with pytest.raises(ValueError, match="expected one of 'pattern', 'llm', 'http'"):
         build_judges(config)

@@ -1,18 +1,20 @@
-"""The `eval` config: every field with its default.  Model, tokenizer, sampler, judge and mesh
-sections are the pipeline's (ipo_jax/pipeline/config.py), so one judge setting serves both."""
+"""The `eval` config: every field with its default.  The model, sampling, sampler and mesh
+sections are the policy's (ipo_jax/rollout/config.py) and the judge section the judging
+package's (ipo_jax/judging/config.py), the same the pipeline config uses, so one judge setting
+serves both."""
 
 from __future__ import annotations
 
 import ml_collections
 
-from ipo_jax.pipeline.config import base_config as pipeline_config
+from ipo_jax.judging.config import add_judge_sections
+from ipo_jax.rollout.config import add_policy_sections
 
 
 def base_config() -> ml_collections.ConfigDict:
-    p = pipeline_config()
     c = ml_collections.ConfigDict()
-    for section in ("model", "sampling", "sampler", "judge", "mesh"):
-        c[section] = p[section]
+    add_policy_sections(c)
+    add_judge_sections(c, detector=False)  # eval judges; it detects no cues
     c.tokenizer = ""  # a tokenizer directory; '' = the HF model directory
     c.sampling.max_new_tokens = 4096  # paper decoding: temperature 0.6, top-p 0.95 (pipeline defaults)
     # name=path[,name=path...]; names: jailbreakbench, strongreject, wildjailbreak, xstest, math500,

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ipo_jax.eval.items import EvalItem
 from ipo_jax.eval.metrics import headline, score_generation, summarize_by_benchmark
 from ipo_jax.io import atomic_write_json, atomic_write_jsonl
-from ipo_jax.pipeline.judges import SafetyJudge, safe_judge_trajectory
+from ipo_jax.judging import Judge, judge_trajectories
 from ipo_jax.rollout import Policy, split_completion
 
 
@@ -47,9 +47,10 @@ def parse_benchmarks(spec: str) -> list[tuple[str, str]]:
     return out
 
 
-def generate_and_score(policy: Policy, judge: SafetyJudge, items: Sequence[EvalItem], *, samples_per_prompt: int = 1,
+def generate_and_score(policy: Policy, judge: Judge, items: Sequence[EvalItem], *, samples_per_prompt: int = 1,
                        seed: int = 0, batch: int = 64, desc: str = "eval") -> list[dict[str, Any]]:
-    """Sample `samples_per_prompt` completions per item, judge the harmful/benign ones, score all."""
+    """Sample `samples_per_prompt` completions per item, judge the harmful/benign ones (each chunk
+    of `batch` generations in one batched judge call), score all."""
     jobs = [(item, s) for item in items for s in range(samples_per_prompt)]
     rows = []
     with tqdm(total=len(jobs), desc=desc, unit="gen", disable=None) as bar:
@@ -58,12 +59,12 @@ def generate_and_score(policy: Policy, judge: SafetyJudge, items: Sequence[EvalI
             # a seed per chunk: results do not depend on how many chunks ran before in this process
             completions = policy.complete([([{"role": "user", "content": item.prompt}], "") for item, _ in chunk],
                                           seed=seed * 1_000_003 + start)
-            for (item, sample), completion in zip(chunk, completions):
-                verdicts = None
-                if item.kind != "math":
-                    reasoning, answer, _ = split_completion(completion.text)
-                    verdicts = safe_judge_trajectory(judge, item.prompt, reasoning, answer)
-                rows.append(score_generation(item, sample, completion.text, completion.finish_reason, verdicts))
+            judged_at = [k for k, (item, _) in enumerate(chunk) if item.kind != "math"]  # math is not judged
+            judged = judge_trajectories(judge, [(chunk[k][0].prompt, *split_completion(completions[k].text)[:2])
+                                                for k in judged_at])
+            verdicts_at = dict(zip(judged_at, judged))
+            for k, ((item, sample), completion) in enumerate(zip(chunk, completions)):
+                rows.append(score_generation(item, sample, completion.text, completion.finish_reason, verdicts_at.get(k)))
             bar.update(len(chunk))
     return rows
 
@@ -117,7 +118,8 @@ def write_outputs(out: Path, rows: list[dict], meta: dict[str, Any], contaminati
 
 def run_eval(config) -> int:
     """The CLI stage: config -> items, policy, judge -> generations + summary + report."""
-    from ipo_jax.pipeline.run import build_judges, build_policy
+    from ipo_jax.judging.build import build_judges, check_judge_fits
+    from ipo_jax.rollout import build_policy
 
     if config.samples_per_prompt < 1:
         raise EvalConfigError(f"config.samples_per_prompt is {config.samples_per_prompt}; expected >= 1")
@@ -127,6 +129,8 @@ def run_eval(config) -> int:
         if result.exact or result.ngram:
             print(f"warning: {result.benchmark}: {len(result.exact)} exact and {len(result.ngram)} n-gram overlaps "
                   f"with the training prompts (ids in summary.json); numbers on these prompts are not held out")
+    judged = [item.prompt for items in groups.values() for item in items if item.kind != "math"]
+    check_judge_fits(config, judged, f"benchmarks {config.benchmarks}", roles=("judge",))  # before any model loads
     judge, _ = build_judges(config)
     policy = build_policy(config)
     start = time.time()

@@ -30,7 +30,7 @@ from typing import Any
 from ipo_jax.eval.items import EvalItem
 from ipo_jax.eval.math_answers import answers_match, extract_final_answer
 from ipo_jax.rollout import is_refusal, split_completion
-from ipo_jax.pipeline.judges import Verdict
+from ipo_jax.judging import Verdict
 
 
 def is_refusing(reasoning: str, answer: str) -> bool:

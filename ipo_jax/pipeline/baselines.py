@@ -16,11 +16,11 @@ from typing import Any
 
 from ipo_jax.data.pairs import prompt_messages
 from ipo_jax.pipeline.intervene import prompt_text
-from ipo_jax.pipeline.judges import SafetyJudge, safe_judge_trajectory, trajectory_label
+from ipo_jax.judging import Judge, judge_trajectories, trajectory_label
 from ipo_jax.rollout import Policy, split_completion
 
 
-def build_full_trajectory_pairs(records: Sequence[dict[str, Any]], policy: Policy, judge: SafetyJudge, *,
+def build_full_trajectory_pairs(records: Sequence[dict[str, Any]], policy: Policy, judge: Judge, *,
                                 samples: int, seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(pairs, stats) over the harmful records; see the module docstring."""
     harmful = [r for r in records if r.get("kind", "harmful") == "harmful"]
@@ -28,11 +28,13 @@ def build_full_trajectory_pairs(records: Sequence[dict[str, Any]], policy: Polic
     pairs: list[dict[str, Any]] = []
     stats = dict(prompts=len(harmful), samples=len(completions), safe=0, unsafe=0, judge_errors=0,
                  no_safe_sample=0, no_unsafe_sample=0, pairs=0)
+    # every sample of every prompt judged in one batched call
+    judged = judge_trajectories(judge, [(prompt_text(harmful[k // samples]), *split_completion(c.text)[:2])
+                                        for k, c in enumerate(completions)])
     for i, record in enumerate(harmful):
         first: dict[str, str] = {}
-        for completion in completions[i * samples : (i + 1) * samples]:
-            reasoning, answer, _ = split_completion(completion.text)
-            label = trajectory_label(safe_judge_trajectory(judge, prompt_text(record), reasoning, answer))
+        for completion, verdicts in zip(completions[i * samples : (i + 1) * samples], judged[i * samples : (i + 1) * samples]):
+            label = trajectory_label(verdicts)
             stats["judge_errors" if label == "error" else label] += 1
             if label != "error":
                 first.setdefault(label, completion.text)

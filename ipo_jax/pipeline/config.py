@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import ml_collections
 
+from ipo_jax.judging.config import add_judge_sections
+from ipo_jax.rollout.config import add_policy_sections
+
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.model = ml_collections.ConfigDict()
-    c.model.init = ""  # the current policy: 'hf:<dir>', 'orbax:<dir>' (e.g. a run's final/) or 'preset:<name>'
-    c.model.param_dtype = "float32"
-    c.model.dtype = "float32"
+    add_policy_sections(c)  # model (the current policy), sampling, sampler, mesh: ipo_jax/rollout/config.py
     c.tokenizer = ""  # a tokenizer directory; '' = the HF init directory
     # prompts: a JSONL file (id, prompt: string or chat messages, kind: harmful | benign), a parquet /
     # arrow file, a datasets directory, or a hub id (e.g. UCSC-VLAA/STAR-1; online only): ipo_jax/data/prompts.py
@@ -20,29 +20,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.prompts_kind = "harmful"  # the kind of records that carry none (STAR-benign-915: benign)
     c.out = "runs/pairs"
 
-    c.sampling = ml_collections.ConfigDict()
-    c.sampling.temperature = 0.6
-    c.sampling.top_p = 0.95
-    c.sampling.top_k = 0
-    c.sampling.max_new_tokens = 1024
-
-    c.sampler = ml_collections.ConfigDict()
-    c.sampler.batch_size = 8
-    c.sampler.chunk_tokens = 32
-    c.sampler.max_prompt_length = 4096
-
-    c.judge = ml_collections.ConfigDict()
-    # pattern: the offline lexicon judge and cue detector (ipo_jax/pipeline/judges.py)
-    # llm: a local checkpoint through our sampler (llm_judge.py); http: an OpenAI-compatible endpoint
-    c.judge.backend = "pattern"
-    c.judge.patterns_file = ""  # pattern: JSON with pattern lists overriding the defaults
-    c.judge.model = ""  # llm: 'hf:<dir>' / 'orbax:<dir>'; http: the served model's name
-    c.judge.tokenizer = ""  # llm: tokenizer directory ('' = the HF model directory)
-    c.judge.base_url = ""  # http: e.g. http://localhost:8000/v1 (a vLLM server)
-    c.judge.api_key_env = "OPENAI_API_KEY"  # http: the variable holding the key (never logged)
-    c.judge.timeout = 30.0
-    c.judge.max_retries = 4
-    c.judge.concurrency = 8
+    # judge / detector: pattern (the demo world's offline judge), llm (a local checkpoint) or http
+    # (an OpenAI-compatible endpoint); every field in ipo_jax/judging/config.py
+    add_judge_sections(c)
 
     c.triggers_file = ""  # one trigger per line (or JSONL {"trigger": ...}); '' = the six defaults
 
@@ -68,10 +48,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.csr.window = 15
     c.csr.kind = "harmful"  # analyse only trajectories of this kind ('' = all)
 
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1
-    c.mesh.fsdp = 1
-    c.mesh.tensor = 1
     return c
 
 

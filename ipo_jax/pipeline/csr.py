@@ -31,9 +31,11 @@ Throughput is best when `num_samples` is a multiple of ``sampler.batch_size`` (a
 filled batch still runs at full size).
 
 Judging.  Each continuation is judged as a whole trajectory: prefix + continuation is split
-with `split_reasoning` and judged with `safe_judge_trajectory` (reasoning and answer
-separately).  Its label is `trajectory_label`: unsafe if any part is unsafe, else error if
-any part errored, else safe.  Errors are counted apart and left out of the denominator:
+with `ipo_jax.rollout.split_completion` and its reasoning and answer are judged separately.
+All continuations of a trace (every sentence's N samples) are judged in ONE batched call
+(`judge_trajectories`), so an HTTP judge runs them concurrently.  A trajectory's label is
+`trajectory_label`: unsafe if any part is unsafe, else error if any part errored (a
+continuation cut off before it answered has no safe answer), else safe.  Errors are counted apart and left out of the denominator:
 ``CSR_i = n_safe / (n_safe + n_unsafe)``, NaN when every continuation errored.  An error is
 never counted as safe.
 
@@ -63,6 +65,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
 import os
 import re
@@ -72,10 +75,13 @@ from typing import Any
 
 import numpy as np
 
-from ipo_jax.data.tokenizer import THINK_OPEN, encode_prompt, encode_text, render_prompt, split_reasoning
-from ipo_jax.pipeline.judges import SafetyJudge, safe_judge_trajectory, trajectory_label
+from ipo_jax.data.tokenizer import THINK_OPEN, encode_prompt, encode_text, render_prompt
+from ipo_jax.io import atomic_write_bytes
+from ipo_jax.judging import Judge, judge_trajectories, trajectory_label
+from ipo_jax.judging.records import name_of
 from ipo_jax.pipeline.steps import Sentence, split_sentences
 from ipo_jax.pipeline.triggers import check_triggers
+from ipo_jax.rollout import split_completion
 from ipo_jax.sampling.sampler import Sampler, SamplingConfig
 
 DEFAULT_MU = 0.9
@@ -206,15 +212,10 @@ def continuation_prompts(
     return texts, ids
 
 
-def _judge_name(judge) -> str:
-    name = getattr(judge, "name", None)
-    return name if isinstance(name, str) and name else type(judge).__name__
-
-
 def continuation_safety_ratio(
     sampler: Sampler,
     tokenizer,
-    judge: SafetyJudge,
+    judge: Judge,
     prompt_messages: Sequence[Mapping[str, Any]],
     reasoning: str,
     *,
@@ -240,15 +241,18 @@ def continuation_safety_ratio(
     n = len(sentences)
     counts = np.zeros((3, n), np.int64)  # safe, unsafe, error
     row = {"safe": 0, "unsafe": 1, "error": 2}
+    items, sentence_of = [], []  # every continuation of the trace, judged in one call below
     for i, (text, prompt) in enumerate(zip(texts, prompts)):
         config = dataclasses.replace(sampling, seed=prefix_seed(sampling.seed, i))
         for generation in sampler.generate([prompt] * num_samples, config):
             continuation = generation.text
             if continuation is None:
                 continuation = tokenizer.decode(generation.tokens, skip_special_tokens=True)
-            part_reasoning, answer, _ = split_reasoning(text + continuation)
-            verdicts = safe_judge_trajectory(judge, judge_prompt, part_reasoning, answer)
-            counts[row[trajectory_label(verdicts)], i] += 1
+            part_reasoning, answer, _ = split_completion(text + continuation)
+            items.append((judge_prompt, part_reasoning, answer))
+            sentence_of.append(i)
+    for i, verdicts in zip(sentence_of, judge_trajectories(judge, items)):
+        counts[row[trajectory_label(verdicts)], i] += 1
     n_safe, n_unsafe, n_errors = counts
     judged = n_safe + n_unsafe
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -262,7 +266,7 @@ def continuation_safety_ratio(
         n_errors=n_errors.copy(),
         trigger_indices=triggers,
         cue_indices=cues,
-        judge=_judge_name(judge),
+        judge=name_of(judge),
         num_samples=num_samples,
         mu=mu,
         eta=eta,
@@ -285,16 +289,6 @@ def _check_trajectory_id(trajectory_id: str) -> str:
     return trajectory_id
 
 
-def _replace_atomically(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_csr_outputs(result: CSRResult, out_dir: str | os.PathLike[str], trajectory_id: str) -> tuple[Path, Path]:
     """Write ``<trajectory_id>.csr.csv`` and ``<trajectory_id>.csr.png`` into `out_dir`
     (created if needed; existing files are replaced).  Returns (csv path, png path).
@@ -311,26 +305,26 @@ def write_csr_outputs(result: CSRResult, out_dir: str | os.PathLike[str], trajec
     csv_path, png_path = out / f"{trajectory_id}.csr.csv", out / f"{trajectory_id}.csr.png"
     triggers, cues = set(result.trigger_indices), set(result.cue_indices)
 
-    def write_csv(path: Path) -> None:
-        with open(path, "w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(CSV_COLUMNS)
-            for k, s in enumerate(result.sentences):
-                value = float(result.csr[k])
-                writer.writerow(
-                    [
-                        s.index, s.start, s.end, "" if math.isnan(value) else repr(value),
-                        int(result.n_safe[k]), int(result.n_unsafe[k]), int(result.n_errors[k]),
-                        int(k in triggers), int(k in cues), s.text,
-                    ]
-                )
-
-    _replace_atomically(csv_path, write_csv)
-    _replace_atomically(png_path, lambda path: _plot(result, path, trajectory_id))
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(CSV_COLUMNS)
+    for k, s in enumerate(result.sentences):
+        value = float(result.csr[k])
+        writer.writerow(
+            [
+                s.index, s.start, s.end, "" if math.isnan(value) else repr(value),
+                int(result.n_safe[k]), int(result.n_unsafe[k]), int(result.n_errors[k]),
+                int(k in triggers), int(k in cues), s.text,
+            ]
+        )
+    atomic_write_bytes(csv_path, table.getvalue().encode("utf-8"))
+    image = io.BytesIO()
+    _plot(result, image, trajectory_id)
+    atomic_write_bytes(png_path, image.getvalue())
     return csv_path, png_path
 
 
-def _plot(result: CSRResult, path: Path, title: str) -> None:
+def _plot(result: CSRResult, path: Path | io.BytesIO, title: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -397,7 +391,7 @@ def write_trigger_candidates(path: str | os.PathLike[str], sentences: Sequence[s
         if trigger.startswith("#"):
             raise ValueError(f"{path}:{i}: trigger starts with '#', which the reader takes for a comment: {trigger!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    _replace_atomically(path, lambda tmp: tmp.write_text("".join(t + "\n" for t in pool), encoding="utf-8"))
+    atomic_write_bytes(path, "".join(t + "\n" for t in pool).encode("utf-8"))
     return path
 
 

@@ -43,13 +43,7 @@ from tqdm.auto import tqdm
 from ipo_jax.data.pairs import prompt_messages
 from ipo_jax.data.records import RecordFileError, read_jsonl_records
 from ipo_jax.io import atomic_write_bytes, jsonl_bytes
-from ipo_jax.pipeline.judges import (
-    CueDetector,
-    SafetyJudge,
-    safe_first_cue,
-    safe_judge_trajectory,
-    trajectory_label,
-)
+from ipo_jax.judging import CueDetector, CueRequest, Judge, detect_all, judge_trajectories, trajectory_label
 from ipo_jax.pipeline.steps import split_sentences
 from ipo_jax.rollout import Policy, is_refusal, reasoning_span, split_completion
 
@@ -84,15 +78,19 @@ class InterventionConfig:
     seed: int = 0
 
 
-def first_cue_char(detector: CueDetector, prompt: str, completion: str, after: int = 0):
-    """(absolute char of the first cue sentence starting at or after `after`, CueResult)."""
-    start, end, _ = reasoning_span(completion)
-    sentences = [s for s in split_sentences(completion[start:end]) if start + s.start >= after]
-    sentences = [dataclasses.replace(s, index=i) for i, s in enumerate(sentences)]
-    cue = safe_first_cue(detector, prompt, sentences)
-    if cue.is_error or cue.index is None:
-        return None, cue
-    return start + sentences[cue.index].start, cue
+def first_cue_chars(detector: CueDetector, items: Sequence[tuple[str, str, int]]):
+    """[(absolute char of the first cue sentence starting at or after `after`, CueResult)] for
+    (prompt, completion, after) items, all detected in ONE call."""
+    requests, starts = [], []
+    for prompt, completion, after in items:
+        start, end, _ = reasoning_span(completion)
+        sentences = [s for s in split_sentences(completion[start:end]) if start + s.start >= after]
+        requests.append(CueRequest(prompt, tuple(s.text for s in sentences)))
+        starts.append([start + s.start for s in sentences])
+    out = []
+    for cue, offsets in zip(detect_all(detector, requests), starts):
+        out.append((None, cue) if cue.is_error or cue.index is None else (offsets[cue.index], cue))
+    return out
 
 
 def _verdict_dicts(verdicts) -> dict[str, dict]:
@@ -111,7 +109,7 @@ def process_chunk(
     records: Sequence[dict[str, Any]],
     chunk_index: int,
     policy: Policy,
-    judge: SafetyJudge,
+    judge: Judge,
     detector: CueDetector,
     triggers: Sequence[str],
     cfg: InterventionConfig,
@@ -124,18 +122,18 @@ def process_chunk(
     benign = [r for r in records if r["kind"] == "benign"]
     stats.update(prompts=len(records), harmful=len(harmful), benign=len(benign))
 
-    def verdict_of(record, completion: str):
-        reasoning, answer, _ = split_completion(completion)
-        verdicts = safe_judge_trajectory(judge, prompt_text(record), reasoning, answer)
-        return trajectory_label(verdicts), verdicts
+    def verdicts_of(items):
+        """[(label, verdicts)] for (record, completion text) items: ONE judge call for them all."""
+        parts = [(prompt_text(record), *split_completion(text)[:2]) for record, text in items]
+        return [(trajectory_label(v), v) for v in judge_trajectories(judge, parts)]
 
     originals = policy.complete([(prompt_messages(r), "") for r in harmful], seed(0)) if harmful else []
     stats["generations"] += len(originals)
     # active jobs: (record, trigger index, round, chosen text so far, h, original completion, cue info, verdicts)
     jobs, used = [], {r["id"]: 1 for r in harmful}
-    for record, original in zip(harmful, originals):
+    unsafe = []  # (record, original, verdicts) that go on to cue detection
+    for record, original, (label, verdicts) in zip(harmful, originals, verdicts_of([(r, o.text) for r, o in zip(harmful, originals)])):
         stats["truncated_generations"] += original.finish_reason == "length"
-        label, verdicts = verdict_of(record, original.text)
         trajectories.append(dict(id=record["id"], kind="harmful", completion=original.text, finish_reason=original.finish_reason,
                                  label=label, verdicts=_verdict_dicts(verdicts), policy=policy.policy_id))
         if label == "error":
@@ -145,7 +143,9 @@ def process_chunk(
             stats["safe_original"] += 1
             continue
         stats["unsafe_original"] += 1
-        h, cue = first_cue_char(detector, prompt_text(record), original.text)
+        unsafe.append((record, original, verdicts))
+    cues = first_cue_chars(detector, [(prompt_text(record), original.text, 0) for record, original, _ in unsafe])
+    for (record, original, verdicts), (h, cue) in zip(unsafe, cues):
         if cue.is_error:
             stats["cue_errors"] += 1
             continue
@@ -171,12 +171,12 @@ def process_chunk(
             [(prompt_messages(j["record"]), j["original"][: j["h"]] + j["chosen"]) for j in runnable], seed(round_no)
         )
         stats["generations"] += len(outs)
-        jobs = []
-        for job, out in zip(runnable, outs):
+        jobs, still_unsafe = [], []
+        judged = verdicts_of([(j["record"], j["original"][: j["h"]] + j["chosen"] + out.text) for j, out in zip(runnable, outs)])
+        for job, out, (label, verdicts) in zip(runnable, outs, judged):
             stats["truncated_generations"] += out.finish_reason == "length"
             prefix = job["original"][: job["h"]]
             chosen = job["chosen"] + out.text
-            label, verdicts = verdict_of(job["record"], prefix + chosen)
             if label == "safe":
                 record = job["record"]
                 pairs.append(dict(
@@ -194,9 +194,14 @@ def process_chunk(
                 stats["judge_errors"] += 1
                 continue
             # still unsafe: intervene again at the first cue after the last trigger
-            full = prefix + chosen
-            h2, cue2 = first_cue_char(detector, prompt_text(job["record"]), full, after=len(prefix) + len(job["chosen"]))
-            if round_no == cfg.rounds or h2 is None:
+            if round_no == cfg.rounds:
+                stats["failed_after_rounds"] += 1
+                continue
+            still_unsafe.append((job, prefix, prefix + chosen))
+        cues = first_cue_chars(detector, [(prompt_text(job["record"]), full, len(prefix) + len(job["chosen"]))
+                                          for job, prefix, full in still_unsafe])
+        for (job, prefix, full), (h2, cue2) in zip(still_unsafe, cues):
+            if h2 is None:
                 stats["failed_after_rounds"] += 1
                 continue
             trigger = triggers[job["trigger_index"]].rstrip() + " "
@@ -205,11 +210,12 @@ def process_chunk(
     if benign:
         candidates = policy.complete([(prompt_messages(r), "") for r in benign for _ in range(cfg.benign_candidates)], seed(99))
         stats["generations"] += len(candidates)
+        k = cfg.benign_candidates
+        judged = verdicts_of([(record, c.text) for i, record in enumerate(benign) for c in candidates[i * k : (i + 1) * k]])
         for i, record in enumerate(benign):
-            mine = candidates[i * cfg.benign_candidates : (i + 1) * cfg.benign_candidates]
+            mine = candidates[i * k : (i + 1) * k]
             helpful, refusals = [], []
-            for c in mine:
-                label, verdicts = verdict_of(record, c.text)
+            for c, (label, verdicts) in zip(mine, judged[i * k : (i + 1) * k]):
                 answer = split_completion(c.text)[1]
                 trajectories.append(dict(id=record["id"], kind="benign", completion=c.text, finish_reason=c.finish_reason,
                                          label=label, refusal=is_refusal(answer), verdicts=_verdict_dicts(verdicts), policy=policy.policy_id))
@@ -333,7 +339,7 @@ def build_pairs(
     records: Sequence[dict[str, Any]],
     out_dir: str | Path,
     policy: Policy,
-    judge: SafetyJudge,
+    judge: Judge,
     detector: CueDetector,
     triggers: Sequence[str],
     cfg: InterventionConfig,

@@ -8,44 +8,20 @@ from pathlib import Path
 
 import jax
 
-from ipo_jax.checkpoint.init import load_model, tokenizer_dir_for
 from ipo_jax.data.pairs import prompt_messages
-from ipo_jax.data.tokenizer import load_tokenizer, stop_token_ids
 from ipo_jax.io import atomic_write_jsonl
+from ipo_jax.judging import judge_trajectories, trajectory_label
+from ipo_jax.judging.build import build_judges, check_judge_fits
 from ipo_jax.pipeline.intervene import (
     InterventionConfig,
     build_pairs,
     prompt_text,
     read_prompt_records,
 )
-from ipo_jax.pipeline.judges import PatternCueDetector, PatternJudge, safe_judge_trajectory, trajectory_label
 from ipo_jax.pipeline.triggers import DEFAULT_TRIGGERS, load_triggers
-from ipo_jax.rollout import Policy, split_completion
-from ipo_jax.sampling import Sampler, SamplingConfig
-from ipo_jax.sharding import make_mesh
+from ipo_jax.rollout import build_policy, split_completion
 
-
-def build_judges(config):
-    """(safety judge, cue detector) of the configured backend."""
-    j = config.judge
-    if j.backend == "pattern":
-        if j.patterns_file:
-            return PatternJudge.from_file(j.patterns_file), PatternCueDetector.from_file(j.patterns_file)
-        return PatternJudge(), PatternCueDetector()
-    if not j.model:
-        raise ValueError(f"judge.backend {j.backend!r} needs judge.model")
-    if j.backend == "llm":
-        from ipo_jax.pipeline.llm_judge import build_llm_backends
-
-        return build_llm_backends(j.model, tokenizer_dir_for(j.tokenizer, j.model), mesh=make_mesh(dict(config.mesh)))
-    if j.backend == "http":
-        from ipo_jax.pipeline.http_judge import HttpCueDetector, HttpJudge
-
-        if not j.base_url:
-            raise ValueError("judge.backend 'http' needs judge.base_url (e.g. http://localhost:8000/v1)")
-        options = dict(api_key_env=j.api_key_env, timeout=j.timeout, max_retries=j.max_retries, concurrency=j.concurrency)
-        return HttpJudge(j.base_url, j.model, **options), HttpCueDetector(j.base_url, j.model, **options)
-    raise ValueError(f"judge.backend {j.backend!r}: expected 'pattern', 'llm' or 'http'")
+__all__ = ["build_judges", "build_policy", "run_build_pairs", "run_csr", "run_sample"]  # build_*: the demo's
 
 
 def _require_prompts(config) -> None:
@@ -53,23 +29,10 @@ def _require_prompts(config) -> None:
         raise ValueError("config.prompts is empty: give a prompt JSONL file (--config.prompts=...)")
 
 
-def build_policy(config) -> Policy:
-    """The configured model + tokenizer + sampler + sampling settings, as a text-in/text-out policy."""
-    tokenizer = load_tokenizer(tokenizer_dir_for(config.tokenizer, config.model.init))
-    mesh = make_mesh(dict(config.mesh))
-    model = load_model(config.model.init, mesh=mesh, param_dtype=config.model.param_dtype, dtype=config.model.dtype,
-                       vocab_needed=len(tokenizer))
-    eos = stop_token_ids(tokenizer)
-    sampler = Sampler(model, eos_ids=eos, pad_id=tokenizer.pad_token_id or 0, batch_size=config.sampler.batch_size,
-                      max_prompt_length=config.sampler.max_prompt_length, chunk_tokens=config.sampler.chunk_tokens, mesh=mesh)
-    sampling = SamplingConfig(temperature=config.sampling.temperature, top_p=config.sampling.top_p,
-                              top_k=config.sampling.top_k, max_new_tokens=config.sampling.max_new_tokens)
-    return Policy(sampler, tokenizer, sampling, policy_id=config.model.init)
-
-
 def run_build_pairs(config) -> int:
     _require_prompts(config)
     records = read_prompt_records(config.prompts)
+    check_judge_fits(config, [prompt_text(r) for r in records], config.prompts)  # before any model loads
     judge, detector = build_judges(config)
     triggers = load_triggers(config.triggers_file) if config.triggers_file else DEFAULT_TRIGGERS
     policy = build_policy(config)
@@ -89,13 +52,14 @@ def run_sample(config) -> int:
     """Sample one trajectory per prompt, judge reasoning and answer, write trajectories.jsonl."""
     _require_prompts(config)
     records = read_prompt_records(config.prompts)
+    check_judge_fits(config, [prompt_text(r) for r in records], config.prompts, roles=("judge",))
     judge, _ = build_judges(config)
     policy = build_policy(config)
     completions = policy.complete([(prompt_messages(r), "") for r in records], seed=config.intervention.seed)
+    parts = [split_completion(c.text) for c in completions]
+    judged = judge_trajectories(judge, [(prompt_text(r), reasoning, answer) for r, (reasoning, answer, _) in zip(records, parts)])
     rows, counts = [], {"safe": 0, "unsafe": 0, "error": 0}
-    for record, completion in zip(records, completions):
-        reasoning, answer, closed = split_completion(completion.text)
-        verdicts = safe_judge_trajectory(judge, prompt_text(record), reasoning, answer)
+    for record, completion, (reasoning, answer, closed), verdicts in zip(records, completions, parts, judged):
         label = trajectory_label(verdicts)
         counts[label] += 1
         rows.append(dict(id=record["id"], kind=record["kind"], prompt=record["prompt"], completion=completion.text,
@@ -125,6 +89,7 @@ def run_csr(config) -> int:
         raise ValueError("config.csr.trajectories is empty: give a JSONL of trajectories (id, prompt, reasoning)")
     rows = read_jsonl_records(c.trajectories, {"id": str, "prompt": (str, list), "reasoning": str}, kind="trajectory")
     rows = [r for r in rows if not c.kind or r.get("kind", "harmful") == c.kind]
+    check_judge_fits(config, [prompt_text(r) for r in rows], c.trajectories, roles=("judge",))
     judge, _ = build_judges(config)
     policy = build_policy(config)
     out = Path(config.out)

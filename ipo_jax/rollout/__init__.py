@@ -3,7 +3,7 @@
 imports nothing from either."""
 
 from ipo_jax.rollout.completion import REFUSAL_PATTERNS, is_refusal, reasoning_span, split_completion, strip_thinking
-from ipo_jax.rollout.policy import Completion, Policy
+from ipo_jax.rollout.policy import Completion, Policy, build_policy
 
-__all__ = ["REFUSAL_PATTERNS", "Completion", "Policy", "is_refusal", "reasoning_span", "split_completion",
+__all__ = ["REFUSAL_PATTERNS", "Completion", "Policy", "build_policy", "is_refusal", "reasoning_span", "split_completion",
            "strip_thinking"]

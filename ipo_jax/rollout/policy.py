@@ -1,7 +1,8 @@
 """The policy as the pipeline and eval see it: chat messages (and a completion prefix) in,
 `Completion` records out, through our in-process sampler.
 
-`Policy.complete(jobs, seed)` takes a LIST of (messages, prefix) jobs and returns one
+`build_policy(config)` makes one from the config's model, tokenizer, mesh, sampler and sampling
+sections.  `Policy.complete(jobs, seed)` takes a LIST of (messages, prefix) jobs and returns one
 `Completion` per job, in order, from one batched ``sampler.generate`` call.
 
 Token-exact use (the pair builder): a job's prefix may be token ids instead of text; they are
@@ -52,4 +53,25 @@ class Policy:
         return [Completion(self.decode(g.tokens), g.finish_reason, tuple(g.completion_ids)) for g in generations]
 
 
-__all__ = ["Completion", "Policy"]
+def build_policy(config) -> Policy:
+    """The config's model + tokenizer + sampler + sampling settings (the ``model``,
+    ``tokenizer``, ``mesh``, ``sampler`` and ``sampling`` sections of the pipeline and eval
+    configs) as a `Policy`."""
+    from ipo_jax.checkpoint.init import load_model, tokenizer_dir_for
+    from ipo_jax.data.tokenizer import load_tokenizer, stop_token_ids
+    from ipo_jax.sampling import Sampler, SamplingConfig
+    from ipo_jax.sharding import make_mesh
+
+    tokenizer = load_tokenizer(tokenizer_dir_for(config.tokenizer, config.model.init))
+    mesh = make_mesh(dict(config.mesh))
+    model = load_model(config.model.init, mesh=mesh, param_dtype=config.model.param_dtype, dtype=config.model.dtype,
+                       vocab_needed=len(tokenizer))
+    sampler = Sampler(model, eos_ids=stop_token_ids(tokenizer), pad_id=tokenizer.pad_token_id or 0,
+                      batch_size=config.sampler.batch_size, max_prompt_length=config.sampler.max_prompt_length,
+                      chunk_tokens=config.sampler.chunk_tokens, mesh=mesh)
+    sampling = SamplingConfig(temperature=config.sampling.temperature, top_p=config.sampling.top_p,
+                              top_k=config.sampling.top_k, max_new_tokens=config.sampling.max_new_tokens)
+    return Policy(sampler, tokenizer, sampling, policy_id=config.model.init)
+
+
+__all__ = ["Completion", "Policy", "build_policy"]

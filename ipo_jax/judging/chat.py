@@ -1,0 +1,551 @@
+"""The chat transport under the LLM judge and cue detector: conversations in, replies out,
+always a LIST at a time, so batching (a local sampler) and concurrency (an HTTP endpoint) live
+here and not in each caller.
+
+* `Reply` -- one answer: ``text`` (None when the request failed), ``error`` (what failed,
+  redacted), ``finish_reason`` and the separate ``reasoning`` a thinking model returned.
+* `ChatBackend` -- the protocol: ``complete(list of message lists) -> list[Reply]``, in order,
+  never raising for one bad request.
+* `HttpChat` -- an OpenAI-compatible chat-completions client (a vLLM server, a hosted API).
+* `LocalChat` -- our own JAX sampler on a local checkpoint, every conversation of a call in one
+  batched ``sampler.generate`` (greedy).
+
+HttpChat wire format.  ``POST {base_url}/chat/completions`` (``base_url`` e.g.
+``http://localhost:8000/v1``; a ``base_url`` that already ends in ``/chat/completions`` is used
+as is) with the JSON body ``{"model", "messages", "temperature": 0, "max_tokens"}`` plus the
+``extra_body`` fields (e.g. ``{"chat_template_kwargs": {"enable_thinking": false}}`` for vLLM to
+keep a Qwen3 judge from thinking).  ``max_tokens`` defaults to 1024: enough for a thinking
+judge (R1, Qwen3) to reason and still answer; a judge told not to think stops after one word.
+The API key is read from the environment variable named by ``api_key_env`` at each request and
+sent as ``Authorization: Bearer <key>``; when the variable is unset or empty no Authorization
+header is sent (credentials inside ``base_url`` are refused at construction).  The key is never
+stored on the instance, and every reply text, error and log line passes through a redactor that
+replaces the key with ``[redacted]`` -- a server that echoes the key cannot leak it into a
+`Verdict`, a `CueResult` or a record.
+
+Retries.  An attempt is retried when it fails with a timeout (connect or read), a connection
+error (refused, reset, aborted, remote disconnected, incomplete read), HTTP 5xx or HTTP 429;
+at most ``max_retries`` retries (``max_retries + 1`` attempts in all).  Before retry ``k``
+(``k = 0, 1, ...``) the client sleeps ``min(max_backoff, backoff * 2**k)`` seconds, times
+``1 + jitter * U[0, 1)`` when ``jitter > 0`` (off by default, so the schedule is
+deterministic).  A 429 (or 503) response carrying ``Retry-After`` (seconds, or an HTTP date)
+sleeps that long instead, capped at ``max_backoff``.  With ``total_timeout`` set, no retry is
+started whose sleep would end past ``total_timeout`` seconds after the first attempt began
+(measured with the injected ``clock``).  Other 4xx responses, other network errors (DNS
+failure, TLS errors) and bad URLs are not retried.  A failed request's error names the failure
+and the endpoint, e.g. ``"HTTP 500 Internal Server Error (http://host/v1/chat/completions)
+after 5 attempts: '<body>'"``, ``"connection refused (...) after 5 attempts"``, ``"HTTP 401
+Unauthorized (...), not retried: ..."``.  ``sleep`` and ``clock`` are constructor arguments so
+tests need not wait.  The HTTP client is the standard library's `urllib.request`.
+
+Concurrency.  ``complete`` runs its conversations on a thread pool of ``min(concurrency, n)``
+threads; a semaphore per instance holds the number of requests in flight at ``concurrency``
+even when several threads call the same instance.
+
+Response reading.  The reply is ``choices[0].message.content``; a thinking model's separate
+``reasoning_content`` (or ``reasoning``) field is kept apart in `Reply.reasoning` and never
+parsed.  A body that is not JSON, JSON without a non-empty ``choices`` list, a choice without a
+string ``content`` (e.g. a reasoning model cut off at ``max_tokens`` before answering), or an
+``{"error": ...}`` body is an error, not retried (generation is greedy: the same request gets
+the same reply); its text starts ``"bad response from <url>: "``.
+
+LocalChat.  Each conversation is rendered by the tokenizer's chat template with its generation
+prompt (`render_prompt`, then `encode_text`), generated greedily for at most ``max_tokens``
+tokens and decoded.  Reasoning models: when the rendered generation prompt ends inside an open
+``<think>`` block (DeepSeek-R1-Distill's template ends with ``<think>\\n``) and
+``answer_directly`` is True (the default), ``</think>\\n\\n`` is appended so that the model
+answers at once; for a template with an ``enable_thinking`` switch (Qwen3) ``answer_directly``
+passes ``enable_thinking=False`` (unless `template_kwargs` sets it).  Pass
+``answer_directly=False`` to let the model reason first (its reasoning is stripped before
+parsing).  A prompt longer than the sampler's largest prompt bucket, a template failure or a
+failed generation is an error `Reply` for the conversations concerned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import http.client
+import json
+import logging
+import math
+import os
+import random
+import socket
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC
+from typing import Any, Protocol, runtime_checkable
+
+from ipo_jax.data.tokenizer import THINK_CLOSE, THINK_OPEN
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_TOKENS = 1024
+ANSWER_OPEN = "</think>\n\n"  # appended to a generation prompt that ends inside <think>
+
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    """One chat answer: ``text`` (None when the request failed, with ``error`` saying why)."""
+
+    text: str | None
+    error: str | None = None
+    finish_reason: str | None = None
+    reasoning: str | None = None  # a thinking model's separate reasoning, never parsed
+
+    @classmethod
+    def failed(cls, error: str) -> Reply:
+        return cls(None, error or "no reply")
+
+
+@runtime_checkable
+class ChatBackend(Protocol):
+    name: str
+
+    def complete(self, conversations: Sequence[list[dict[str, str]]]) -> list[Reply]: ...
+
+
+# --------------------------------------------------------------------------- HTTP
+
+REDACTED = "[redacted]"
+MAX_BODY_BYTES = 4 * 1024 * 1024  # a chat reply larger than this is an error, not read on
+_SNIPPET = 200  # characters of an error body quoted in a reason
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+class _Failure(Exception):
+    """One failed attempt or an unusable response: `message` (what failed), `retryable`, the
+    server's Retry-After delay (seconds) when it sent one, and `detail` (a quoted body)."""
+
+    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None, detail: str = ""):
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.detail = detail
+
+
+def _snippet(text: str, n: int = _SNIPPET) -> str:
+    text = " ".join(text.split())
+    return repr(text if len(text) <= n else text[:n] + "...")
+
+
+def _redact_url(url: str) -> str:
+    """`url` without any ``user:password@`` part."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return url
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, f"{REDACTED}@{host}", parts.path, parts.query, parts.fragment))
+
+
+def parse_retry_after(value: str | None, now: Callable[[], float] = time.time) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date), or None
+    when absent or unusable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - now()
+        return max(0.0, seconds)
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return seconds
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    return isinstance(exc, (TimeoutError, socket.timeout))
+
+
+def _network_failure(exc: BaseException, timeout: float) -> _Failure:
+    """Classify an exception raised while connecting / sending / reading."""
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError) else exc
+    if _is_timeout(reason) or (isinstance(reason, str) and "timed out" in reason):
+        return _Failure(f"timed out after {timeout:g} s", retryable=True)
+    if isinstance(reason, ConnectionRefusedError):
+        return _Failure("connection refused", retryable=True)
+    if isinstance(reason, http.client.RemoteDisconnected):
+        return _Failure("server closed the connection without a response", retryable=True)
+    if isinstance(reason, ConnectionResetError):
+        return _Failure("connection reset", retryable=True)
+    if isinstance(reason, ConnectionError):  # aborted, broken pipe
+        return _Failure(f"connection error ({type(reason).__name__})", retryable=True)
+    if isinstance(reason, http.client.IncompleteRead):
+        return _Failure("incomplete response body", retryable=True)
+    if isinstance(reason, http.client.HTTPException):
+        return _Failure(f"bad HTTP response ({type(reason).__name__}: {reason})", retryable=True)
+    if isinstance(reason, socket.gaierror):
+        return _Failure(f"host name lookup failed ({reason})", retryable=False)
+    return _Failure(f"request failed ({type(reason).__name__}: {reason})", retryable=False)
+
+
+def reply_content(body: bytes) -> tuple[str, str | None, str | None]:
+    """(``choices[0].message.content``, finish_reason, the separate reasoning text or None) of a
+    chat-completions response body; raises `_Failure` (not retryable) when the body is not such
+    a response.  A reasoning server (vLLM with a reasoning parser, DeepSeek's API) returns the
+    thinking in ``message.reasoning_content`` (or ``reasoning``) and only the answer in
+    ``content``; a ``content`` of null after reasoning alone is a judge cut off before it
+    answered."""
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError):
+        raise _Failure(f"response is not JSON: {_snippet(body.decode('utf-8', 'replace'))}", retryable=False) from None
+    if not isinstance(data, dict):
+        raise _Failure(f"response is JSON {type(data).__name__}, not an object", retryable=False)
+    if "error" in data and not data.get("choices"):
+        error = data["error"]
+        message = error.get("message", error) if isinstance(error, Mapping) else error
+        raise _Failure(f"server returned an error: {_snippet(str(message))}", retryable=False)
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise _Failure(f"response has no choices: {_snippet(json.dumps(data)[:1000])}", retryable=False)
+    choice = choices[0]
+    if not isinstance(choice, Mapping):
+        raise _Failure(f"choices[0] is {type(choice).__name__}, not an object", retryable=False)
+    message = choice.get("message")
+    message = message if isinstance(message, Mapping) else {}
+    content = message.get("content")
+    if content is None and isinstance(choice.get("text"), str):  # a completions-style choice
+        content = choice["text"]
+    reasoning = next((message[k] for k in ("reasoning_content", "reasoning") if isinstance(message.get(k), str)), None)
+    finish = choice.get("finish_reason") if isinstance(choice.get("finish_reason"), str) else None
+    if not isinstance(content, str):
+        cut = " (cut at max_tokens)" if finish == "length" else ""
+        thought = " after reasoning only" if reasoning else ""
+        raise _Failure(f"choices[0].message has no text content{thought}{cut}", retryable=False)
+    if finish == "length" and not content.strip():
+        raise _Failure("empty reply (cut at max_tokens)", retryable=False)
+    return content, finish, reasoning
+
+
+# --------------------------------------------------------------------------- client
+
+
+class HttpChat:
+    """A `ChatBackend` for an OpenAI-compatible chat-completions endpoint: retries with backoff,
+    at most `concurrency` requests in flight per instance, API-key redaction (module docstring)."""
+
+    default_max_tokens = DEFAULT_MAX_TOKENS
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        timeout: float = 30.0,
+        max_retries: int = 4,
+        backoff: float = 1.0,
+        max_backoff: float = 30.0,
+        concurrency: int = 8,
+        name: str | None = None,
+        max_tokens: int | None = None,
+        jitter: float = 0.0,
+        total_timeout: float | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        if not isinstance(base_url, str) or not base_url.strip():
+            raise ValueError("base_url must be a non-empty URL such as 'http://localhost:8000/v1'")
+        base = base_url.strip().rstrip("/")
+        scheme = urllib.parse.urlsplit(base).scheme.lower()
+        if scheme not in ("http", "https"):
+            raise ValueError(f"base_url must start with http:// or https://, got {_redact_url(base)!r}")
+        parts = urllib.parse.urlsplit(base)
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(f"base_url must not contain credentials (got {_redact_url(base)!r}); put the API key "
+                             "in the environment variable named by api_key_env")
+        if not isinstance(model, str) or not model:
+            raise ValueError("model must be a non-empty string")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0, got {timeout!r}")
+        if not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
+        if backoff < 0 or max_backoff < 0:
+            raise ValueError(f"backoff and max_backoff must be >= 0, got {backoff!r}, {max_backoff!r}")
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+        if jitter < 0:
+            raise ValueError(f"jitter must be >= 0, got {jitter!r}")
+        if total_timeout is not None and not total_timeout > 0:
+            raise ValueError(f"total_timeout must be > 0 or None, got {total_timeout!r}")
+        max_tokens = self.default_max_tokens if max_tokens is None else max_tokens
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ValueError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
+        self.url = base if base.endswith("/chat/completions") else base + "/chat/completions"
+        self.model = model
+        self.name = name or f"http:{model}"
+        self.api_key_env = api_key_env
+        self.timeout = float(timeout)
+        self.max_retries = max_retries
+        self.backoff = float(backoff)
+        self.max_backoff = float(max_backoff)
+        self.concurrency = concurrency
+        self.max_tokens = max_tokens
+        self.jitter = float(jitter)
+        self.total_timeout = total_timeout
+        if extra_body is not None and not isinstance(extra_body, Mapping):
+            raise ValueError(f"extra_body must be a mapping (a JSON object), got {type(extra_body).__name__}")
+        reserved = sorted({"model", "messages"} & set(extra_body or {}))
+        if reserved:
+            raise ValueError(f"extra_body must not set {', '.join(reserved)} (they are the request itself)")
+        self.extra_body = dict(extra_body or {})
+        self._sleep = sleep
+        self._clock = clock
+        self._slots = threading.BoundedSemaphore(concurrency)
+        self._rng = random.Random()
+
+    # -- secrets ---------------------------------------------------------------------------
+
+    def _api_key(self) -> str | None:
+        if not self.api_key_env:
+            return None
+        key = os.environ.get(self.api_key_env, "")
+        return key or None
+
+    def _redact(self, text: str) -> str:
+        """`text` with the API key replaced by ``[redacted]``."""
+        key = self._api_key()
+        return text.replace(key, REDACTED) if key else text
+
+    @property
+    def endpoint(self) -> str:
+        """The request URL with any credentials removed (safe to log)."""
+        return _redact_url(self.url)
+
+    # -- one request -----------------------------------------------------------------------
+
+    def payload(self, messages: list[dict[str, str]]) -> dict[str, Any]:
+        return {**self.extra_body, "model": self.model, "messages": messages, "temperature": 0,
+                "max_tokens": self.max_tokens}
+
+    def _attempt(self, data: bytes) -> bytes:
+        """One POST; the response body (at most ``MAX_BODY_BYTES + 1`` bytes), or `_Failure`."""
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        key = self._api_key()
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
+        try:
+            with self._slots, urllib.request.urlopen(request, timeout=self.timeout) as response:
+                body = response.read(MAX_BODY_BYTES + 1)
+        except urllib.error.HTTPError as e:
+            status = e.code
+            try:
+                text = e.read(4096).decode("utf-8", "replace")
+            except Exception:  # noqa: BLE001 - the body is only for the reason
+                text = ""
+            finally:
+                e.close()
+            message = f"HTTP {status} {e.reason or ''}".rstrip()
+            detail = _snippet(text) if text.strip() else ""
+            retry_after = parse_retry_after(e.headers.get("Retry-After")) if e.headers is not None else None
+            if status == 429 or 500 <= status <= 599:
+                honour = retry_after if status in (429, 503) else None
+                raise _Failure(message, retryable=True, retry_after=honour, detail=detail) from None
+            raise _Failure(message, retryable=False, detail=detail) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            raise _network_failure(e, self.timeout) from None
+        except ValueError as e:  # e.g. an invalid URL / header
+            raise _Failure(f"request could not be sent ({type(e).__name__}: {e})", retryable=False) from None
+        return body
+
+    def _delay(self, retry: int, failure: _Failure) -> float:
+        if failure.retry_after is not None:
+            return min(self.max_backoff, failure.retry_after)
+        delay = self.backoff * (2.0**retry)
+        if self.jitter:
+            delay *= 1.0 + self.jitter * self._rng.random()
+        return min(self.max_backoff, delay)
+
+    def complete_one(self, messages: list[dict[str, str]]) -> Reply:
+        """One chat completion with retries.  Never raises; text and error are redacted."""
+        try:
+            data = json.dumps(self.payload(messages)).encode("utf-8")
+        except (TypeError, ValueError) as e:
+            return Reply.failed(self._redact(f"request could not be encoded ({type(e).__name__}: {e})"))
+        start = self._clock()
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                body = self._attempt(data)
+            except _Failure as failure:
+                last = failure
+            except Exception as e:  # noqa: BLE001 - anything unexpected is this request's error
+                last = _Failure(f"unexpected {type(e).__name__}: {e}", retryable=False)
+            else:
+                try:
+                    if len(body) > MAX_BODY_BYTES:
+                        raise _Failure(f"response larger than {MAX_BODY_BYTES} bytes", retryable=False)
+                    content, finish, reasoning = reply_content(body)
+                    return Reply(self._redact(content), None, finish, None if reasoning is None else self._redact(reasoning))
+                except _Failure as failure:
+                    return Reply.failed(self._redact(f"bad response from {self.endpoint}: {failure.message}"))
+            head = f"{last.message} ({self.endpoint})"
+            detail = f": {last.detail}" if last.detail else ""
+            plural = "s" if attempts != 1 else ""
+            if not last.retryable:
+                return Reply.failed(self._redact(f"{head}, not retried{detail}"))
+            if attempts > self.max_retries:
+                return Reply.failed(self._redact(f"{head} after {attempts} attempt{plural}{detail}"))
+            delay = self._delay(attempts - 1, last)
+            if self.total_timeout is not None and self._clock() + delay - start > self.total_timeout:
+                elapsed = self._clock() - start
+                return Reply.failed(self._redact(
+                    f"{head} after {attempts} attempt{plural}, total_timeout {self.total_timeout:g} s reached "
+                    f"({elapsed:.1f} s elapsed){detail}"
+                ))
+            logger.warning("%s: %s; retry %d/%d in %.2f s", self.name, self._redact(head + detail), attempts,
+                           self.max_retries, delay)
+            if delay > 0:
+                self._sleep(delay)
+
+    def complete(self, conversations: Sequence[list[dict[str, str]]]) -> list[Reply]:
+        """One `Reply` per conversation, in order; the requests run on a thread pool with at most
+        `concurrency` in flight (the semaphore keeps that limit across callers' threads too)."""
+        conversations = list(conversations)
+        if len(conversations) <= 1:
+            return [self.complete_one(c) for c in conversations]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(conversations)),
+                                thread_name_prefix=type(self).__name__) as pool:
+            return list(pool.map(self.complete_one, conversations))
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(name={self.name!r}, url={self.endpoint!r}, model={self.model!r}, "
+                f"concurrency={self.concurrency})")
+
+
+# --------------------------------------------------------------------------- local sampler
+
+
+class LocalChat:
+    """A `ChatBackend` on our own sampler: every conversation of a ``complete`` call in one
+    greedy ``sampler.generate`` (module docstring)."""
+
+    def __init__(
+        self,
+        sampler,
+        tokenizer,
+        *,
+        name: str = "local",
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        template_kwargs: Mapping[str, Any] | None = None,
+        answer_directly: bool = True,
+        seed: int = 0,
+    ):
+        from ipo_jax.sampling.sampler import SamplingConfig
+
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ValueError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
+        self.sampler, self.tokenizer, self.name = sampler, tokenizer, name
+        self.template_kwargs = dict(template_kwargs or {})
+        self.answer_directly = answer_directly
+        self.sampling = SamplingConfig(temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=max_tokens, seed=seed)
+
+    def prompt_text(self, messages: list[dict[str, str]]) -> str:
+        """The rendered prompt of one conversation, ready for the assistant's turn."""
+        from ipo_jax.data.tokenizer import render_prompt
+
+        kwargs = dict(self.template_kwargs)
+        if self.answer_directly and "enable_thinking" not in kwargs and "enable_thinking" in str(
+            getattr(self.tokenizer, "chat_template", "") or ""
+        ):
+            kwargs["enable_thinking"] = False  # Qwen3: the template writes an empty think block itself
+        text = render_prompt(self.tokenizer, messages, **kwargs)
+        if self.answer_directly and text.rfind(THINK_OPEN) > text.rfind(THINK_CLOSE):
+            text += ANSWER_OPEN if text.endswith("\n") else "\n" + ANSWER_OPEN
+        return text
+
+    def _max_prompt_tokens(self) -> int | None:
+        buckets = getattr(self.sampler, "buckets", None)
+        try:
+            return max(int(b) for b in buckets) if buckets else None
+        except (TypeError, ValueError):
+            return None
+
+    def complete(self, conversations: Sequence[list[dict[str, str]]]) -> list[Reply]:
+        from ipo_jax.data.tokenizer import encode_text
+
+        limit = self._max_prompt_tokens()
+        out: list[Reply] = [Reply.failed("no reply")] * len(conversations)
+        ids, where, opened = [], [], {}
+        for i, messages in enumerate(conversations):
+            try:
+                text = self.prompt_text(messages)
+                prompt = encode_text(self.tokenizer, text)
+            except Exception as e:  # noqa: BLE001 - a template failure is this request's error
+                out[i] = Reply.failed(f"prompt could not be built ({type(e).__name__}: {e})")
+                continue
+            if limit is not None and len(prompt) > limit:
+                out[i] = Reply.failed(f"prompt of {len(prompt)} tokens is longer than the sampler's limit {limit}")
+                continue
+            ids.append(prompt)
+            where.append(i)
+            # the prompt left a <think> block open: the reply starts inside it (see `strip_thinking`)
+            opened[i] = text.rfind(THINK_OPEN) > text.rfind(THINK_CLOSE)
+        if not ids:
+            return out
+        try:
+            generations = self.sampler.generate(ids, self.sampling)
+            if len(generations) != len(ids):
+                raise RuntimeError(f"sampler returned {len(generations)} generations for {len(ids)} prompts")
+        except Exception as e:  # noqa: BLE001 - a failed backend gives error replies, never a crash
+            for i in where:
+                out[i] = Reply.failed(f"generation failed ({type(e).__name__}: {e})")
+            return out
+        for i, generation in zip(where, generations):
+            try:
+                text = self.tokenizer.decode(list(generation.tokens), skip_special_tokens=True)
+            except Exception as e:  # noqa: BLE001
+                out[i] = Reply.failed(f"reply could not be decoded ({type(e).__name__}: {e})")
+                continue
+            finish = getattr(generation, "finish_reason", None)
+            if not text.strip() and len(generation.tokens):
+                out[i] = Reply.failed(f"{len(generation.tokens)} tokens, none of them text")
+            else:
+                out[i] = Reply(THINK_OPEN + text if opened[i] else text, None, finish)
+        return out
+
+    def __repr__(self) -> str:
+        return f"LocalChat(name={self.name!r}, max_tokens={self.sampling.max_new_tokens})"
+
+
+__all__ = [
+    "ANSWER_OPEN",
+    "DEFAULT_MAX_TOKENS",
+    "MAX_BODY_BYTES",
+    "REDACTED",
+    "ChatBackend",
+    "HttpChat",
+    "LocalChat",
+    "Reply",
+    "parse_retry_after",
+    "reply_content",
+]

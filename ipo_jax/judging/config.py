@@ -1,0 +1,41 @@
+"""The judge and cue-detector settings (the ``judge`` and ``detector`` sections of the pipeline and
+eval configs), every field with its default.  `ipo_jax.judging.build` reads them."""
+
+from __future__ import annotations
+
+import ml_collections
+
+BACKENDS = ("pattern", "llm", "http")
+
+
+def add_judge_sections(c: ml_collections.ConfigDict, *, detector: bool = True) -> ml_collections.ConfigDict:
+    """Add the ``judge`` (and, with `detector`, the ``detector``) section to `c`; returns `c`."""
+    c.judge = ml_collections.ConfigDict()
+    # pattern: the demo world's offline lexicon judge (refused on prompts without the demo marker);
+    # llm: a local checkpoint through our sampler; http: an OpenAI-compatible endpoint (e.g. vLLM)
+    c.judge.backend = "pattern"
+    c.judge.patterns_file = ""  # pattern: JSON with pattern lists overriding the defaults
+    c.judge.model = ""  # llm: 'hf:<dir>' / 'orbax:<dir>' / 'preset:<name>'; http: the served model's name
+    c.judge.tokenizer = ""  # llm: tokenizer directory ('' = the HF model directory)
+    c.judge.base_url = ""  # http: e.g. http://localhost:8000/v1
+    c.judge.api_key_env = "OPENAI_API_KEY"  # http: the variable holding the key (never logged)
+    c.judge.timeout = 30.0  # http: seconds per attempt
+    c.judge.max_retries = 4  # http: retries after the first attempt (timeouts, connection errors, 5xx, 429)
+    c.judge.backoff = 1.0  # http: seconds before the first retry, doubled each time
+    c.judge.max_backoff = 30.0  # http: cap on one wait (also on a server's Retry-After)
+    c.judge.concurrency = 8  # http: requests in flight at once
+    c.judge.max_tokens = 1024  # llm / http: reply budget; enough for a thinking judge to reason, then answer
+    # http: a JSON object merged into each request, e.g. '{"chat_template_kwargs": {"enable_thinking": false}}'
+    c.judge.extra_body = ""
+    c.judge.prompts_file = ""  # llm / http: JSON {"reasoning": ..., "answer": ..., "cue": ...}: system prompts
+    c.judge.few_shot_file = ""  # llm / http: JSONL few-shot examples (format: ipo_jax/judging/prompts.py)
+    c.judge.answer_directly = True  # llm: close an open <think> so the judge answers at once
+    c.judge.batch_size = 8  # llm: sampler batch
+    c.judge.max_prompt_length = 4096  # llm: the longest judge prompt, in tokens
+    if detector:
+        c.detector = ml_collections.ConfigDict(c.judge.to_dict())
+        c.detector.backend = ""  # '' = the judge's settings (llm / http: the same model, shared); else as judge.*
+    return c
+
+
+__all__ = ["BACKENDS", "add_judge_sections"]
