@@ -428,6 +428,33 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run_with_the_last_goo
     assert (int(stopped["step"]), int(stopped["skipped"]), int(stopped["consecutive_skips"])) == (8, 4, 3)
 
 
+def test_a_run_whose_every_update_is_skipped_exits_4_without_a_final_model(tmp_path, monkeypatch, capsys):
+    """A start rejected after the settings pass (no pair fits max_length 16) leaves config.json, and
+    a killed final save left .final.tmp-PID: neither blocks the corrected rerun. That rerun's
+    every update is non-finite (NaN reference log-probs): exit 4, no final/, metrics strict JSON."""
+    out = tmp_path / "run"
+    assert main(_train_args(out, "--config.data.max_length=16")) == 2
+    assert (out / "config.json").is_file()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / f".final.tmp-{dead.pid}").mkdir()
+    capsys.readouterr()
+
+    put_batch = loop.put_batch
+    monkeypatch.setattr(loop, "put_batch", lambda batch, shardings: put_batch(
+        dict(batch, ref_chosen=np.full_like(batch["ref_chosen"], np.nan)), shardings))
+    args = _train_args(out, "--config.train.max_steps=3", "--config.train.save_every=5")
+    assert main(args) == loop.EXIT_NOT_TRAINED == 4
+    printed = capsys.readouterr().out
+    assert "the previous start with other settings never completed a step; starting afresh" in printed
+    assert f"removed {out / f'.final.tmp-{dead.pid}'} (left by a save that was killed)" in printed
+    assert "not trained: all 3 updates were skipped (non-finite loss, gradient or update); no final model written; exit code 4" in printed
+    assert not (out / "final").exists() and _complete_checkpoints(out) == [3]
+    rows = [json.loads(line, parse_constant=lambda c: pytest.fail(f"metrics.jsonl holds {c}, not strict JSON"))
+            for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["update_applied"], r["loss"]) for r in rows] == [(1, 0, None), (2, 0, None), (3, 0, None)]
+
+
 # ============================================================================ the pair builder, killed
 
 

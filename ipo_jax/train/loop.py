@@ -6,7 +6,8 @@ Output directory (config.train.out):
   checkpoints/<step>/   orbax: train state (params, optimizer, counters) + data position
   metrics.jsonl         one JSON line per step (appended; after a resume, the re-run steps
                         appear again and the later line for a step is the one that counts;
-                        update_applied 0 marks a skipped non-finite step)
+                        update_applied 0 marks a skipped non-finite step, whose non-finite
+                        values are null: every line is strict JSON)
   unreadable_checkpoints/<step>/   damaged checkpoints moved out of the way (see below)
   tensorboard/          event files (tensorboard --logdir <out>/tensorboard)
   skipped_pairs.jsonl   pairs that could not fit max_length, with the reason
@@ -541,7 +542,8 @@ def train(config) -> int:
             if peak:
                 metrics["mfu"] = flops / seconds / (peak * jax.device_count())
             if jsonl is not None:
-                jsonl.write(json.dumps(metrics) + "\n")
+                # strict JSON: a non-finite value (a skipped step's loss) is written as null, not NaN
+                jsonl.write(json.dumps({k: v if np.isfinite(v) else None for k, v in metrics.items()}, allow_nan=False) + "\n")
                 for k, v in metrics.items():
                     board.add_scalar(f"train/{k}", v, step + 1)
             progress.update(1)
