@@ -713,3 +713,19 @@ def test_csr_judges_all_continuations_of_a_trace_in_one_call(server):
                                        "Okay. I refuse.", num_samples=2, sampling=SamplingConfig(), judge_prompt=REQUEST)
     assert list(result.n_safe) == [1, 1] and list(result.n_unsafe) == [1, 1]
     assert len(server.requests) == 8 and server.max_active == CONCURRENCY
+
+
+def test_data_flows_one_way_eval_judging_and_rollout_import_no_pipeline():
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "ipo_jax"
+    offenders = []
+    for folder in ("eval", "judging", "rollout"):
+        for path in sorted((package / folder).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom):
+                    names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+                else:
+                    names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                offenders += [f"{path.name}: {n}" for n in names if n.startswith("ipo_jax.pipeline")]
+    assert offenders == [], offenders
