@@ -94,6 +94,7 @@ def load_or_compute(cache_file: Path, key: str, ids: list[str], compute) -> tupl
         log.warning("reference log-prob cache %s is stale (different checkpoint, pairs or settings); recomputing", cache_file)
     ref_c, ref_r = compute()
     if jax.process_index() == 0:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)  # reference.cache_dir may name a new directory
         tmp = cache_file.with_name(cache_file.name + ".tmp.npz")
         np.savez(tmp, key=np.array(key), ids=np.array(ids), ref_chosen=ref_c, ref_rejected=ref_r)
         tmp.replace(cache_file)  # atomic: a crash never leaves a half-written cache
