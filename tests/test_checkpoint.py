@@ -153,3 +153,54 @@ def test_sliding_window_config_is_refused(tmp_path):
     model.save_pretrained(tmp_path)
     with pytest.raises(UnsupportedModelError, match="use_sliding_window"):
         load_hf(tmp_path)
+
+
+# ---------------------------------------------------------------------------- array checksums
+
+
+def test_every_single_bit_flip_changes_the_array_checksum():
+    import jax
+
+    from ipo_jax.checkpoint.orbax import _array_checksum
+
+    x = np.random.RandomState(0).randn(4, 8).astype(np.float32)
+    bits = x.view(np.uint32).reshape(-1)
+    flipped = np.repeat(bits[None], bits.size * 32, axis=0)  # row i * 32 + b: bit b of element i flipped
+    for i in range(bits.size):
+        for b in range(32):
+            flipped[i * 32 + b, i] ^= np.uint32(1) << np.uint32(b)
+    flipped = flipped.view(np.float32).reshape(-1, 4, 8)
+    original = int(_array_checksum(jnp.asarray(x)))
+    sums = np.asarray(jax.vmap(_array_checksum)(jnp.asarray(flipped)))
+    assert sums.shape == (4 * 8 * 32,) and (sums != original).all()
+    swapped = x.copy()
+    swapped[0, 0], swapped[0, 1] = x[0, 1], x[0, 0]  # same values, other places
+    assert int(_array_checksum(jnp.asarray(swapped))) != original
+
+
+def test_checksums_do_not_depend_on_sharding_and_cover_every_dtype():
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from ipo_jax.checkpoint.orbax import array_checksums, checksum_mismatches
+    from ipo_jax.sharding import make_mesh
+
+    rng = np.random.RandomState(1)
+    tree = {"w": jnp.asarray(rng.randn(16, 8).astype(np.float32)), "b": jnp.asarray(rng.randn(8)).astype(jnp.bfloat16),
+            "count": jnp.asarray(7, jnp.int32), "mask": jnp.asarray([True, False, True])}
+    mesh = make_mesh({"fsdp": 8})
+    sharded = dict(tree, w=jax.device_put(tree["w"], NamedSharding(mesh, PartitionSpec("fsdp", None))))
+    assert len(sharded["w"].addressable_shards) == 8
+    sums = array_checksums(tree)
+    assert set(sums) == {"w", "b", "count", "mask"} and sums == array_checksums(sharded)
+    assert checksum_mismatches(sums, sharded) == []
+    changed = dict(tree, count=jnp.asarray(8, jnp.int32))
+    assert checksum_mismatches(sums, changed) == [f"count: checksum {array_checksums(changed)['count']:#010x}, recorded {sums['count']:#010x}"]
+
+
+def test_orbax_model_directory_records_checksums(hf_dirs, tmp_path):
+    from ipo_jax.checkpoint.orbax import CHECKSUMS_KEY
+
+    save_orbax(load_hf(hf_dirs["qwen2"][0]), tmp_path / "m")
+    recorded = json.loads((tmp_path / "m" / "model_config.json").read_text())[CHECKSUMS_KEY]
+    assert "blocks/mlp/up_proj/kernel" in recorded and all(isinstance(v, int) for v in recorded.values())
