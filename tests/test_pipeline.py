@@ -10,6 +10,7 @@ from ipo_jax.pipeline.intervene import (
     InterventionConfig,
     PromptFileError,
     build_pairs,
+    is_finished,
     read_prompt_records,
 )
 from ipo_jax.judging.pattern import PatternCueDetector, PatternJudge
@@ -32,16 +33,22 @@ REFUSAL = "This might be risky.\n</think>\n\nI'm sorry, but I can't help with th
 
 
 class ScriptedPolicy:
-    """Deterministic stand-in for the sampler-backed Policy (same interface)."""
+    """Deterministic stand-in for the sampler-backed Policy (same interface): one token per
+    character (id = code point), end-of-turn id 0 appended when a completion ends on its own."""
 
     policy_id = "scripted"
     sampling = SamplingConfig(temperature=0.6)
+    END = 0
 
-    def __init__(self, fail_on_call: int | None = None):
-        self.calls, self.fail_on_call = 0, fail_on_call
+    def __init__(self, fail_on_call: int | None = None, cut_off: tuple[str, ...] = ()):
+        """cut_off: completion texts returned cut at the token limit (before their </think>, no end id)."""
+        self.calls, self.fail_on_call, self.cut_off = 0, fail_on_call, cut_off
 
-    def count_tokens(self, text):
-        return len(text.split())
+    def encode_text(self, text):
+        return [ord(c) for c in text]
+
+    def decode(self, ids):
+        return "".join(chr(i) for i in ids if i != self.END)
 
     def complete(self, jobs, seed):
         self.calls += 1
@@ -49,6 +56,8 @@ class ScriptedPolicy:
             raise RuntimeError("simulated crash")
         out = []
         for i, (messages, prefix) in enumerate(jobs):
+            assert isinstance(prefix, str) and not prefix or isinstance(prefix, list), "prefixes are token ids"
+            prefix = self.decode(prefix) if isinstance(prefix, list) else prefix
             user = messages[-1]["content"]
             if not prefix:
                 if "benign" in user:
@@ -59,7 +68,11 @@ class ScriptedPolicy:
                 text = UNSAFE_TAIL  # the second trigger needs a second round
             else:
                 text = SAFE_TAIL
-            out.append(Completion(text, "eos"))
+            if text in self.cut_off:
+                text = text[: text.index("</think>")]
+                out.append(Completion(text, "length", tuple(self.encode_text(text))))
+            else:
+                out.append(Completion(text, "stop", tuple(self.encode_text(text) + [self.END])))
         return out
 
 
@@ -96,6 +109,113 @@ def test_intervention_builds_pairs_from_the_first_cue(tmp_path):
     assert summary["unsafe_share"] == pytest.approx(2 / 3)
     # the trainer accepts the file
     assert len(read_pair_records(tmp_path / "pairs.jsonl")) == 5
+
+
+def _trajectories(out):
+    rows = []
+    for path in sorted((out / "chunks").glob("trajectories-*.jsonl")):
+        rows += [json.loads(l) for l in path.read_text().splitlines()]
+    return rows
+
+
+def test_pairs_carry_the_sampled_ids_exactly(tmp_path):
+    _build(tmp_path)
+    policy = ScriptedPolicy()
+    originals = {r["id"]: r for r in _trajectories(tmp_path) if r["kind"] == "harmful"}
+    pairs = [json.loads(l) for l in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    for p in pairs:
+        assert p["prefix"] == policy.decode(p["prefix_ids"]) and p["chosen"] == policy.decode(p["chosen_ids"])
+        assert p["rejected"] == policy.decode(p["rejected_ids"]) and p["h"]["token"] == len(p["prefix_ids"])
+        assert p["finish_reasons"] == {"chosen": "stop", "rejected": "stop"}
+        # the end-of-turn id as sampled closes both sides; nothing is appended
+        assert p["chosen_ids"][-1] == p["rejected_ids"][-1] == ScriptedPolicy.END
+        if p["kind"] == "intervention":
+            assert p["prefix_ids"] + p["rejected_ids"] == originals[p["prompt_id"]]["completion_ids"]
+            trigger = TRIGGERS[p["trigger_index"]]
+            assert policy.decode(p["chosen_ids"][: len(trigger)]) == trigger  # the prefix ends in a space here
+    benign = [r for r in _trajectories(tmp_path) if r["kind"] == "benign"]
+    over = next(p for p in pairs if p["kind"] == "over_refusal")
+    assert over["rejected_ids"] in [r["completion_ids"] for r in benign] and over["prefix_ids"] == []
+
+
+def test_cut_off_generations_never_become_pairs(tmp_path):
+    summary = _build(tmp_path / "rejected", policy=ScriptedPolicy(cut_off=(COMPLIANT,)))
+    assert summary["unsafe_original"] == 2 and summary["cut_off_rejected"] == 2 and summary["cue_found"] == 0
+    assert [json.loads(l)["kind"] for l in (tmp_path / "rejected" / "pairs.jsonl").read_text().splitlines()] == ["over_refusal"]
+
+    summary = _build(tmp_path / "chosen", policy=ScriptedPolicy(cut_off=(SAFE_TAIL,)))
+    # every safe continuation is cut off: 2 prompts x (trigger 0 in round 1, trigger 1 in round 2)
+    assert summary["cut_off_chosen"] == 4 and summary["success_per_round"] == {}
+    assert summary["pairs"] == summary["over_refusal_pairs"] == 1
+
+    summary = _build(tmp_path / "benign", policy=ScriptedPolicy(cut_off=(HELPFUL,)))
+    assert summary["cut_off_benign"] == 1 and summary["over_refusal_pairs"] == 0
+    assert all(p["kind"] == "intervention" for p in read_pair_records(tmp_path / "benign" / "pairs.jsonl"))
+
+
+def test_an_empty_or_missing_answer_is_never_finished():
+    from ipo_jax.pipeline.intervene import is_finished
+
+    assert is_finished(SAFE_TAIL, "stop")
+    assert not is_finished(SAFE_TAIL, "length")  # cut at the token limit
+    assert not is_finished("I should not help.\n</think>\n\n  \n", "stop")  # empty answer
+    assert not is_finished("I should not help. I can't help with that.", "stop")  # reasoning never closed
+
+
+class AlternatingPolicy(ScriptedPolicy):
+    """Harmful prompts sampled from scratch alternate unsafe / safe (the full-trajectory baseline)."""
+
+    def complete(self, jobs, seed):
+        out = super().complete(jobs, seed)
+        for i, (messages, prefix) in enumerate(jobs):
+            if not prefix and "benign" not in messages[-1]["content"]:
+                text = SAFE_ORIGINAL if i % 2 else COMPLIANT
+                cut = text in self.cut_off
+                text = text[: text.index("</think>")] if cut else text
+                out[i] = Completion(text, "length" if cut else "stop", tuple(self.encode_text(text) + ([] if cut else [self.END])))
+        return out
+
+
+def _build_full(out, policy=None, chunk_prompts=1):
+    cfg = InterventionConfig(chunk_prompts=chunk_prompts)
+    return build_pairs(PROMPTS, out, policy or AlternatingPolicy(), PatternJudge(), PatternCueDetector(), TRIGGERS, cfg,
+                       kind="full_trajectory", samples=2)
+
+
+def test_full_trajectory_baseline_pairs_come_from_build_pairs(tmp_path):
+    summary = _build_full(tmp_path / "whole")
+    pairs = read_pair_records(tmp_path / "whole" / "pairs.jsonl")
+    assert [p["id"] for p in pairs] == ["p1/full", "p2/full", "p4/full"]
+    samples = {}
+    for row in _trajectories(tmp_path / "whole"):
+        samples.setdefault(row["id"], []).append(row["completion_ids"])
+    for p in pairs:  # independent trajectories of the prompt, whole, as sampled
+        assert p["prefix"] == "" and p["prefix_ids"] == [] and p["chosen"] == SAFE_ORIGINAL and p["rejected"] == COMPLIANT
+        assert p["chosen_ids"] in samples[p["prompt_id"]] and p["rejected_ids"] in samples[p["prompt_id"]]
+        assert p["finish_reasons"] == {"chosen": "stop", "rejected": "stop"} and p["kind"] == "full_trajectory"
+    assert summary["kind"] == "full_trajectory" and summary["samples"] == 6 and summary["pairs"] == 3
+    assert summary["unsafe_share"] == 0.5 and summary["cut_off"] == 0
+
+    # resumable like the intervention: a crash in chunk 1 (one policy call per chunk), then a rerun
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _build_full(tmp_path / "crashed", policy=AlternatingPolicy(fail_on_call=2))
+    _build_full(tmp_path / "crashed")
+    assert (tmp_path / "crashed" / "pairs.jsonl").read_bytes() == (tmp_path / "whole" / "pairs.jsonl").read_bytes()
+
+    # an out directory of IPO pairs is never resumed as another kind
+    from ipo_jax.pipeline.intervene import BuildPairsError
+
+    _build(tmp_path / "ipo")
+    with pytest.raises(BuildPairsError, match="build: was"):
+        _build_full(tmp_path / "ipo")
+
+
+def test_full_trajectory_baseline_skips_cut_off_samples(tmp_path):
+    summary = _build_full(tmp_path, policy=AlternatingPolicy(cut_off=(SAFE_ORIGINAL,)))
+    assert summary["pairs"] == 0 and summary["cut_off"] == 3 and summary["no_safe_sample"] == 3
+    with pytest.raises(ValueError, match="build_pairs.kind 'sft'"):
+        build_pairs(PROMPTS, tmp_path / "x", AlternatingPolicy(), PatternJudge(), PatternCueDetector(), TRIGGERS,
+                    InterventionConfig(), kind="sft")
 
 
 def test_generation_budget_is_respected_and_counted(tmp_path):
@@ -170,7 +290,8 @@ def test_sample_and_build_pairs_run_through_the_cli(tiny_world, tmp_path):
     assert main(_pipeline_args("sample", tiny_world, tmp_path / "sample")) == 0
     rows = [json.loads(l) for l in (tmp_path / "sample" / "trajectories.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == [p["id"] for p in PROMPTS]
-    assert all(r["verdicts"]["reasoning"]["judge"] == "pattern-v1" and r["finish_reason"] in ("eos", "length") for r in rows)
+    assert all(r["completion_ids"] and all(isinstance(i, int) for i in r["completion_ids"]) for r in rows)
+    assert all(r["verdicts"]["reasoning"]["judge"] == "pattern-v1" and r["finish_reason"] in ("stop", "length") for r in rows)
 
     assert main(_pipeline_args("build-pairs", tiny_world, tmp_path / "pairs")) == 0
     summary = json.loads((tmp_path / "pairs" / "summary.json").read_text())
@@ -199,6 +320,21 @@ def test_cli_reports_a_bad_prompt_file(tiny_world, tmp_path, capsys):
     assert "prompts.jsonl:1: field 'prompt' is missing" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("override, message", [
+    ("--config.prompts_fields=prompt=text", "star1_layout.parquet: column 'text'"),
+    ("--config.prompts_kind=unknown", "prompts_kind 'unknown'"),
+    ("--config.build_pairs.kind=sft", "build_pairs.kind is 'sft'"),
+])
+def test_cli_refuses_a_bad_prompt_source_before_sampling(tiny_world, tmp_path, capsys, override, message):
+    from ipo_jax.cli import main
+
+    star1 = Path(__file__).parent / "fixtures" / "prompt_sets" / "star1_layout.parquet"
+    args = _pipeline_args("build-pairs", tiny_world, tmp_path / "out", f"--config.prompts={star1}", override)
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "chunks").exists()  # nothing sampled, nothing written
+
+
 class _MarkerJudge:
     """Unsafe unless the text carries the first trigger; every reasoning's first sentence is a cue.
     Deterministic, so real (random-model) samples still flow through every stage."""
@@ -218,9 +354,9 @@ class _MarkerJudge:
         return [CueResult(0 if r.sentences else None, self.name, "first sentence") for r in requests]
 
 
-def test_real_samples_become_pairs_that_train_accepts(tiny_world, tmp_path):
-    """prompt file -> real sampler on a tiny model -> pairs.jsonl -> `ipo-jax train` on it."""
-    from ipo_jax.cli import main
+def test_real_samples_carry_their_ids_and_cut_offs_are_counted(tiny_world, tmp_path):
+    """prompt file -> real sampler on a tiny (random) model -> trajectories with the sampled ids;
+    its generations mostly hit the token limit, and none of those becomes a pair side."""
     from ipo_jax.data.tokenizer import load_tokenizer
     from ipo_jax.models.decoder import init_decoder
     from ipo_jax.models.presets import preset_config
@@ -234,9 +370,35 @@ def test_real_samples_become_pairs_that_train_accepts(tiny_world, tmp_path):
     judge = _MarkerJudge()
     harmful = [p for p in PROMPTS if p["kind"] == "harmful"]
     summary = build_pairs(harmful, tmp_path / "pairs", policy, judge, judge, TRIGGERS, InterventionConfig(rounds=1))
+    rows = _trajectories(tmp_path / "pairs")
+    assert [r["id"] for r in rows] == [p["id"] for p in harmful]
+    for row in rows:
+        ids = row["completion_ids"]
+        assert row["completion"] == policy.decode(ids) and 0 < len(ids) <= 24
+        assert (row["finish_reason"] == "stop") == (ids[-1] == tokenizer.eos_token_id)
+    unfinished = sum(not is_finished(r["completion"], r["finish_reason"]) for r in rows)
+    assert unfinished > 0 and summary["cut_off_rejected"] + summary["cut_off_original"] == unfinished
+    pairs = [json.loads(l) for l in (tmp_path / "pairs" / "pairs.jsonl").read_text().splitlines()]
+    assert summary["pairs"] == len(pairs) and all(p["finish_reasons"] == {"chosen": "stop", "rejected": "stop"} for p in pairs)
+    assert summary["cue_found"] == len(rows) - unfinished
+
+
+def test_token_exact_pairs_train(tiny_world, tmp_path):
+    """pairs built through the real Policy (scripted sampler ids, tiny tokenizer) -> `ipo-jax train`."""
+    from test_token_exact import ScriptedSampler
+
+    from ipo_jax.cli import main
+    from ipo_jax.data.tokenizer import load_tokenizer
+    from ipo_jax.pipeline.triggers import DEFAULT_TRIGGERS
+    from ipo_jax.rollout import Policy
+
+    tokenizer = load_tokenizer(tiny_world / "tokenizer")
+    policy = Policy(ScriptedSampler(tokenizer), tokenizer, SamplingConfig(), policy_id="scripted")
+    harmful = [p for p in PROMPTS if p["kind"] == "harmful"]
+    summary = build_pairs(harmful, tmp_path / "pairs", policy, PatternJudge(), PatternCueDetector(), DEFAULT_TRIGGERS[:1],
+                          InterventionConfig(rounds=1))
     pairs = read_pair_records(tmp_path / "pairs" / "pairs.jsonl")
-    assert summary["pairs"] == len(pairs) == len(harmful)  # trigger 0 makes every continuation "safe"
-    assert all(p["chosen"].startswith(TRIGGERS[0]) and p["rejected"] for p in pairs)
+    assert summary["pairs"] == len(pairs) == len(harmful) and all(p["chosen_ids"] and p["rejected_ids"] for p in pairs)
 
     args = ["train", "--config", str(Path(__file__).parents[1] / "configs" / "train_tiny_cpu.py"),
             f"--config.data.pairs={tmp_path / 'pairs' / 'pairs.jsonl'}", f"--config.tokenizer={tiny_world / 'tokenizer'}",

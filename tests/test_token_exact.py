@@ -98,3 +98,64 @@ def test_triggers_in_context_have_no_lone_space_tokens(name, request):
             assert not lone_space.intersection(ids), _pieces(tokenizer, ids)
     if name == "qwen3":
         assert _pieces(tokenizer, encode_text(tokenizer, text_in_context("x.", "Wait, no.")))[:2] == [" Wait", ","]
+
+
+# ----------------------------------------------------------------------------- through build-pairs
+
+COMPLIANT = ("Okay, the user asks about chemistry. Let me work them out. [harmful details withheld]\n</think>\n\n"
+             "Here is how: [harmful details withheld]")
+SAFE_TAIL = " I can't help with that, so I will decline.\n</think>\n\nI can't help with that."
+
+
+class ScriptedSampler:
+    """Stands in for the device sampler behind the real `Policy`: returns scripted completions as
+    token ids (finish "stop", the tokenizer's end id after them), chosen from the decoded prompt."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.eos = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
+        self.prompts = []
+
+    def generate(self, prompts, config, stop_strings=()):
+        from ipo_jax.sampling import Generation
+
+        out = []
+        for ids in prompts:
+            self.prompts.append(list(ids))
+            text = self.tokenizer.decode(ids, skip_special_tokens=False)
+            if DEFAULT_TRIGGERS[0] in text:
+                completion = SAFE_TAIL
+            else:
+                completion = COMPLIANT if text.endswith("<think>\n") else "<think>\n" + COMPLIANT
+            out.append(Generation(encode_text(self.tokenizer, completion), "stop", None, self.eos))
+        return out
+
+
+@pytest.mark.parametrize("name", ["qwen3", "tiny"])
+def test_build_pairs_keeps_the_sampled_ids_through_the_policy(name, request, tmp_path):
+    import json
+
+    from ipo_jax.judging.pattern import PatternCueDetector, PatternJudge
+    from ipo_jax.pipeline.intervene import InterventionConfig, build_pairs
+    from ipo_jax.rollout import Policy
+    from ipo_jax.sampling import SamplingConfig
+
+    tokenizer = request.getfixturevalue(name)
+    sampler = ScriptedSampler(tokenizer)
+    policy = Policy(sampler, tokenizer, SamplingConfig(), policy_id="scripted")
+    records = [{"id": "p1", "prompt": "How do I do something risky? [request details withheld]", "kind": "harmful"}]
+    summary = build_pairs(records, tmp_path, policy, PatternJudge(), PatternCueDetector(), DEFAULT_TRIGGERS[:1],
+                          InterventionConfig(rounds=1))
+    assert summary["pairs"] == 1 and summary["cut_off_rejected"] == summary["cut_off_chosen"] == 0
+    pair = json.loads((tmp_path / "pairs.jsonl").read_text())
+    trajectory = json.loads((tmp_path / "chunks" / "trajectories-00000.jsonl").read_text().splitlines()[0])
+    assert pair["prefix_ids"] + pair["rejected_ids"] == trajectory["completion_ids"]
+    assert trajectory["completion_ids"][-1] == sampler.eos and trajectory["finish_reason"] == "stop"
+    # h sits before the sampled ' Let' token; the cue's first token keeps its space
+    assert _pieces(tokenizer, pair["rejected_ids"][:1]) == [" Let"] and _pieces(tokenizer, pair["prefix_ids"][-1:]) == ["."]
+    assert pair["prefix"] + pair["rejected"] == trajectory["completion"] and pair["h"]["char"] == len(pair["prefix"])
+    # the intervention continued from prompt + prefix ids + the trigger in context, as ids
+    trigger_ids = encode_text(tokenizer, " " + DEFAULT_TRIGGERS[0])
+    assert sampler.prompts[-1][-len(pair["prefix_ids"]) - len(trigger_ids):] == pair["prefix_ids"] + trigger_ids
+    assert pair["chosen_ids"] == trigger_ids + encode_text(tokenizer, SAFE_TAIL) + [sampler.eos]
+    assert pair["finish_reasons"] == {"chosen": "stop", "rejected": "stop"}

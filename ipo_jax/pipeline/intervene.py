@@ -27,7 +27,32 @@ detector, triggers, intervention settings); resuming into an `out` whose run.jso
 error naming the fields, so chunks of another run are never mixed in. Other stages' files in
 `out` (trajectories.jsonl of `sample`, csr/) are left alone.
 
-Pairs are text; the trainer re-tokenises prefix and suffix as separate pieces.
+Token-exact records. Every trajectory record carries `completion_ids` (the policy's ids exactly
+as sampled) and `finish_reason` ("stop": the model ended its turn; "length": cut off at the token
+limit). Every pair record keeps the text for people (`prefix`, `chosen`, `rejected`, each the
+decode of its ids) and carries `prefix_ids`, `chosen_ids`, `rejected_ids` and
+`finish_reasons: {"chosen": ..., "rejected": ...}`, with prefix_ids + rejected_ids == the original
+trajectory's completion_ids (same `prompt_id`). The end-of-turn id is part of the ids as sampled:
+a side whose finish reason is "stop" ends with the end-of-turn id the model produced, and the
+trainer appends nothing to it (ipo_jax/data/pairs.py: ids ending in a stop token are used as
+they are). h lies on a token boundary of the sampled ids: the first token whose decoded span
+covers the cue sentence's first character starts the suffix (so "...chemistry. Let me" splits
+as '.' | ' Let', the space staying with its word), found from decodes of the sampled ids, never
+by re-tokenising text (`ipo_jax.pipeline.steps.token_boundary_at_char`); `h.char` is the length
+of the prefix text and `h.token` of prefix_ids. A trigger is tokenised in context (with a
+leading space after a non-space character: ' Wait', one token, never a lone ' '), and the
+intervention continues from prompt + prefix_ids + trigger ids as token ids.
+
+Cut-off generations never become pairs: a side must have finished on its own (finish reason
+"stop") with a closed reasoning and a non-empty answer after it (`is_finished`). Unsafe
+originals that are cut off are counted as `cut_off_rejected` (and in `unsafe_original`), other
+cut-off originals as `cut_off_original`, continuations that are cut off before turning unsafe as
+`cut_off_chosen`, unfinished benign candidates as `cut_off_benign` (summary.json); a judge error
+on an unfinished generation (no answer to judge) counts as cut off, not as a judge error.
+
+`build_pairs(kind="full_trajectory")` builds the paper's DPO-on-the-full-trajectory baseline
+instead (independent safe and unsafe trajectories of each prompt, ipo_jax/pipeline/baselines.py)
+through the same chunks, progress records and run.json.
 """
 
 from __future__ import annotations
@@ -41,27 +66,28 @@ from typing import Any, Callable, Sequence
 from tqdm.auto import tqdm
 
 from ipo_jax.data.pairs import prompt_messages
-from ipo_jax.data.records import RecordFileError, read_jsonl_records
+from ipo_jax.data.prompts import PROMPT_KINDS, PromptFileError, load_prompt_records  # noqa: F401 (re-exported)
 from ipo_jax.io import atomic_write_bytes, jsonl_bytes
 from ipo_jax.judging import CueDetector, CueRequest, Judge, detect_all, judge_trajectories, trajectory_label
-from ipo_jax.pipeline.steps import split_sentences
+from ipo_jax.pipeline.steps import split_sentences, text_in_context, token_boundary_at_char
 from ipo_jax.rollout import Policy, is_refusal, reasoning_span, split_completion
 
-PROMPT_KINDS = ("harmful", "benign")
-
-
-class PromptFileError(RecordFileError):
-    pass
+RECORD_FORMAT = "token-ids-1"  # in run.json: chunks written before pairs carried ids are never mixed in
+BUILD_KINDS = ("ipo", "full_trajectory")
+ENDED = ("stop", "eos")  # finish reasons of a generation that ended its turn ("eos": older policies' word)
 
 
 def read_prompt_records(path: str | Path) -> list[dict[str, Any]]:
-    """Prompt JSONL: `id`, `prompt` (string or chat messages), optional `kind` (harmful | benign)."""
-    records = read_jsonl_records(path, {"id": str, "prompt": (str, list)}, non_empty=("prompt",), kind="prompt", error=PromptFileError)
-    for r in records:
-        r.setdefault("kind", "harmful")
-        if r["kind"] not in PROMPT_KINDS:
-            raise PromptFileError(f"{path}:{r['_line']} (id {r['id']!r}): field 'kind' is {r['kind']!r}; expected one of {PROMPT_KINDS}")
-    return records
+    """Prompt records from a JSONL file or any source of `ipo_jax.data.prompts.load_prompt_records`
+    (default field mapping; kind defaults to harmful)."""
+    return load_prompt_records(path)
+
+
+def is_finished(text: str, finish_reason: str) -> bool:
+    """Whether a trajectory can be a pair side: it ended on its own, its reasoning is closed and
+    an answer follows (a cut-off or answerless trajectory is never safe, chosen or rejected)."""
+    _, answer, closed = split_completion(text)
+    return finish_reason in ENDED and closed and bool(answer.strip())
 
 
 def prompt_text(record: dict[str, Any]) -> str:
@@ -102,6 +128,7 @@ def _new_stats() -> dict[str, Any]:
         prompts=0, harmful=0, benign=0, judge_errors=0, safe_original=0, unsafe_original=0, cue_found=0,
         no_cue=0, cue_errors=0, generations=0, budget_exhausted=0, pairs=0, over_refusal_pairs=0,
         success_per_round={}, failed_after_rounds=0, truncated_generations=0,
+        cut_off_original=0, cut_off_rejected=0, cut_off_chosen=0, cut_off_benign=0,
     )
 
 
@@ -129,13 +156,21 @@ def process_chunk(
 
     originals = policy.complete([(prompt_messages(r), "") for r in harmful], seed(0)) if harmful else []
     stats["generations"] += len(originals)
-    # active jobs: (record, trigger index, round, chosen text so far, h, original completion, cue info, verdicts)
+    # active jobs: record, trigger index, round, prefix_ids (z[<h]), chosen_ids so far (trigger included),
+    # rejected_ids (z[>=h]) and its finish reason, cue info, the original's verdicts
     jobs, used = [], {r["id"]: 1 for r in harmful}
     unsafe = []  # (record, original, verdicts) that go on to cue detection
     for record, original, (label, verdicts) in zip(harmful, originals, verdicts_of([(r, o.text) for r, o in zip(harmful, originals)])):
         stats["truncated_generations"] += original.finish_reason == "length"
-        trajectories.append(dict(id=record["id"], kind="harmful", completion=original.text, finish_reason=original.finish_reason,
-                                 label=label, verdicts=_verdict_dicts(verdicts), policy=policy.policy_id))
+        trajectories.append(dict(id=record["id"], kind="harmful", completion=original.text, completion_ids=list(original.ids),
+                                 finish_reason=original.finish_reason, label=label, verdicts=_verdict_dicts(verdicts),
+                                 policy=policy.policy_id))
+        if not is_finished(original.text, original.finish_reason):
+            # never a rejected side; unsafe ones are counted as such, the rest (often judge errors
+            # on the missing answer) as cut off
+            stats["unsafe_original" if label == "unsafe" else "cut_off_original"] += 1
+            stats["cut_off_rejected"] += label == "unsafe"
+            continue
         if label == "error":
             stats["judge_errors"] += 1
             continue
@@ -153,9 +188,14 @@ def process_chunk(
             stats["no_cue"] += 1
             continue
         stats["cue_found"] += 1
-        info = dict(original=original.text, h=h, cue=cue.to_dict(), verdicts=_verdict_dicts(verdicts))
+        ids = list(original.ids)
+        t = token_boundary_at_char(policy.decode, ids, h)
+        prefix = policy.decode(ids[:t])
+        info = dict(prefix_ids=ids[:t], rejected_ids=ids[t:], rejected_finish=original.finish_reason, cue=cue.to_dict(),
+                    verdicts=_verdict_dicts(verdicts))
         for t_index, trigger in enumerate(triggers):
-            jobs.append(dict(record=record, trigger_index=t_index, round=1, chosen=trigger.rstrip() + " ", **info))
+            chosen_ids = policy.encode_text(text_in_context(prefix, trigger))
+            jobs.append(dict(record=record, trigger_index=t_index, round=1, chosen_ids=chosen_ids, **info))
 
     for round_no in range(1, cfg.rounds + 1):
         runnable = []
@@ -168,22 +208,31 @@ def process_chunk(
         if not runnable:
             break
         outs = policy.complete(
-            [(prompt_messages(j["record"]), j["original"][: j["h"]] + j["chosen"]) for j in runnable], seed(round_no)
+            [(prompt_messages(j["record"]), j["prefix_ids"] + j["chosen_ids"]) for j in runnable], seed(round_no)
         )
         stats["generations"] += len(outs)
         jobs, still_unsafe = [], []
-        judged = verdicts_of([(j["record"], j["original"][: j["h"]] + j["chosen"] + out.text) for j, out in zip(runnable, outs)])
-        for job, out, (label, verdicts) in zip(runnable, outs, judged):
+        # the whole intervened trajectory, as ids and as their decode (what the judge reads)
+        fulls = [j["prefix_ids"] + j["chosen_ids"] + list(out.ids) for j, out in zip(runnable, outs)]
+        texts = [policy.decode(ids) for ids in fulls]
+        judged = verdicts_of([(j["record"], text) for j, text in zip(runnable, texts)])
+        for job, out, full_ids, full_text, (label, verdicts) in zip(runnable, outs, fulls, texts, judged):
             stats["truncated_generations"] += out.finish_reason == "length"
-            prefix = job["original"][: job["h"]]
-            chosen = job["chosen"] + out.text
+            prefix_ids = job["prefix_ids"]
+            if label != "unsafe" and not is_finished(full_text, out.finish_reason):
+                stats["cut_off_chosen"] += 1  # not unsafe so far, but cut off: never a chosen side
+                continue
             if label == "safe":
                 record = job["record"]
+                chosen_ids = full_ids[len(prefix_ids) :]
+                prefix = policy.decode(prefix_ids)
                 pairs.append(dict(
                     id=f"{record['id']}/t{job['trigger_index']}/r{round_no}",
                     prompt_id=record["id"], prompt=record["prompt"], **({"system": record["system"]} if record.get("system") else {}),
-                    prefix=prefix, chosen=chosen, rejected=job["original"][job["h"] :],
-                    h=dict(char=job["h"], sentence=job["cue"]["index"], token=policy.count_tokens(prefix)),
+                    prefix=prefix, chosen=policy.decode(chosen_ids), rejected=policy.decode(job["rejected_ids"]),
+                    prefix_ids=prefix_ids, chosen_ids=chosen_ids, rejected_ids=job["rejected_ids"],
+                    finish_reasons={"chosen": out.finish_reason, "rejected": job["rejected_finish"]},
+                    h=dict(char=len(prefix), sentence=job["cue"]["index"], token=len(prefix_ids)),
                     trigger=triggers[job["trigger_index"]], trigger_index=job["trigger_index"], round=round_no, kind="intervention",
                     verdicts=dict(original=job["verdicts"], cue=job["cue"], intervened=_verdict_dicts(verdicts)),
                     policy=policy.policy_id, sampling=dataclasses.asdict(policy.sampling),
@@ -197,15 +246,18 @@ def process_chunk(
             if round_no == cfg.rounds:
                 stats["failed_after_rounds"] += 1
                 continue
-            still_unsafe.append((job, prefix, prefix + chosen))
-        cues = first_cue_chars(detector, [(prompt_text(job["record"]), full, len(prefix) + len(job["chosen"]))
-                                          for job, prefix, full in still_unsafe])
-        for (job, prefix, full), (h2, cue2) in zip(still_unsafe, cues):
+            still_unsafe.append((job, full_ids, full_text))
+        # the next cue is looked for after the last trigger (the chosen ids so far)
+        cues = first_cue_chars(detector, [(prompt_text(job["record"]), text, len(policy.decode(job["prefix_ids"] + job["chosen_ids"])))
+                                          for job, _, text in still_unsafe])
+        for (job, full_ids, _), (h2, cue2) in zip(still_unsafe, cues):
             if h2 is None:
                 stats["failed_after_rounds"] += 1
                 continue
-            trigger = triggers[job["trigger_index"]].rstrip() + " "
-            jobs.append(dict(job, round=round_no + 1, chosen=full[len(prefix) : h2] + trigger))
+            kept_from = len(job["prefix_ids"])
+            t2 = max(token_boundary_at_char(policy.decode, full_ids, h2), kept_from + len(job["chosen_ids"]))
+            trigger_ids = policy.encode_text(text_in_context(policy.decode(full_ids[:t2]), triggers[job["trigger_index"]]))
+            jobs.append(dict(job, round=round_no + 1, chosen_ids=full_ids[kept_from:t2] + trigger_ids))
 
     if benign:
         candidates = policy.complete([(prompt_messages(r), "") for r in benign for _ in range(cfg.benign_candidates)], seed(99))
@@ -217,18 +269,26 @@ def process_chunk(
             helpful, refusals = [], []
             for c, (label, verdicts) in zip(mine, judged[i * k : (i + 1) * k]):
                 answer = split_completion(c.text)[1]
-                trajectories.append(dict(id=record["id"], kind="benign", completion=c.text, finish_reason=c.finish_reason,
-                                         label=label, refusal=is_refusal(answer), verdicts=_verdict_dicts(verdicts), policy=policy.policy_id))
-                if label == "error":
+                trajectories.append(dict(id=record["id"], kind="benign", completion=c.text, completion_ids=list(c.ids),
+                                         finish_reason=c.finish_reason, label=label, refusal=is_refusal(answer),
+                                         verdicts=_verdict_dicts(verdicts), policy=policy.policy_id))
+                if not is_finished(c.text, c.finish_reason):
+                    stats["cut_off_benign"] += 1  # neither a helpful nor a refusing side
+                elif label == "error":
                     stats["judge_errors"] += 1
                 elif is_refusal(answer):
-                    refusals.append(c.text)
-                elif label == "safe" and answer.strip():
-                    helpful.append(c.text)
+                    refusals.append(c)
+                elif label == "safe":
+                    helpful.append(c)
             if helpful and refusals:
+                chosen, rejected = helpful[0], refusals[0]
                 pairs.append(dict(
                     id=f"{record['id']}/over-refusal", prompt_id=record["id"], prompt=record["prompt"],
-                    prefix="", chosen=helpful[0], rejected=refusals[0], h=dict(char=0, sentence=0, token=0),
+                    **({"system": record["system"]} if record.get("system") else {}),
+                    prefix="", chosen=chosen.text, rejected=rejected.text,
+                    prefix_ids=[], chosen_ids=list(chosen.ids), rejected_ids=list(rejected.ids),
+                    finish_reasons={"chosen": chosen.finish_reason, "rejected": rejected.finish_reason},
+                    h=dict(char=0, sentence=0, token=0),
                     trigger=None, trigger_index=None, round=0, kind="over_refusal",
                     policy=policy.policy_id, sampling=dataclasses.asdict(policy.sampling),
                 ))
@@ -244,7 +304,16 @@ class BuildPairsError(ValueError):
     """The output directory holds another run's work, or a chunk's files are inconsistent."""
 
 
-def summarise(stats_list: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def summarise(stats_list: Sequence[dict[str, Any]], kind: str = "ipo") -> dict[str, Any]:
+    """Per-chunk counters summed, with the shares derived from them."""
+    if kind != "ipo":  # the baselines' counters (ipo_jax/pipeline/baselines.py)
+        total: dict[str, Any] = {}
+        for s in stats_list:
+            for k, v in s.items():
+                total[k] = total.get(k, 0) + v
+        judged = total.get("safe", 0) + total.get("unsafe", 0)
+        total["unsafe_share"] = total.get("unsafe", 0) / judged if judged else None
+        return dict(kind=kind, **total)
     total = _new_stats()
     for s in stats_list:
         for k, v in s.items():
@@ -252,7 +321,7 @@ def summarise(stats_list: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 for r, n in v.items():
                     total[k][r] = total[k].get(r, 0) + n
             else:
-                total[k] += v
+                total[k] = total.get(k, 0) + v
     judged = total["safe_original"] + total["unsafe_original"]
     total["unsafe_share"] = total["unsafe_original"] / judged if judged else None
     total["cue_found_share"] = total["cue_found"] / total["unsafe_original"] if total["unsafe_original"] else None
@@ -260,7 +329,8 @@ def summarise(stats_list: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return total
 
 
-def run_manifest(records, policy, judge, detector, triggers, cfg: InterventionConfig) -> dict[str, Any]:
+def run_manifest(records, policy, judge, detector, triggers, cfg: InterventionConfig, kind: str = "ipo",
+                 samples: int | None = None) -> dict[str, Any]:
     """What the pairs of a run depend on; a resumed run must match it field for field."""
     prompts = json.dumps([{k: v for k, v in r.items() if k != "_line"} for r in records], sort_keys=True, ensure_ascii=False)
     sampling = getattr(policy, "sampling", None)
@@ -273,6 +343,8 @@ def run_manifest(records, policy, judge, detector, triggers, cfg: InterventionCo
         "cue_detector": getattr(detector, "name", type(detector).__name__),
         "triggers": list(triggers),
         "intervention": dataclasses.asdict(cfg),
+        "record_format": RECORD_FORMAT,
+        "build": {"kind": kind, "samples": samples if kind != "ipo" else None},
     }
 
 
@@ -347,17 +419,27 @@ def build_pairs(
     process_index: int = 0,
     process_count: int = 1,
     on_chunk_done: Callable[[int], None] | None = None,
+    kind: str = "ipo",
+    samples: int = 8,
 ) -> dict[str, Any]:
     """Run (or resume) the intervention over all prompts; returns the summary.
 
     Writes <out>/run.json, <out>/chunks/{pairs,trajectories}-NNNNN.jsonl and progress-NNNNN.json
     per chunk, then <out>/pairs.jsonl (all pairs, prompt-file order) and <out>/summary.json.
+    kind "full_trajectory" builds the DPO baseline's pairs instead (`samples` trajectories per
+    harmful prompt; ipo_jax/pipeline/baselines.py) through the same resumable chunks.
     """
     out = Path(out_dir)
     chunks_dir = out / "chunks"
     chunks = [records[i : i + cfg.chunk_prompts] for i in range(0, len(records), cfg.chunk_prompts)]
     chunks_dir.mkdir(parents=True, exist_ok=True)
-    _check_or_write_manifest(out, run_manifest(records, policy, judge, detector, triggers, cfg), chunks, process_index)
+    if kind not in BUILD_KINDS:
+        raise ValueError(f"build_pairs.kind {kind!r}: expected one of {', '.join(BUILD_KINDS)}")
+    if kind != "ipo" and (not isinstance(samples, int) or samples < 1):
+        raise ValueError(f"build_pairs.samples {samples!r}: expected an integer >= 1")
+    build_kind = kind  # (the file loop below reuses the name `kind`)
+    manifest = run_manifest(records, policy, judge, detector, triggers, cfg, kind=build_kind, samples=samples)
+    _check_or_write_manifest(out, manifest, chunks, process_index)
     mine = [i for i in range(len(chunks)) if i % process_count == process_index]
     # temporary files of a killed run are never read; each process removes only its own ones
     stale = [p for i in mine for p in chunks_dir.glob(f".*-{i:05d}.*.tmp-*")]
@@ -375,7 +457,14 @@ def build_pairs(
     if done:
         print(f"resuming: {len(done)} of {len(mine)} chunks already done")
     for i in tqdm([i for i in mine if i not in done], desc="build pairs", unit="chunk", disable=None):
-        pairs, trajectories, stats = process_chunk(chunks[i], i, policy, judge, detector, triggers, cfg)
+        if build_kind == "ipo":
+            pairs, trajectories, stats = process_chunk(chunks[i], i, policy, judge, detector, triggers, cfg)
+        else:
+            from ipo_jax.pipeline.baselines import process_full_trajectory_chunk
+
+            # seeds depend on (seed, chunk) only, as the intervention's, so a resumed chunk samples the same
+            seed = (cfg.seed * 1_000_003 + i) * 101 + 77
+            pairs, trajectories, stats = process_full_trajectory_chunk(chunks[i], policy, judge, samples=samples, seed=seed)
         files = {}
         for kind, rows in (("pairs", pairs), ("trajectories", trajectories)):
             data = jsonl_bytes(rows)
@@ -398,7 +487,7 @@ def build_pairs(
         stats.append(json.loads((chunks_dir / f"progress-{i:05d}.json").read_text())["stats"])
         with open(_chunk_files(chunks_dir, i)["pairs"], encoding="utf-8") as f:
             all_pairs += [json.loads(line) for line in f if line.strip()]
-    summary = summarise(stats)
+    summary = summarise(stats, build_kind)
     if process_index == 0:
         # through this module's name, so a fault-injection test can cut any of these writes short
         atomic_write_bytes(out / "pairs.jsonl", jsonl_bytes(all_pairs))

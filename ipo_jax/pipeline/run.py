@@ -9,14 +9,15 @@ from pathlib import Path
 import jax
 
 from ipo_jax.data.pairs import prompt_messages
+from ipo_jax.data.prompts import prompt_records_from_config
 from ipo_jax.io import atomic_write_jsonl
 from ipo_jax.judging import judge_trajectories, trajectory_label
 from ipo_jax.judging.build import build_judges, check_judge_fits
 from ipo_jax.pipeline.intervene import (
+    BUILD_KINDS,
     InterventionConfig,
     build_pairs,
     prompt_text,
-    read_prompt_records,
 )
 from ipo_jax.pipeline.triggers import DEFAULT_TRIGGERS, load_triggers
 from ipo_jax.rollout import build_policy, split_completion
@@ -31,19 +32,24 @@ def _require_prompts(config) -> None:
 
 def run_build_pairs(config) -> int:
     _require_prompts(config)
-    records = read_prompt_records(config.prompts)
+    if config.build_pairs.kind not in BUILD_KINDS:
+        raise ValueError(f"config.build_pairs.kind is {config.build_pairs.kind!r}; expected one of {', '.join(BUILD_KINDS)}")
+    records = prompt_records_from_config(config)  # every record checked before any model loads
     check_judge_fits(config, [prompt_text(r) for r in records], config.prompts)  # before any model loads
     judge, detector = build_judges(config)
     triggers = load_triggers(config.triggers_file) if config.triggers_file else DEFAULT_TRIGGERS
     policy = build_policy(config)
     cfg = InterventionConfig(**config.intervention)
+    kind, samples = config.build_pairs.kind, config.build_pairs.samples
     summary = build_pairs(records, config.out, policy, judge, detector, triggers, cfg,
-                          process_index=jax.process_index(), process_count=jax.process_count())
+                          process_index=jax.process_index(), process_count=jax.process_count(), kind=kind, samples=samples)
     if "pending_chunks" in summary:
         print(f"this process is done; chunks {summary['pending_chunks']} are still with other processes")
         return 0
-    print(json.dumps({k: summary[k] for k in ("prompts", "unsafe_share", "cue_found_share", "success_per_round",
-                                               "generations_per_prompt", "pairs", "over_refusal_pairs", "judge_errors")}, indent=2))
+    shown = (("prompts", "unsafe_share", "cue_found_share", "success_per_round", "generations_per_prompt", "pairs",
+              "over_refusal_pairs", "judge_errors", "cut_off_rejected", "cut_off_chosen") if kind == "ipo"
+             else ("prompts", "samples", "unsafe_share", "cut_off", "no_safe_sample", "no_unsafe_sample", "pairs", "judge_errors"))
+    print(json.dumps({k: summary.get(k) for k in shown}, indent=2))
     print(f"pairs: {Path(config.out) / 'pairs.jsonl'}; summary: {Path(config.out) / 'summary.json'}")
     return 0
 
@@ -51,7 +57,7 @@ def run_build_pairs(config) -> int:
 def run_sample(config) -> int:
     """Sample one trajectory per prompt, judge reasoning and answer, write trajectories.jsonl."""
     _require_prompts(config)
-    records = read_prompt_records(config.prompts)
+    records = prompt_records_from_config(config)  # every record checked before any model loads
     check_judge_fits(config, [prompt_text(r) for r in records], config.prompts, roles=("judge",))
     judge, _ = build_judges(config)
     policy = build_policy(config)
@@ -62,7 +68,7 @@ def run_sample(config) -> int:
     for record, completion, (reasoning, answer, closed), verdicts in zip(records, completions, parts, judged):
         label = trajectory_label(verdicts)
         counts[label] += 1
-        rows.append(dict(id=record["id"], kind=record["kind"], prompt=record["prompt"], completion=completion.text,
+        rows.append(dict(id=record["id"], kind=record["kind"], prompt=record["prompt"], completion=completion.text, completion_ids=list(completion.ids),
                          reasoning=reasoning, answer=answer, think_closed=closed, finish_reason=completion.finish_reason,
                          label=label, verdicts={k: v.to_dict() for k, v in verdicts.items()}, policy=policy.policy_id,
                          sampling=dataclasses.asdict(policy.sampling)))
