@@ -1,0 +1,128 @@
+"""`ipo-jax plan` (ipo_jax/train/plan.py): the real train step compiled from abstract arrays for a
+topology, its per-device memory, the fit verdict and exit code, the suggested change, and the
+layer extrapolation against a full-depth compile. Tiny preset, 2 simulated devices."""
+
+import re
+import shlex
+
+import jax
+import pytest
+
+from ipo_jax.cli import main, parse_config
+from ipo_jax.train import plan
+
+GIB = 1024**3
+# Activation-heavy for its size (256-token rows, 2 per device), so remat and rows move the peak.
+TINY = ["--config", "configs/train_tiny_cpu.py", "--config.data.pairs_per_micro=4", "--config.data.micro_batches=2"]
+TOPOLOGY = "2xa100-80"
+EXTRAPOLATION_TOLERANCE = 0.05  # relative error of the extrapolated peak (tools/check_plan_extrapolation.py for 8B)
+
+needs_devices = pytest.mark.skipif(len(jax.devices()) < 2, reason="needs 2 (simulated) devices")
+
+
+def _peak_gib(out: str) -> float:
+    return float(re.search(r"peak ([\d.]+) GiB", out).group(1))
+
+
+def test_topologies():
+    v5p = plan.parse_topology("v5p-8")
+    assert (v5p.kind, v5p.devices, v5p.device_gib, v5p.tpu_topology) == ("tpu", 4, 95.0, "v5p:2x2x1")
+    assert plan.parse_topology("V5P-256").devices == 128
+    h100, h200, a100 = (plan.parse_topology(n) for n in ("8xh100", "8xh200", "16xa100-80"))
+    assert (h100.devices, h200.devices, a100.devices) == (8, 8, 16)
+    assert 79 < h100.device_gib < 80.1 and 140 < h200.device_gib < 141 and a100.device_gib == 80
+    for bad in ("v5p-12", "v5e-8", "0xh100", "8xh100s", ""):
+        with pytest.raises(plan.PlanError, match="known topologies: v5p-8, v5p-16"):
+            plan.parse_topology(bad)
+
+
+def test_paper_model_shapes_come_from_presets_when_the_checkpoint_is_absent():
+    config = parse_config(["--config", "configs/train_qwen3_8b.py", "--config.model.init=hf:/nonexistent/Qwen3-8B"], "train")
+    cfg = plan.model_config_for(config)
+    assert (cfg.num_layers, cfg.hidden_size, cfg.param_dtype, cfg.dtype) == (36, 4096, config.model.param_dtype, "bfloat16")
+    config = parse_config([*TINY, "--config.model.init=hf:/nonexistent/no-such-model"], "train")
+    with pytest.raises(plan.PlanError, match="no preset is named 'no-such-model'"):
+        plan.model_config_for(config)
+
+
+def test_unknown_topology_and_bad_flags_are_one_line_exit_2(capsys):
+    assert main(["plan", *TINY, "--topology", "v9x-3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown topology 'v9x-3'" in err
+    assert "v5p-8" in err and "8xh100" in err and "8xh200" in err and "a100-80" in err
+    assert main(["plan", *TINY, "--topology", TOPOLOGY, "--layers", "4"]) == 2
+    assert "--layers '4'" in capsys.readouterr().err
+    assert main(["plan", *TINY, "--topology", TOPOLOGY, "--headroom", "1.5"]) == 2
+    assert main(["plan", *TINY, "--topology", TOPOLOGY, "--config.data.no_such_field=1"]) == 2
+    assert main(["plan", *TINY]) == 2  # --topology is required
+    assert "--topology" in capsys.readouterr().err
+
+
+def test_a_topology_larger_than_the_started_backend_is_a_clear_error(capsys):
+    # the test process's backend started with a fixed CPU device count; v5p-256 needs 128
+    assert main(["plan", *TINY, "--topology", "v5p-256"]) == 2
+    err = capsys.readouterr().err
+    assert "128 CPU devices" in err and "fresh process" in err
+
+
+@needs_devices
+def test_plan_fits_then_a_tight_budget_gets_a_smaller_change_that_fits(capsys):
+    assert main(["plan", *TINY, "--topology", TOPOLOGY]) == 0
+    out = capsys.readouterr().out
+    assert "fits (" in out and "100% headroom" in out and "simulated with CPU devices" in out
+    config = parse_config(TINY, "train")
+    base = plan.measure(config, plan.parse_topology(TOPOLOGY)).memory  # the same compile (cached)
+    assert base.arguments > 0 and base.temps > 0 and abs(_peak_gib(out) - base.peak / GIB) < 0.01
+    # the float32 train state (params + 2 moments) split over 2 devices is among the arguments
+    params = plan.model_config_for(config).num_params()
+    assert base.arguments >= 3 * 4 * params / 2
+
+    budget = base.peak / GIB / 0.95  # 5% headroom: under the 10% kept free
+    assert main(["plan", *TINY, "--topology", TOPOLOGY, "--device-memory", repr(budget)]) == 3
+    out = capsys.readouterr().out
+    assert "does not fit" in out and "5% headroom, under the 10% kept free" in out
+    flags = shlex.split(re.search(r"smallest change that fits: (.*)", out).group(1))
+    assert flags and all(f.startswith("--config.") for f in flags)
+    # the change really is smaller: planned again from its flags, it fits the same budget
+    assert main(["plan", *TINY, *flags, "--topology", TOPOLOGY, "--device-memory", repr(budget)]) == 0
+    out = capsys.readouterr().out
+    assert "fits (" in out
+    changed = plan.measure(parse_config([*TINY, *flags], "train"), plan.parse_topology(TOPOLOGY)).memory
+    assert changed.peak <= 0.9 * budget * GIB < base.peak
+    # pairs per update are kept whatever the change
+    changed_config = parse_config([*TINY, *flags], "train")
+    assert changed_config.data.pairs_per_micro * changed_config.data.micro_batches == 8
+
+
+def test_candidate_changes_keep_pairs_per_update_and_the_mesh_legal():
+    config = parse_config(["--config", "configs/train_r1_distill_llama_8b.py", "--config.model.remat=none",
+                           "--config.data.pairs_per_micro=16", "--config.data.micro_batches=2"], "train")
+    topology = plan.parse_topology("8xh100")
+    candidates = list(plan.candidate_changes(config, topology))
+    # cheapest first: remat, then rows per micro-batch (16 -> 8: one per device), then tensor, then length
+    assert candidates[0] == {"model.remat": "dots_saveable"} and candidates[1] == {"model.remat": "full"}
+    assert candidates[2] == {"model.remat": "full", "data.pairs_per_micro": 8, "data.micro_batches": 4}
+    for changes in candidates:
+        c = plan.with_overrides(config, changes)
+        assert c.data.pairs_per_micro * c.data.micro_batches == 32
+        parts = topology.devices // c.mesh.tensor
+        assert c.data.pairs_per_micro % parts == 0  # prefix-shared rows split over the batch axes
+    tensors = [c.get("mesh.tensor", 1) for c in candidates]
+    assert tensors == sorted(tensors) and max(tensors) == 8
+    lengths = [c.get("data.max_length", 8192) for c in candidates]
+    assert lengths == sorted(lengths, reverse=True) and min(lengths) == plan.SHORTEST_SUGGESTED_LENGTH
+    assert config.data.max_length == 8192  # with_overrides copies
+
+
+@needs_devices
+def test_layer_extrapolation_agrees_with_a_full_depth_compile(monkeypatch):
+    config = parse_config(TINY, "train")
+    six_layers = plan.model_config_for(config).replace(num_layers=6)
+    monkeypatch.setattr(plan, "model_config_for", lambda c: six_layers)
+    topology = plan.parse_topology(TOPOLOGY)
+    full = plan.measure(config, topology)
+    extrapolated = plan.measure(config, topology, layers=(2, 4))
+    assert full.method == "full depth" and extrapolated.method == "extrapolated from 2 and 4 layers"
+    # the train state is exactly linear in the layer count
+    assert extrapolated.memory.arguments == pytest.approx(full.memory.arguments, rel=1e-3)
+    assert extrapolated.memory.peak == pytest.approx(full.memory.peak, rel=EXTRAPOLATION_TOLERANCE)
