@@ -476,6 +476,13 @@ def test_prompts_and_few_shot_examples_from_files(tmp_path):
                         few_shot_file=str(few_shot))
     judge, detector = build_judges(config)
     assert judge.prompts == prompts and detector.prompts == prompts
+    # a run's record of the judge changes with its prompts (so a resumed run can tell), not with the key
+    default = LLMJudge(judge.chat).settings()
+    assert judge.settings()["prompts_sha256"] != default["prompts_sha256"]
+    assert detector.settings()["prompts_sha256"] != LLMCueDetector(judge.chat).settings()["prompts_sha256"]
+    assert judge.settings()["chat"] == default["chat"] == dict(backend="http", url="http://127.0.0.1:1/v1/chat/completions",
+                                                               model="m", max_tokens=1024, extra_body={})
+    assert PatternJudge().settings() != PatternJudge(refusal_patterns=["no"]).settings()
 
 
 @pytest.mark.parametrize("kind, content, message", [
@@ -644,7 +651,8 @@ class FixedPolicy:
 
     def complete(self, jobs, seed):
         self.calls += 1
-        return [Completion(self.texts[i % len(self.texts)], "stop") for i in range(len(jobs))]
+        texts = [self.texts[i % len(self.texts)] for i in range(len(jobs))]
+        return [Completion(text, "stop", tuple(map(ord, text)) + (0,)) for text in texts]  # one id per character
 
 
 COMPLY = "The user asks. Let me work them out. " + HARMFUL + "\n</think>\n\nHere is how: " + HARMFUL

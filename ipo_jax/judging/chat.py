@@ -437,6 +437,11 @@ class HttpChat:
                                 thread_name_prefix=type(self).__name__) as pool:
             return list(pool.map(self.complete_one, conversations))
 
+    def settings(self) -> dict[str, Any]:
+        """What the replies depend on (no key, no credentials): for a run's record."""
+        return dict(backend="http", url=self.endpoint, model=self.model, max_tokens=self.max_tokens,
+                    extra_body=self.extra_body)
+
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, url={self.endpoint!r}, model={self.model!r}, "
                 f"concurrency={self.concurrency})")
@@ -532,6 +537,11 @@ class LocalChat:
             else:
                 out[i] = Reply(THINK_OPEN + text if opened[i] else text, None, finish)
         return out
+
+    def settings(self) -> dict[str, Any]:
+        """What the replies depend on: for a run's record."""
+        return dict(backend="llm", name=self.name, max_tokens=self.sampling.max_new_tokens,
+                    answer_directly=self.answer_directly, template_kwargs=self.template_kwargs)
 
     def __repr__(self) -> str:
         return f"LocalChat(name={self.name!r}, max_tokens={self.sampling.max_new_tokens})"

@@ -11,9 +11,9 @@ BACKENDS = ("pattern", "llm", "http")
 def add_judge_sections(c: ml_collections.ConfigDict, *, detector: bool = True) -> ml_collections.ConfigDict:
     """Add the ``judge`` (and, with `detector`, the ``detector``) section to `c`; returns `c`."""
     c.judge = ml_collections.ConfigDict()
-    # pattern: the demo world's offline lexicon judge (refused on prompts without the demo marker);
-    # llm: a local checkpoint through our sampler; http: an OpenAI-compatible endpoint (e.g. vLLM)
-    c.judge.backend = "pattern"
+    # pattern: the demo world's offline judge (refused on prompts without its marker), llm: a local
+    # checkpoint through our sampler, http: an OpenAI-compatible endpoint (e.g. vLLM)
+    c.judge.backend = "pattern"  # pattern (the demo world's), llm (a local checkpoint) or http (an OpenAI-compatible endpoint)
     c.judge.patterns_file = ""  # pattern: JSON with pattern lists overriding the defaults
     c.judge.model = ""  # llm: 'hf:<dir>' / 'orbax:<dir>' / 'preset:<name>'; http: the served model's name
     c.judge.tokenizer = ""  # llm: tokenizer directory ('' = the HF model directory)

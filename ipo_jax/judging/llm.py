@@ -17,6 +17,9 @@ an empty sentence list (no cue).  Scores are hard: 1.0 unsafe, 0.0 safe.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +30,14 @@ from ipo_jax.judging.records import CueRequest, CueResult, JudgeRequest, Verdict
 
 def _note(reply: Reply) -> str:
     return " (cut at max_tokens)" if reply.finish_reason == "length" else ""
+
+
+def _settings(name: str, chat: ChatBackend, prompts: JudgePrompts, kinds: Sequence[str]) -> dict[str, Any]:
+    """Name, the chat backend's settings and a sha256 of the prompts and examples of `kinds`."""
+    used = {k: v for k, v in dataclasses.asdict(prompts).items() if k.split("_")[0] in kinds}
+    digest = hashlib.sha256(json.dumps(used, sort_keys=True).encode("utf-8")).hexdigest()
+    chat_settings = chat.settings() if callable(getattr(chat, "settings", None)) else {"name": getattr(chat, "name", "")}
+    return dict(name=name, chat=chat_settings, prompts_sha256=digest)
 
 
 def _replies(chat: ChatBackend, conversations: list[list[dict[str, str]]]) -> list[Reply]:
@@ -77,6 +88,10 @@ class LLMJudge:
             out[i] = self._verdict(reply)
         return out  # type: ignore[return-value]
 
+    def settings(self) -> dict[str, Any]:
+        """What the verdicts depend on (for a run's record): name, chat settings, prompts hash."""
+        return _settings(self.name, self.chat, self.prompts, ("reasoning", "answer"))
+
     def __repr__(self) -> str:
         return f"LLMJudge(name={self.name!r}, chat={self.chat!r})"
 
@@ -118,6 +133,10 @@ class LLMCueDetector:
     def first_cue(self, prompt: str, sentences: Sequence[Any]) -> CueResult:
         """One request (convenience)."""
         return self.detect([CueRequest(prompt, tuple(sentences))])[0]
+
+    def settings(self) -> dict[str, Any]:
+        """What the results depend on (for a run's record): name, chat settings, prompts hash."""
+        return _settings(self.name, self.chat, self.prompts, ("cue",))
 
     def __repr__(self) -> str:
         return f"LLMCueDetector(name={self.name!r}, chat={self.chat!r})"

@@ -190,6 +190,11 @@ class _PatternLexicon:
         prompt = normalise_quotes(prompt)
         return any(p.search(prompt) for p in self.risky_prompt)
 
+    def settings(self) -> dict[str, Any]:
+        """What the verdicts depend on (the name and every pattern list): for a run's record."""
+        lists = {key: [p.pattern for p in getattr(self, key.removesuffix("_patterns"))] for key in PATTERN_KEYS}
+        return dict(backend="pattern", name=self.name, **lists)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 
