@@ -178,7 +178,6 @@ _MODEL = {
     "model.init": model_spec,
     "model.param_dtype": one_of(*DTYPES),
     "model.dtype": one_of(*DTYPES),
-    "model.remat": one_of(*REMAT_POLICIES),
 }
 if hasattr(model_config, "ATTENTION_KINDS"):  # the kernels the model offers, from their owner
     _MODEL["model.attention"] = one_of(*model_config.ATTENTION_KINDS)
@@ -204,6 +203,7 @@ _JUDGE = {
 RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {
     "train": {
         **_MODEL, **_MESH,
+        "model.remat": one_of(*REMAT_POLICIES),
         "tokenizer": tokenizer_source,
         "tiny_tokenizer_vocab": int_at_least(1),
         "data.pairs": non_empty_string,  # the files themselves: read (and checked) before anything is written

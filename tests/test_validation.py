@@ -83,3 +83,77 @@ def test_good_records_keep_their_line_numbers(tmp_path):
     path = _write(tmp_path / "p.jsonl", [{"id": "a", "prompt": "hi"}, b"", {"id": "b", "prompt": [{"role": "user", "content": "yo"}]}])
     records = read_jsonl_records(path, {"id": str, "prompt": (str, list)})
     assert [(r["id"], r["_line"]) for r in records] == [("a", 1), ("b", 3)]
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def _config(stage):
+    from ipo_jax.cli import _base_config
+
+    return _base_config(stage)
+
+
+# fields other helpers are adding at the same time; their rules wait for them
+PENDING_FIELDS = {"loss.nll_norm", "optim.moment_dtype", "model.attention", "detector.backend"}
+
+
+@pytest.mark.parametrize("stage", ["train", "sample", "build-pairs", "csr", "eval", "demo"])
+def test_every_rule_names_a_field_of_the_stage(stage):
+    """A typo in a rule's field name would silently check nothing."""
+    from ipo_jax.validation import RULES, _MISSING, _get
+
+    missing = {name for name in RULES[stage] if _get(_config(stage), name) is _MISSING}
+    assert missing <= PENDING_FIELDS, missing
+
+
+@pytest.mark.parametrize("override, value, expected", [
+    ("train.max_steps", -5, "config.train.max_steps is -5; expected an integer >= 0"),
+    ("train.save_every", 0, "config.train.save_every is 0; expected an integer >= 1"),
+    ("data.pairs_per_micro", 0, "config.data.pairs_per_micro is 0; expected an integer >= 1"),
+    ("loss.alpha", float("nan"), "config.loss.alpha is nan; expected a finite number"),
+    ("loss.label_smoothing", 0.5, "config.loss.label_smoothing is 0.5; expected a finite number in [0, 0.5)"),
+    ("optim.end_lr_ratio", 1.5, "config.optim.end_lr_ratio is 1.5; expected a finite number in [0, 1]"),
+    ("data.layout", "sideways", "config.data.layout is 'sideways'; expected one of 'duplicated', 'prefix_shared'"),
+    ("data.mask_from", "everything", "config.data.mask_from is 'everything'; expected one of 'cue', 'reasoning'"),
+    ("model.remat", "some", "config.model.remat is 'some'; expected one of 'none', 'full', 'dots_saveable'"),
+    ("data.buckets", (128, 0), "config.data.buckets is (128, 0); expected a tuple of positive integers"),
+    ("mesh.tensor", -2, "config.mesh.tensor is -2; expected an integer >= 1, or -1"),
+    ("train.peak_flops_per_device", float("inf"), "config.train.peak_flops_per_device is inf; expected a finite number"),
+])
+def test_train_settings_out_of_range_are_named(tmp_path, override, value, expected):
+    from ipo_jax.validation import SettingsError, settings_problems, validate_settings
+
+    config = _config("train")
+    config.model.init, config.data.pairs, config.train.out = "preset:tiny-qwen3", "pairs.jsonl", str(tmp_path / "out")
+    assert settings_problems("train", config) == []
+    section, key = override.rsplit(".", 1)
+    with config.unlocked():
+        config[section][key] = value
+    with pytest.raises(SettingsError) as info:
+        validate_settings("train", config)
+    assert str(info.value).startswith(expected) and "\n" not in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_non_finite_float_is_refused_in_any_field_and_several_problems_are_counted():
+    from ipo_jax.validation import RULES, SettingsError, validate_settings
+
+    config = _config("demo")
+    assert "initializer_range" not in RULES["demo"]  # a field without a rule of its own
+    config.initializer_range = float("nan")
+    config.seed = -1
+    with pytest.raises(SettingsError) as info:
+        validate_settings("demo", config)
+    assert str(info.value) == "config.initializer_range is nan; expected a finite number (and 1 more setting: config.seed)"
+
+
+def test_output_directories_must_be_creatable_and_writable(tmp_path):
+    from ipo_jax.validation import output_dir
+
+    (tmp_path / "file").write_text("x")
+    assert output_dir(str(tmp_path / "new" / "run")) is None
+    assert output_dir(str(tmp_path / "file")) == f"a directory ({tmp_path / 'file'} is a file)"
+    assert output_dir(str(tmp_path / "file" / "run")) == f"a directory path ({tmp_path / 'file'} is a file, so {tmp_path / 'file' / 'run'} cannot be made)"
+    assert output_dir("/proc/ipo-jax-test").startswith("a writable directory (cannot write in /proc")
+    assert output_dir("") == "a non-empty directory path"
