@@ -29,6 +29,7 @@ def test_paper_pipeline_config_loads_and_validates(name, tmp_path):
     assert config.intervention.rounds == 3 and config.intervention.max_generations_per_prompt == 14
     assert config.csr.num_samples == 32 and config.triggers_file == "" and len(DEFAULT_TRIGGERS) == 6
     assert config.judge.backend == "http" and config.judge.base_url and config.judge.model
+    assert config.judge.max_tokens >= 2048 and config.detector.backend == ""  # the detector shares the judge
     assert config.build_pairs.kind == "ipo" and config.prompts == "UCSC-VLAA/STAR-1"
     # R1-length traces fit, and an intervention prompt (prompt + prefix + trigger) fits the sampler
     assert config.sampling.max_new_tokens >= 8192

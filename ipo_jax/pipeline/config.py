@@ -79,7 +79,9 @@ def paper_pipeline_config(hf_name: str, run_name: str) -> ml_collections.ConfigD
     c.judge.base_url = "http://localhost:8000/v1"
     c.judge.model = "judge"
     c.judge.timeout = 300.0  # a thinking judge writes its reasoning before the label
-    c.judge.concurrency = 32
+    c.judge.max_tokens = 4096  # room for that reasoning (its reasoning is stripped before the label is read)
+    c.judge.concurrency = 32  # requests in flight: a chunk's trajectories are judged in one batch
+    # the cue detector: detector.backend '' = the judge's endpoint and model
     c.intervention.rounds = 3
     c.intervention.max_generations_per_prompt = 14
     c.intervention.chunk_prompts = 32
