@@ -28,10 +28,10 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.build_pairs = ml_collections.ConfigDict()
     # ipo: IPO's intervened pairs (and over-refusal pairs for benign prompts);
-    # full_trajectory: the paper's DPO baseline, an independent safe and unsafe trajectory of each prompt;
-    # sft: safe, finished trajectories of each prompt (the SFT baseline's data)
+    # full_trajectory: the paper's DPO baseline, an independent safe and unsafe trajectory of each prompt
+    # (also the SFT-on-safe-trajectories data: train it with loss.objective=sft; ipo_jax/pipeline/baselines.py)
     c.build_pairs.kind = "ipo"
-    c.build_pairs.samples = 8  # full_trajectory / sft: trajectories sampled per harmful prompt
+    c.build_pairs.samples = 8  # full_trajectory: trajectories sampled per harmful prompt
 
     c.intervention = ml_collections.ConfigDict()
     c.intervention.rounds = 3
