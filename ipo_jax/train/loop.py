@@ -186,6 +186,20 @@ def _fit_pairs(pairs, config, out: Path):
     return kept, truncated, len(skipped)
 
 
+def _reference_params(spec: str, config, mesh, vocab_needed: int, policy_params):
+    """The weights of a reference model other than the initial policy (reference.init), loaded like
+    the policy (same mesh and dtypes); it must have the policy's architecture and shapes."""
+    m = config.model
+    reference = load_model(spec, mesh=mesh, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,
+                           seed=config.train.seed, vocab_needed=vocab_needed)
+    _, ref_params = nnx.split(reference, nnx.Param)
+    problems = shape_mismatches(ref_params, policy_params)
+    if problems:
+        raise TrainingError(f"reference.init {spec!r} is not the policy's architecture ({m.init!r}):\n  "
+                            + "\n  ".join(problems[:10]))
+    return ref_params
+
+
 class _Preemption:
     """Turns SIGTERM into a flag the loop checks between steps."""
 
@@ -389,7 +403,7 @@ def _drop_partial_metrics_line(path: Path) -> None:
 RUN_IDENTITY = (
     "model.init", "model.param_dtype", "tokenizer", "tiny_tokenizer_vocab", "data.pairs", "data.layout",
     "data.mask_from", "data.max_length", "data.pairs_per_micro", "data.micro_batches", "data.seed", "data.shuffle", "data.packing",
-    "loss", "optim", "reference.mode", "train.seed",
+    "loss", "optim", "reference.mode", "reference.init", "train.seed",
 )
 
 
@@ -477,8 +491,14 @@ def train(config) -> int:
     graphdef, params = nnx.split(model, nnx.Param)
     on_the_fly = loss_cfg.needs_reference and config.reference.mode == "on_the_fly"
     ref_params, ref_c, ref_r = None, np.zeros(len(pairs), np.float32), np.zeros(len(pairs), np.float32)
+    ref_init = config.reference.init or m.init
+    reference_params = None  # the frozen reference's weights, when it is not the initial policy
+    if loss_cfg.needs_reference and ref_init != m.init:
+        reference_params = _reference_params(ref_init, config, mesh, len(tokenizer), params)
+        print(f"reference model: {ref_init} (the policy starts from {m.init})")
     if on_the_fly:
-        ref_params = jax.tree.map(jnp.copy, params)  # frozen copy: the policy's buffers are donated
+        # frozen copy: the policy's buffers are donated
+        ref_params = reference_params if reference_params is not None else jax.tree.map(jnp.copy, params)
     elif loss_cfg.needs_reference:
         if config.reference.mode != "precomputed":
             raise TrainingError(f"reference.mode {config.reference.mode!r}: expected 'precomputed' or 'on_the_fly'")
@@ -486,13 +506,15 @@ def train(config) -> int:
                         compute=config.model.dtype, tokenizer=len(tokenizer), seed=config.train.seed,
                         **({"packing": True} if d.packing else {}))
         pair_files = [s.path for s in pair_sources]
-        key = reference_lib.fingerprint(config.model.init, pair_files, settings)
+        key = reference_lib.fingerprint(ref_init, pair_files, settings)
         cache_file = reference_lib.cache_file_for(pair_files, config.reference.cache_dir)
         ref_batches = PairBatches(pairs, d.pairs_per_micro, 1, d.layout, d.mask_from, buckets, shuffle=False, packing=d.packing)
         ref_c, ref_r, cached = reference_lib.load_or_compute(
             cache_file, key, [p.id for p in pairs],
-            lambda: reference_lib.compute_reference_logps(params, graphdef, ref_batches, mesh, chunk),
+            lambda: reference_lib.compute_reference_logps(
+                params if reference_params is None else reference_params, graphdef, ref_batches, mesh, chunk),
         )
+        del reference_params  # the cached log-probs are all the precomputed mode keeps of it
         print(f"reference log-probs: {'loaded from' if cached else 'computed and cached in'} {cache_file}")
 
     tx = make_optimizer(optim_cfg)
