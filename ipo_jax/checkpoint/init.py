@@ -24,6 +24,7 @@ def load_model(
     param_dtype: str = "float32",
     dtype: str = "float32",
     remat: str = "none",
+    attention: str = "dense",
     seed: int = 0,
     vocab_needed: int = 0,
 ) -> Decoder:
@@ -31,9 +32,10 @@ def load_model(
 
     `vocab_needed` is the tokenizer's size: a random preset grows its vocabulary to fit (rounded
     up to a multiple of 64); a loaded checkpoint smaller than the tokenizer is an error.
+    `attention` is the kernel ('dense' or 'blockwise', ipo_jax.models.attention), a runtime choice.
     """
     kind, _, location = spec.partition(":")
-    overrides = dict(param_dtype=param_dtype, dtype=dtype, remat_policy=remat)
+    overrides = dict(param_dtype=param_dtype, dtype=dtype, remat_policy=remat, attention=attention)
     if kind == "preset":
         cfg = preset_config(location, **overrides)
         if vocab_needed > cfg.vocab_size:

@@ -23,6 +23,7 @@ SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots_saveable")
+ATTENTION_KINDS = ("dense", "blockwise")  # kept equal to ipo_jax.models.attention.ATTENTION_KINDS
 
 
 class UnsupportedModelError(ValueError):
@@ -56,6 +57,11 @@ class ModelConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype of activations
     remat_policy: str = "none"
+    # Runtime choices like dtype and remat (never written to config.json): which attention kernel
+    # runs (ipo_jax.models.attention) and, for "blockwise", its query / key block sizes.
+    attention: str = "dense"
+    attention_block_q: int = 512
+    attention_block_k: int = 512
     initializer_range: float = 0.02  # std of random init (HF's name); weights from a checkpoint ignore it
 
     def __post_init__(self):
@@ -73,6 +79,12 @@ class ModelConfig:
                 raise ValueError(f"{name} must be one of {DTYPES}, got {getattr(self, name)!r}")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
+        for name in ("attention_block_q", "attention_block_k"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.rope_scaling is not None:
             rope_type = dict(self.rope_scaling).get("rope_type")
             if rope_type not in ("llama3", "default"):

@@ -17,7 +17,8 @@ all use the same code path:
   branch_ids   0 = shared trunk, b > 0 = branch b; a token sees the trunk and its own branch;
   slots        position in the row (or in the cache); causal order is by slot.
 RoPE uses the explicit `positions`, which may restart (the rejected suffix of a
-prefix-shared pair starts at the same position as the chosen one).
+prefix-shared pair starts at the same position as the chosen one). The attention kernels
+(`cfg.attention`: dense or blockwise) live in `ipo_jax.models.attention`.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ipo_jax.models import attention as attn_kernels
+from ipo_jax.models.attention import MaskIds
 from ipo_jax.models.config import ModelConfig
 
 Array = jax.Array
-_NEG = jnp.finfo(jnp.float32).min  # finite, so a fully masked (padding) row stays finite
 
 
 def _init(rngs: nnx.Rngs, shape: Sequence[int], cfg: ModelConfig) -> Array:
@@ -101,10 +103,15 @@ def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
 
 def attention_mask(q_seg, q_branch, q_slot, k_seg, k_branch, k_slot) -> Array:
     """[B,T,S] bool: same non-padding segment, causal by slot, and trunk-or-same-branch."""
-    same_segment = (q_seg[:, :, None] == k_seg[:, None, :]) & (k_seg[:, None, :] != 0)
-    causal = k_slot[:, None, :] <= q_slot[:, :, None]
-    branch_visible = (k_branch[:, None, :] == 0) | (k_branch[:, None, :] == q_branch[:, :, None])
-    return same_segment & causal & branch_visible
+    return attn_kernels.attention_mask(MaskIds(q_seg, q_branch, q_slot, k_seg, k_branch, k_slot))
+
+
+def attention_inputs(cfg: ModelConfig, ids: MaskIds):
+    """What the configured kernel reads, made once per forward and shared by every layer:
+    the dense [B,T,S] mask, or the blockwise kernel's plan of visible blocks."""
+    if cfg.attention == "blockwise":
+        return attn_kernels.plan_blocks(ids, cfg.attention_block_q, cfg.attention_block_k)
+    return attn_kernels.attention_mask(ids)
 
 
 @flax.struct.dataclass
@@ -154,9 +161,11 @@ class Attention(nnx.Module):
         else:
             self.q_norm = self.k_norm = None
         self.num_kv_heads, self.group_size, self.head_dim = K, cfg.group_size, H
+        self.kind = cfg.attention
 
     def __call__(self, x, positions, inv_freq, mask, cache_kv):
-        """x: [B,T,D]; mask: [B,T,S]; cache_kv: None or (this layer's k, v [B,K,S,H], index).
+        """x: [B,T,D]; mask: `attention_inputs` (a [B,T,S] mask or a block plan);
+        cache_kv: None or (this layer's k, v [B,K,S,H], index).
 
         Returns the output [B,T,D] and the layer's updated (k, v) (None without a cache).
         With a cache, this step's T new entries are written into the layer's buffers in place
@@ -170,7 +179,6 @@ class Attention(nnx.Module):
         q = q.reshape(B, T, self.num_kv_heads, self.group_size, self.head_dim)  # [B,T,K,G,H]
         if cache_kv is None:
             new_kv = None
-            scores = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32)
         else:
             cache_k, cache_v, index = cache_kv  # [B,K,S,H]
             start = (0, 0, index, 0)
@@ -178,14 +186,8 @@ class Attention(nnx.Module):
             cache_v = jax.lax.dynamic_update_slice(cache_v, v.transpose(0, 2, 1, 3).astype(cache_v.dtype), start)
             new_kv = (cache_k, cache_v)
             k, v = cache_k.astype(x.dtype), cache_v.astype(x.dtype)
-            scores = jnp.einsum("btkgh,bksh->bkgts", q, k, preferred_element_type=jnp.float32)
-        scores = scores * (self.head_dim**-0.5)
-        scores = jnp.where(mask[:, None, None, :, :], scores, _NEG)
-        probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
-        if cache_kv is None:
-            out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
-        else:  # [B,K,G,T,H] first: XLA:CPU then runs one batched matmul, ~3x faster than into [B,T,K,G,H]
-            out = jnp.einsum("bkgts,bksh->bkgth", probs, v).transpose(0, 3, 1, 2, 4)
+        kernel = attn_kernels.blockwise_attention if self.kind == "blockwise" else attn_kernels.dense_attention
+        out = kernel(q, k, v, mask, heads_first=cache_kv is not None)  # [B,T,K,G,H]
         out = out.reshape(B, T, -1, self.head_dim)  # [B,T,N,H]
         return self.o_proj(out), new_kv
 
@@ -268,7 +270,7 @@ class Decoder(nnx.Module):
         q_slot = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
         graphdef, layer_state = nnx.split(self.blocks)
         if cache is None:
-            mask = attention_mask(segment_ids, branch_ids, q_slot, segment_ids, branch_ids, q_slot)
+            mask = attention_inputs(cfg, MaskIds(segment_ids, branch_ids, q_slot, segment_ids, branch_ids, q_slot))
 
             def layer(x, params):
                 x, _ = nnx.merge(graphdef, params)(x, positions, inv_freq, mask, None)
@@ -283,7 +285,7 @@ class Decoder(nnx.Module):
         seg = jax.lax.dynamic_update_slice_in_dim(cache.segment_ids, segment_ids.astype(jnp.int32), index, axis=1)
         br = jax.lax.dynamic_update_slice_in_dim(cache.branch_ids, branch_ids.astype(jnp.int32), index, axis=1)
         k_slot = jnp.broadcast_to(jnp.arange(cache.max_len, dtype=jnp.int32), (B, cache.max_len))
-        mask = attention_mask(segment_ids, branch_ids, q_slot + index, seg, br, k_slot)
+        mask = attention_inputs(cfg, MaskIds(segment_ids, branch_ids, q_slot + index, seg, br, k_slot))
         if layers is None:
             layers = [jax.tree.map(lambda a, i=i: a[i], layer_state) for i in range(cfg.num_layers)]
         new_k, new_v = [], []
