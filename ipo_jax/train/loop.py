@@ -170,6 +170,8 @@ def _tokenize(records, tokenizer) -> list[TokenizedPair]:
 
 
 def _fit_pairs(pairs, config, out: Path):
+    if config.data.get("packing") and config.data.layout != "prefix_shared":  # checked before the model loads
+        raise TrainingError(f"data.packing needs data.layout 'prefix_shared', got {config.data.layout!r}")
     kept, truncated, skipped = [], 0, []
     for pair in pairs:
         fitted = fit_to_length(pair, config.data.max_length, config.data.layout)
@@ -191,7 +193,7 @@ def _reference_params(spec: str, config, mesh, vocab_needed: int, policy_params)
     the policy (same mesh and dtypes); it must have the policy's architecture and shapes."""
     m = config.model
     reference = load_model(spec, mesh=mesh, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,
-                           seed=config.train.seed, vocab_needed=vocab_needed)
+                           attention=m.attention, seed=config.train.seed, vocab_needed=vocab_needed)
     _, ref_params = nnx.split(reference, nnx.Param)
     problems = shape_mismatches(ref_params, policy_params)
     if problems:
@@ -474,7 +476,7 @@ def train(config) -> int:
     )
     m = config.model
     model = load_model(m.init, mesh=mesh, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,
-                       seed=config.train.seed, vocab_needed=len(tokenizer))
+                       attention=m.attention, seed=config.train.seed, vocab_needed=len(tokenizer))
 
     d = config.data
     buckets = list(d.buckets) if d.buckets else default_buckets(d.max_length, steps_per_octave=2)
