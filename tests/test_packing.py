@@ -111,9 +111,16 @@ def test_packing_keeps_padding_under_ten_percent_on_a_realistic_length_mix():
     assert abs(measured - packed.padding_share()) < 1e-12
 
 
-def test_packing_needs_the_prefix_shared_layout():
+def test_packing_needs_the_prefix_shared_layout(tmp_path):
+    import ml_collections
+
+    from ipo_jax.train.loop import TrainingError, _fit_pairs
+
     with pytest.raises(ValueError, match="packing needs layout 'prefix_shared'"):
         PairBatches(_pairs(4), 2, 1, "duplicated", "cue", [64], packing=True)
+    config = ml_collections.ConfigDict({"data": {"packing": True, "layout": "duplicated", "max_length": 64}})
+    with pytest.raises(TrainingError, match="data.packing needs data.layout 'prefix_shared', got 'duplicated'"):
+        _fit_pairs(_pairs(4), config, tmp_path)  # the loop says so before it loads the model
 
 
 def test_a_packed_row_keeps_pairs_apart():
