@@ -92,6 +92,18 @@ def test_batches_visit_the_mixture_every_epoch():
             assert np.bincount([pairs[i].source for i in seen]).tolist() == [3, 8]
 
 
+def test_one_file_with_a_weight_is_subsampled_and_without_one_is_unchanged():
+    rng = np.random.RandomState(1)
+    pairs = [TokenizedPair(str(i), rng.randint(3, 99, 4), rng.randint(3, 99, 3), rng.randint(3, 99, 2), rng.randint(3, 99, 2)) for i in range(9)]
+    half = PairBatches(pairs, 2, 1, "prefix_shared", "cue", [64], seed=3, weights=[0.5])
+    assert len(half.members) == 5 and half.batches_per_epoch == 3
+    assert "f.jsonl: 9 pairs x 0.5 = 5" in half.describe(["f.jsonl"])
+    plain, weighted_one = (PairBatches(pairs, 2, 1, "prefix_shared", "cue", [64], seed=3, weights=w) for w in ((), [1.0]))
+    for epoch in (0, 1):  # weight 1 is exactly the unweighted order (old runs resume unchanged)
+        np.testing.assert_array_equal(plain.order(epoch), weighted_one.order(epoch))
+    assert weighted_one.describe(["f.jsonl"]) == "epoch: 9 pairs, 5 batches"
+
+
 def test_reference_cache_is_keyed_and_named_by_every_file(tmp_path):
     a, b = _write(tmp_path / "a.jsonl", ["a0"]), _write(tmp_path / "b.jsonl", ["b0"])
     single = reference_lib.fingerprint("preset:tiny-qwen3", a, {"mask_from": "cue"})

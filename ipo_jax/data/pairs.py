@@ -617,8 +617,9 @@ class PairBatches:
         """One line (two with packing) saying what an epoch holds, for the run's log."""
         counts = np.bincount([self.pairs[i].source for i in self.members], minlength=len(files) or 1)
         kept = np.bincount([p.source for p in self.pairs], minlength=len(files) or 1)
-        if len(files) > 1:
-            parts = [f"{f}: {kept[k]} pairs x {w:g} = {counts[k]}" for k, (f, w) in enumerate(zip(files, self.weights or [1.0] * len(files)))]
+        weights = list(self.weights or [1.0] * len(files))
+        if len(files) > 1 or weights != [1.0] * len(files):
+            parts = [f"{f}: {kept[k]} pairs x {w:g} = {counts[k]}" for k, (f, w) in enumerate(zip(files, weights))]
             line = f"epoch: {len(self.members)} pairs ({'; '.join(parts)})"
         else:
             line = f"epoch: {len(self.members)} pairs"

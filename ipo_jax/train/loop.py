@@ -481,7 +481,7 @@ def train(config) -> int:
     d = config.data
     buckets = list(d.buckets) if d.buckets else default_buckets(d.max_length, steps_per_octave=2)
     batches = PairBatches(pairs, d.pairs_per_micro, d.micro_batches, d.layout, d.mask_from, buckets, d.seed, d.shuffle,
-                          packing=d.packing, weights=[s.weight for s in pair_sources] if len(pair_sources) > 1 else ())
+                          packing=d.packing, weights=[s.weight for s in pair_sources])
     print(batches.describe([str(s.path) for s in pair_sources]))
     check_batch_fits_mesh(d.pairs_per_micro * (2 if d.layout == "duplicated" else 1), mesh)
     loss_cfg = LossConfig(**config.loss)
