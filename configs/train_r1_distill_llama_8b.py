@@ -1,7 +1,7 @@
 """IPO on DeepSeek-R1-Distill-Llama-8B (float32 master weights, bfloat16 compute; one TPU v5p-8 host or one 8-GPU node; see paper_model_config).
 
 ipo-jax train --config configs/train_r1_distill_llama_8b.py \
-    --config.model.init=hf:/models/DeepSeek-R1-Distill-Llama-8B --config.data.pairs=pairs/r1_distill_llama_8b.jsonl
+    --config.model.init=hf:/models/DeepSeek-R1-Distill-Llama-8B --config.data.pairs=pairs/r1_distill_llama_8b/pairs.jsonl
 """
 
 from ipo_jax.train.config import paper_model_config

@@ -2,7 +2,7 @@
 over-refusal pairs (see paper_stage2_config). Run after configs/train_r1_distill_llama_8b.py.
 
 ipo-jax train --config configs/train_r1_distill_llama_8b_stage2.py \
-    --config.data.pairs=pairs/r1_distill_llama_8b.jsonl,pairs/r1_distill_llama_8b_overrefusal.jsonl:1.0
+    --config.data.pairs=pairs/r1_distill_llama_8b/pairs.jsonl,pairs/r1_distill_llama_8b_overrefusal/pairs.jsonl:1.0
 """
 
 from ipo_jax.train.config import paper_stage2_config

@@ -32,6 +32,7 @@ import numpy as np
 from flax import nnx
 
 from ipo_jax.checkpoint import load_hf, load_orbax, save_hf, save_orbax
+from ipo_jax.io import atomic_write_json, atomic_write_jsonl
 from ipo_jax.models.decoder import init_decoder
 from ipo_jax.models.presets import preset_config
 from ipo_jax.sampling import Sampler, SamplingConfig
@@ -121,9 +122,7 @@ def _stage(directory: Path, settings: dict, build) -> dict:
     t0 = time.time()
     result = build()
     result["seconds"] = round(time.time() - t0, 1)
-    tmp = directory / ".stage.json.tmp"
-    tmp.write_text(json.dumps(dict(settings=settings, result=result), indent=2) + "\n")
-    tmp.replace(marker)
+    atomic_write_json(marker, dict(settings=settings, result=result))
     return result
 
 
@@ -227,7 +226,7 @@ def _subset(path: Path, keep: int) -> None:
         seen[kind] = seen.get(kind, 0) + 1
         if seen[kind] <= keep:
             kept.append(row)
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    atomic_write_jsonl(path, kept)
 
 
 # --------------------------------------------------------------------------- the world
@@ -268,7 +267,6 @@ def _build_pairs(config, world: dict, base: str, out: Path) -> dict:
     summary = json.loads((out / "intervention" / "summary.json").read_text())
 
     from ipo_jax.pipeline.baselines import build_full_trajectory_pairs
-    from ipo_jax.io import atomic_write_jsonl
     from ipo_jax.pipeline.intervene import read_prompt_records
 
     judge, _ = build_judges(pc)
@@ -576,7 +574,7 @@ def run_demo(config) -> int:
     result = dict(config=settings, roundtrip=rows, world=world, warm=warm, pairs=pairs, methods=methods, eval=evals,
                   export=export, seconds=seconds, verdict_lines=verdict_lines)
     table = _write_report(out, result, headline, titles)
-    (out / "summary.json").write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(out / "summary.json", result)
 
     print("\n" + table + "\n")
     for line in verdict_lines:

@@ -6,7 +6,7 @@ Nothing harmful is ever written.  A "risky" request names a vague topic and carr
 placeholder ``[request details withheld]``; a compliant trace never spells anything out, it
 carries the content placeholder ``[harmful details withheld]`` where a real model would write
 harmful details.  The default `PatternJudge` reads exactly these markers (see
-`ipo_jax/pipeline/judges.py`), so the offline judge and the world agree on what is unsafe.
+`ipo_jax/judging/pattern.py`), so the offline judge and the world agree on what is unsafe.
 
 Four kinds of text, R1 style (reasoning inside ``<think>`` ... ``</think>``, then the answer):
 

@@ -25,6 +25,7 @@ from ipo_jax.data.tiny_tokenizer import (
     build_tiny_tokenizer,
     save_tiny_tokenizer,
 )
+from ipo_jax.rollout import split_completion  # the project's one reasoning splitter
 from ipo_jax.data.tokenizer import (
     chat_eos_text,
     encode_chat,
@@ -32,7 +33,6 @@ from ipo_jax.data.tokenizer import (
     encode_text,
     load_tokenizer,
     render_prompt,
-    split_reasoning,
 )
 
 CORPUS = [
@@ -223,11 +223,11 @@ def test_split_reasoning_on_decoded_completion(tok):
     text = tok.decode(completion_ids, skip_special_tokens=True)
     assert text == COMPLETION  # eos dropped, </think> kept
     assert tok.decode(completion_ids) == COMPLETION + EOS
-    assert split_reasoning(text) == ("First 12 * 7 = 84.\nThen 84 + 5 = 89.", "The answer is 89.", True)
+    assert split_completion(text) == ("First 12 * 7 = 84.\nThen 84 + 5 = 89.", "The answer is 89.", True)
     # A truncated completion (no eos, no </think>): everything is reasoning.
     _, cut = encode_chat(tok, MESSAGES, PREFIX, eos_text="")
     assert cut == encode_text(tok, PREFIX)
-    assert split_reasoning(tok.decode(cut, skip_special_tokens=True)) == ("First 12 * 7 = 84.", "", False)
+    assert split_completion(tok.decode(cut, skip_special_tokens=True)) == ("First 12 * 7 = 84.", "", False)
 
 
 def test_save_and_load_round_trip(tok, tmp_path):

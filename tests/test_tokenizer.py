@@ -13,8 +13,8 @@ from ipo_jax.data.tokenizer import (
     load_tokenizer,
     packaged_qwen3_tokenizer_dir,
     render_prompt,
-    split_reasoning,
 )
+from ipo_jax.rollout import split_completion  # the project's one reasoning splitter
 
 THINK_ID, END_THINK_ID = 151667, 151668  # Qwen3 ids, fine to pin in tests
 
@@ -127,7 +127,7 @@ def test_eos_text_from_other_template(tok):
         p, c = encode_chat(tok, user, "2 + 2 = 4.\n</think>\n\n4")
         assert p[-2:] == [THINK_ID, encode_text(tok, "\n")[0]]
         assert c[-1] == tok.convert_tokens_to_ids("<|endoftext|>")
-        assert split_reasoning("2 + 2 = 4.\n</think>\n\n4") == ("2 + 2 = 4.", "4", True)
+        assert split_completion("2 + 2 = 4.\n</think>\n\n4") == ("2 + 2 = 4.", "4", True)
     finally:
         tok.chat_template = saved
 
@@ -142,8 +142,8 @@ def test_eos_text_from_other_template(tok):
         ("a</think>b</think>c", ("a", "b</think>c", True)),  # split at the first </think>
     ],
 )
-def test_split_reasoning(text, expected):
-    assert split_reasoning(text) == expected
+def test_split_completion(text, expected):
+    assert split_completion(text) == expected
 
 
 def test_load_tokenizer_errors(tmp_path):

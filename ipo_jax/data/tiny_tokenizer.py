@@ -23,7 +23,7 @@ Special vs. regular, as in DeepSeek-R1-Distill's tokenizer.json: bos, eos and pa
 *special* (``skip_special_tokens=True`` drops them from decoded text); ``<|User|>``,
 ``<|Assistant|>``, ``<think>`` and ``</think>`` are *regular* added tokens (``special:
 false``): single ids that ``skip_special_tokens=True`` keeps in decoded text, so a decoded
-completion still carries its ``</think>`` for `split_reasoning`.  The real R1 tokenizer writes
+completion still carries its ``</think>`` for `ipo_jax.rollout.split_completion`.  The real R1 tokenizer writes
 the role/bos/eos markers with full-width bars (U+FF5C); here they use the ASCII ``|``, with
 U+2581 ``▁`` inside bos/eos as R1 has.
 

@@ -13,7 +13,6 @@ Owns:
   template's end-of-turn text.  The two are concatenated as ids, never re-tokenised as one
   string, so every completion of a prompt sees identical prompt ids, and completion pieces
   given separately (a shared reasoning prefix, then a suffix) keep identical prefix ids.
-* `split_reasoning` -- split an assistant completion into reasoning and answer at ``</think>``.
 
 Templates differ in where ``<think>`` goes: DeepSeek-R1-Distill's generation prompt already
 ends with ``<think>\\n`` (the completion starts inside the reasoning), Qwen3's does not (the
@@ -205,26 +204,6 @@ def stop_token_ids(tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-def split_reasoning(text: str) -> tuple[str, str, bool]:
-    """Split an assistant completion into (reasoning, answer, closed).
-
-    A leading ``<think>`` (after optional whitespace) is dropped; the text is split at the
-    first ``</think>``.  Newlines around the reasoning and before the answer are stripped,
-    as the Qwen3 template does.  Without ``</think>`` (a truncated generation, or a
-    DeepSeek-style completion cut off before closing) everything is reasoning, the answer
-    is empty and ``closed`` is False.
-    """
-    body = text.lstrip()
-    if body.startswith(THINK_OPEN):
-        body = body[len(THINK_OPEN):]
-    else:
-        body = text
-    reasoning, sep, answer = body.partition(THINK_CLOSE)
-    if not sep:
-        return body.strip("\n"), "", False
-    return reasoning.strip("\n"), answer.lstrip("\n"), True
-
-
 __all__ = [
     "QWEN3_PACKAGE",
     "THINK_CLOSE",
@@ -237,6 +216,5 @@ __all__ = [
     "load_tokenizer",
     "packaged_qwen3_tokenizer_dir",
     "render_prompt",
-    "split_reasoning",
     "stop_token_ids",
 ]

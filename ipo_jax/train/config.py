@@ -101,7 +101,7 @@ def paper_model_config(hf_name: str, run_name: str) -> ml_collections.ConfigDict
     # Llama-8B: 69 GiB, 14% headroom.
     c.model.remat = "full"
     c.model.attention = "blockwise"
-    c.data.pairs = f"pairs/{run_name}.jsonl"
+    c.data.pairs = f"pairs/{run_name}/pairs.jsonl"  # where configs/pipeline_<run>.py writes them
     c.data.max_length = 8192
     c.data.pairs_per_micro = 8  # 8 rows over 8 devices (prefix-shared: one row per pair)
     c.data.micro_batches = 4  # 32 pairs per update
@@ -122,7 +122,8 @@ def paper_stage2_config(hf_name: str, run_name: str) -> ml_collections.ConfigDic
     c.model.init = f"orbax:runs/{run_name}/final"
     c.tokenizer = f"runs/{run_name}/tokenizer"  # stage 1 saved the tokenizer it trained with
     c.reference.init = f"hf:/models/{hf_name}"
-    c.data.pairs = f"pairs/{run_name}.jsonl,pairs/{run_name}_overrefusal.jsonl:1.0"
+    # the safety pairs and the over-refusal pairs (build-pairs on STAR-benign-915, prompts_kind=benign)
+    c.data.pairs = f"pairs/{run_name}/pairs.jsonl,pairs/{run_name}_overrefusal/pairs.jsonl:1.0"
     c.train.out = f"runs/{run_name}_stage2"
     c.train.epochs = 1
     return c

@@ -70,6 +70,7 @@ from ipo_jax.data.pairs import (
     read_pair_sources,
 )
 from ipo_jax.data.tokenizer import load_tokenizer
+from ipo_jax.io import atomic_write_text
 from ipo_jax.loss import LossConfig
 from ipo_jax.sharding import make_mesh
 from ipo_jax.train import reference as reference_lib
@@ -417,7 +418,7 @@ def check_output_dir(out: Path, config) -> None:
     fields that differ."""
     # our own temporary config (a start killed before the rename, or process 0 of a multi-host
     # run writing it while another process checks) does not make the directory someone else's
-    if not out.exists() or not [p for p in out.iterdir() if p.name != ".config.json.tmp"]:
+    if not out.exists() or not [p for p in out.iterdir() if not p.name.startswith(".config.json.tmp")]:
         return
     previous_file = out / "config.json"
     if not previous_file.is_file():
@@ -462,9 +463,7 @@ def train(config) -> int:
     if jax.process_index() == 0:
         for leftover in remove_stale_temporaries(out):
             print(f"removed {leftover} (left by a save that was killed)")
-        tmp = out / ".config.json.tmp"
-        tmp.write_text(config.to_json_best_effort(indent=2) + "\n")
-        tmp.replace(out / "config.json")  # the run's identity: never half-written
+        atomic_write_text(out / "config.json", config.to_json_best_effort(indent=2) + "\n")  # never half-written
         _drop_partial_metrics_line(out / "metrics.jsonl")
 
     tokenizer = _tokenizer(config, records, out)

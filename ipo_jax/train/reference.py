@@ -12,6 +12,7 @@ pair is computed once). <dir> is reference.cache_dir or the first file's directo
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
+from ipo_jax.io import atomic_write_bytes
 from ipo_jax.data.pairs import PairBatches
 from ipo_jax.train.step import batch_shardings, policy_pair_logps, put_batch
 
@@ -95,7 +97,7 @@ def load_or_compute(cache_file: Path, key: str, ids: list[str], compute) -> tupl
     ref_c, ref_r = compute()
     if jax.process_index() == 0:
         cache_file.parent.mkdir(parents=True, exist_ok=True)  # reference.cache_dir may name a new directory
-        tmp = cache_file.with_name(cache_file.name + ".tmp.npz")
-        np.savez(tmp, key=np.array(key), ids=np.array(ids), ref_chosen=ref_c, ref_rejected=ref_r)
-        tmp.replace(cache_file)  # atomic: a crash never leaves a half-written cache
+        buffer = io.BytesIO()
+        np.savez(buffer, key=np.array(key), ids=np.array(ids), ref_chosen=ref_c, ref_rejected=ref_r)
+        atomic_write_bytes(cache_file, buffer.getvalue())  # a crash never leaves a half-written cache
     return ref_c, ref_r, False
