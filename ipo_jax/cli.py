@@ -175,6 +175,29 @@ def field_comments(sources: list[Path]) -> dict[str, str]:
     return comments
 
 
+# Config sections built from the dataclass that consumes them (ipo_jax/train/config.py `_section`):
+# their fields' help is the comment on each dataclass field.
+DATACLASS_SECTIONS = {"loss": ("loss/preference.py", "LossConfig"), "optim": ("train/step.py", "OptimConfig")}
+
+
+def dataclass_field_comments() -> dict[str, str]:
+    """{'loss.alpha': 'its comment'} from `alpha: float = 0.2  # comment` in the dataclasses above."""
+    import ast
+
+    package = Path(__file__).resolve().parent
+    comments: dict[str, str] = {}
+    for section, (module, class_name) in DATACLASS_SECTIONS.items():
+        source = (package / module).read_text()
+        lines = source.splitlines()
+        for node in ast.parse(source).body:
+            if isinstance(node, ast.ClassDef) and node.name == class_name:
+                for field in node.body:
+                    line = lines[field.lineno - 1] if isinstance(field, ast.AnnAssign) else ""
+                    if "#" in line and isinstance(field.target, ast.Name):
+                        comments[f"{section}.{field.target.id}"] = line.split("#", 1)[1].strip()
+    return comments
+
+
 def _describe(name: str, comments: dict[str, str]) -> str:
     """A field's comment; for a copied section (detector.* from judge.*) the one field of that name."""
     if name in comments:
@@ -231,7 +254,7 @@ def stage_help(stage: str, argv: list[str]) -> str:
                         for i, a in enumerate(argv) if a.startswith("--config=") or (a == "--config" and i + 1 < len(argv))), None)
     config = _load_config_file(Path(config_file)) if config_file and Path(config_file).is_file() else _base_config(stage)
     sources = _config_sources(stage) + ([Path(config_file)] if config_file else [])
-    comments = field_comments(sources)
+    comments = {**dataclass_field_comments(), **field_comments(sources)}
     rules = RULES.get(stage, {})
     fields = list(_flatten(config))
     width = min(48, max(len(f"{name} = {value!r}") for name, value in fields))

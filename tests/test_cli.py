@@ -302,6 +302,11 @@ def test_stage_help_describes_fields_from_the_config_comments(capsys):
     assert "  data.max_length = 256" in out  # the file's default
     row = next(line for line in out.splitlines() if line.startswith("  train.max_consecutive_skips"))
     assert "stop after this many non-finite steps in a row" in row and "an integer >= 1" in row
+    # the loss / optim sections are the dataclasses' fields, described by their own comments
+    row = next(line for line in out.splitlines() if line.startswith("  loss.alpha"))
+    assert "weight of the NLL on the chosen suffix" in row
+    row = next(line for line in out.splitlines() if line.startswith("  optim.moment_dtype"))
+    assert "Adam's moments" in row and "'bfloat16'" in row
 
 
 def test_an_unexpected_error_is_one_line_with_a_hint_and_a_traceback_with_v(monkeypatch, capsys):

@@ -33,8 +33,8 @@ NLL_NORMS = ("mean", "sum")
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    objective: str = "dpo"
-    beta: float = 0.1
+    objective: str = "dpo"  # dpo (IPO's partial DPO with alpha > 0) | ipo_azar (Azar et al.'s squared loss) | sft
+    beta: float = 0.1  # DPO temperature
     alpha: float = 0.2  # weight of the NLL on the chosen suffix (paper: 0.2)
     label_smoothing: float = 0.0  # conservative DPO when > 0
     nll_norm: str = "mean"  # NLL on the chosen suffix: mean over its tokens (RPO) or their sum

@@ -52,17 +52,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.seed = 0
     c.data.shuffle = True
 
-    # objective: dpo | ipo_azar | sft; alpha: NLL weight on the chosen suffix (IPO 0.2, plain DPO 0);
-    # nll_norm: mean (per chosen token, RPO) | sum; label_smoothing > 0: conservative DPO
-    c.loss = _section(LossConfig)
+    c.loss = _section(LossConfig)  # the fields and their help: LossConfig (ipo_jax/loss/preference.py)
 
     c.reference = ml_collections.ConfigDict()
     c.reference.mode = "precomputed"  # precomputed (cached beside the pairs) | on_the_fly
     c.reference.init = ""  # the frozen reference model; '' = model.init (stage 2: the base model or stage 1's final/)
     c.reference.cache_dir = ""  # '' = the pair file's directory
 
-    # AdamW on the master weights: learning_rate, warmup_steps, end_lr_ratio (cosine decay end),
-    # weight_decay, b1, b2, eps, clip_norm, moment_dtype (float32 | bfloat16)
+    # AdamW on the master weights; the fields and their help: OptimConfig (ipo_jax/train/step.py)
     c.optim = _section(OptimConfig, exclude=("total_steps",))
 
     c.mesh = ml_collections.ConfigDict()

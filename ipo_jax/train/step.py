@@ -57,13 +57,13 @@ class OptimConfig:
     (`base_config()` builds its `optim` section from them); `total_steps` is not a setting: the
     loop derives it from train.epochs / train.max_steps."""
 
-    learning_rate: float = 2e-6
-    warmup_steps: int = 10
+    learning_rate: float = 2e-6  # peak learning rate (paper scale: 1e-6 to 5e-6)
+    warmup_steps: int = 10  # linear warmup from 0
     end_lr_ratio: float = 0.1  # the cosine decay ends at learning_rate * end_lr_ratio
-    weight_decay: float = 0.0
-    b1: float = 0.9
-    b2: float = 0.95
-    eps: float = 1e-8
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
+    b1: float = 0.9  # Adam's first-moment decay
+    b2: float = 0.95  # Adam's second-moment decay
+    eps: float = 1e-8  # Adam's denominator epsilon
     clip_norm: float = 1.0  # global gradient-norm clip
     moment_dtype: str = "float32"  # Adam's moments: float32, or bfloat16 to halve their memory
     total_steps: int = 1000
