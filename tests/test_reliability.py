@@ -287,14 +287,16 @@ def test_a_step_moved_aside_twice_is_kept_twice_side_by_side(three_checkpoints, 
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_the_fallback_prints_one_line_per_unreadable_checkpoint_and_no_traceback(three_checkpoints, capsys):
+def test_the_fallback_prints_one_line_per_unreadable_checkpoint_and_no_traceback(three_checkpoints, capsys, caplog):
     out = three_checkpoints
     _truncate_files(out / "checkpoints" / "6")
     _truncate_files(out / "checkpoints" / "4")
-    _, (_, _, step) = _restore(out, _tiny_state(0.0, 0))
-    jax.effects_barrier()
+    with caplog.at_level("WARNING"):
+        _, (_, _, step) = _restore(out, _tiny_state(0.0, 0))
+        jax.effects_barrier()
     printed = capsys.readouterr()
     assert step == 2
+    assert [r.getMessage()[:80] for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []  # orbax's own
     assert "Traceback" not in printed.out + printed.err and printed.err.strip() == ""
     lines = printed.out.splitlines()
     assert [l.split(" is unreadable")[0] for l in lines if "is unreadable" in l] == \

@@ -266,17 +266,21 @@ def shape_mismatches(metadata_tree, abstract) -> list[str]:
 
 
 def checkpoint_manager(directory: Path, keep: int, *, asynchronous: bool = True) -> ocp.CheckpointManager:
-    """The run's orbax CheckpointManager: <directory>/<step>/{state,meta}."""
-    return ocp.CheckpointManager(
-        Path(directory).absolute(),
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=asynchronous,
-            # a save cut short by a kill leaves <step>.orbax-checkpoint-tmp; it is never read, and removed here
-            cleanup_tmp_directories=True,
-        ),
-        # handlers known up front, so a checkpoint's array shapes can be read before restoring it
-        item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
-    )
+    """The run's orbax CheckpointManager: <directory>/<step>/{state,meta}.
+
+    orbax logs an error with the file's contents for each damaged checkpoint it lists; those are
+    silenced here: `_restore_newest_readable` reports each unreadable checkpoint in one line."""
+    with _quiet_orbax():
+        return ocp.CheckpointManager(
+            Path(directory).absolute(),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, enable_async_checkpointing=asynchronous,
+                # a save cut short by a kill leaves <step>.orbax-checkpoint-tmp; it is never read, and removed here
+                cleanup_tmp_directories=True,
+            ),
+            # handlers known up front, so a checkpoint's array shapes can be read before restoring it
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
+        )
 
 
 def _restore_newest_readable(manager, state, state_shardings, position, out: Path, model_init: str = ""):
@@ -296,7 +300,8 @@ def _restore_newest_readable(manager, state, state_shardings, position, out: Pat
     for step in sorted(manager.all_steps(), reverse=True):
         where = out / "checkpoints" / str(step)
         try:
-            metadata = manager.item_metadata(step)["state"]
+            with _quiet_orbax():
+                metadata = manager.item_metadata(step)["state"]
             problems = shape_mismatches(getattr(metadata, "tree", metadata), abstract) if metadata is not None else []
         except Exception:  # unreadable metadata: the restore below fails too and says why
             problems = []
