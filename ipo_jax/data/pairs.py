@@ -521,7 +521,7 @@ class PairBatches:
     packing=True (prefix_shared only): the epoch's pairs are packed once into rows of
     max(buckets) tokens (`best_fit_decreasing`, ties by seed); epoch e visits the rows in an order
     seeded by (seed, e); a micro-batch is `pairs_per_micro` rows with `pair_slots` pair slots
-    (the most pairs any `pairs_per_micro` rows hold), padded to the bucket of its longest row.
+    (the most pairs any `pairs_per_micro` rows hold); a batch is padded to the bucket of its longest row.
     """
 
     pairs: list[TokenizedPair]
