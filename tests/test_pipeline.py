@@ -44,8 +44,13 @@ class ScriptedPolicy:
         """cut_off: completion texts returned cut at the token limit (before their </think>, no end id)."""
         self.calls, self.fail_on_call, self.cut_off = 0, fail_on_call, cut_off
 
+    max_prompt_tokens = None  # the sampler's longest prompt (None: no limit)
+
     def encode_text(self, text):
         return [ord(c) for c in text]
+
+    def prompt_tokens(self, messages):
+        return sum(len(m["content"]) for m in messages)
 
     def decode(self, ids):
         return "".join(chr(i) for i in ids if i != self.END)
@@ -151,6 +156,19 @@ def test_cut_off_generations_never_become_pairs(tmp_path):
     summary = _build(tmp_path / "benign", policy=ScriptedPolicy(cut_off=(HELPFUL,)))
     assert summary["cut_off_benign"] == 1 and summary["over_refusal_pairs"] == 0
     assert all(p["kind"] == "intervention" for p in read_pair_records(tmp_path / "benign" / "pairs.jsonl"))
+
+
+def test_interventions_longer_than_the_samplers_prompt_limit_are_dropped_and_counted(tmp_path):
+    class TightPolicy(ScriptedPolicy):
+        # room for p1's prompt + prefix + the shorter trigger 1, not for trigger 0 (nor for a second round)
+        max_prompt_tokens = len(PROMPTS[0]["prompt"]) + COMPLIANT.index("Let me work them out.") + len(TRIGGERS[1])
+
+    assert len(TRIGGERS[0]) > len(TRIGGERS[1])
+    summary = _build(tmp_path, policy=TightPolicy())
+    # round 1: trigger 0 of p1 and p4 dropped; trigger 1 runs, is still unsafe, and its round-2
+    # prompt (prefix + trigger + kept continuation + trigger) is dropped too
+    assert summary["prompt_too_long"] == 4 and summary["success_per_round"] == {}
+    assert summary["generations"] == 3 + 2 + 2  # originals, the two trigger-1 continuations, benign candidates
 
 
 def test_an_empty_or_missing_answer_is_never_finished():

@@ -159,3 +159,14 @@ def test_build_pairs_keeps_the_sampled_ids_through_the_policy(name, request, tmp
     assert sampler.prompts[-1][-len(pair["prefix_ids"]) - len(trigger_ids):] == pair["prefix_ids"] + trigger_ids
     assert pair["chosen_ids"] == trigger_ids + encode_text(tokenizer, SAFE_TAIL) + [sampler.eos]
     assert pair["finish_reasons"] == {"chosen": "stop", "rejected": "stop"}
+
+
+def test_policy_reports_its_prompt_length_and_the_samplers_limit(qwen3):
+    from ipo_jax.data.tokenizer import encode_prompt
+    from ipo_jax.rollout import Policy
+    from ipo_jax.sampling import SamplingConfig
+
+    messages = [{"role": "user", "content": "How do I bake bread?"}]
+    policy = Policy(type("BucketedSampler", (), {"buckets": [32, 64, 128]})(), qwen3, SamplingConfig(), "x")
+    assert policy.max_prompt_tokens == 128 and policy.prompt_tokens(messages) == len(encode_prompt(qwen3, messages))
+    assert Policy(ScriptedSampler(qwen3), qwen3, SamplingConfig(), "x").max_prompt_tokens is None

@@ -48,7 +48,9 @@ Cut-off generations never become pairs: a side must have finished on its own (fi
 originals that are cut off are counted as `cut_off_rejected` (and in `unsafe_original`), other
 cut-off originals as `cut_off_original`, continuations that are cut off before turning unsafe as
 `cut_off_chosen`, unfinished benign candidates as `cut_off_benign` (summary.json); a judge error
-on an unfinished generation (no answer to judge) counts as cut off, not as a judge error.
+on an unfinished generation (no answer to judge) counts as cut off, not as a judge error. An
+intervention whose prompt would exceed the sampler's longest prompt (`Policy.max_prompt_tokens`)
+is dropped and counted as `prompt_too_long`.
 
 `build_pairs(kind="full_trajectory")` builds the paper's DPO-on-the-full-trajectory baseline
 instead (independent safe and unsafe trajectories of each prompt, ipo_jax/pipeline/baselines.py)
@@ -128,7 +130,7 @@ def _new_stats() -> dict[str, Any]:
         prompts=0, harmful=0, benign=0, judge_errors=0, safe_original=0, unsafe_original=0, cue_found=0,
         no_cue=0, cue_errors=0, generations=0, budget_exhausted=0, pairs=0, over_refusal_pairs=0,
         success_per_round={}, failed_after_rounds=0, truncated_generations=0,
-        cut_off_original=0, cut_off_rejected=0, cut_off_chosen=0, cut_off_benign=0,
+        cut_off_original=0, cut_off_rejected=0, cut_off_chosen=0, cut_off_benign=0, prompt_too_long=0,
     )
 
 
@@ -197,9 +199,20 @@ def process_chunk(
             chosen_ids = policy.encode_text(text_in_context(prefix, trigger))
             jobs.append(dict(record=record, trigger_index=t_index, round=1, chosen_ids=chosen_ids, **info))
 
+    # an intervention prompt (chat prompt + prefix + trigger, and in later rounds the kept part of
+    # the last continuation) can outgrow the sampler's longest prompt: such jobs are dropped and counted
+    limit = getattr(policy, "max_prompt_tokens", None)
+    prompt_tokens: dict[str, int] = {}
     for round_no in range(1, cfg.rounds + 1):
         runnable = []
         for job in jobs:
+            record_id = job["record"]["id"]
+            if limit is not None:
+                if record_id not in prompt_tokens:
+                    prompt_tokens[record_id] = policy.prompt_tokens(prompt_messages(job["record"]))
+                if prompt_tokens[record_id] + len(job["prefix_ids"]) + len(job["chosen_ids"]) > limit:
+                    stats["prompt_too_long"] += 1
+                    continue
             if used[job["record"]["id"]] >= cfg.max_generations_per_prompt:
                 stats["budget_exhausted"] += 1
                 continue

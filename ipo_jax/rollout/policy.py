@@ -38,6 +38,17 @@ class Policy:
     def count_tokens(self, text: str) -> int:
         return len(self._encode_text(self.tokenizer, text)) if text else 0
 
+    def prompt_tokens(self, messages: list[dict]) -> int:
+        """Length of the rendered chat prompt (generation prompt included), in tokens."""
+        return len(self._encode_prompt(self.tokenizer, messages))
+
+    @property
+    def max_prompt_tokens(self) -> int | None:
+        """The longest prompt (chat prompt + completion prefix) the sampler accepts (its largest
+        prompt bucket), or None when the sampler names no limit."""
+        buckets = getattr(self.sampler, "buckets", None)
+        return max(buckets) if buckets else None
+
     def encode_text(self, text: str) -> list[int]:
         return self._encode_text(self.tokenizer, text) if text else []
 
