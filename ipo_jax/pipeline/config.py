@@ -59,7 +59,8 @@ def paper_pipeline_config(hf_name: str, run_name: str) -> ml_collections.ConfigD
     3 intervention rounds; 16,384 new tokens per generation (R1-style traces run to thousands of
     tokens, and a cut-off generation never becomes a pair side, so a short limit only wastes
     samples); prompts up to 20,480 tokens, since an intervention continues from the prompt plus a
-    prefix of up to one generation plus the trigger; bfloat16 weights (sampling only). The judge
+    prefix of up to one generation plus the trigger (a later round that would need more is dropped
+    and counted as prompt_too_long); bfloat16 weights (sampling only). The judge
     and cue detector: an OpenAI-compatible endpoint (e.g. a vLLM server), set judge.base_url and
     judge.model.
     """
