@@ -352,3 +352,33 @@ def test_a_closed_output_pipe_is_not_an_error():
     proc.stdout.close()  # the reader is gone before anything is written (`| head -0`; `| head -1` at worst)
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0 and err == ""
+
+
+@pytest.mark.parametrize("stage, target", [("build-pairs", "ipo_jax.pipeline.run.run_build_pairs"),
+                                           ("sample", "ipo_jax.pipeline.run.run_sample"),
+                                           ("eval", "ipo_jax.eval.harness.run_eval")])
+def test_a_full_disk_in_any_stage_is_one_line_naming_its_output(tmp_path, capsys, monkeypatch, stage, target):
+    import errno
+    import os
+
+    def fail(config):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a write() reports it: no file name
+
+    monkeypatch.setattr(target, fail)
+    argv = _eval(tmp_path) if stage == "eval" else _pipeline(stage, tmp_path, f"--config.prompts={CONFIGS / 'sample_prompts.jsonl'}")
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"ipo-jax {stage}: error: cannot write {tmp_path / 'out'}: No space left on device\n"
+
+
+def test_a_full_disk_during_convert_names_the_output(hf_dirs, tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+
+    from ipo_jax import checkpoint
+
+    def fail(model, out_dir, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out_dir))
+
+    monkeypatch.setattr(checkpoint, "save_orbax", fail)
+    assert main(["convert", "--from", "hf", "--to", "orbax", str(hf_dirs["qwen2"][0]), str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == f"ipo-jax convert: error: cannot write {tmp_path / 'o'}: No space left on device\n"
