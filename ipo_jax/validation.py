@@ -25,10 +25,7 @@ from ipo_jax.loss.preference import OBJECTIVES
 from ipo_jax.models import config as model_config
 from ipo_jax.models.config import DTYPES, REMAT_POLICIES
 
-try:  # the backends build_judges chooses among, from their owner
-    from ipo_jax.judging.config import BACKENDS as JUDGE_BACKENDS
-except ImportError:  # the judging package not there yet: the pipeline's three
-    JUDGE_BACKENDS = ("pattern", "llm", "http")
+from ipo_jax.judging.config import BACKENDS as JUDGE_BACKENDS  # the backends build_judges chooses among
 _MISSING = object()
 
 
