@@ -74,3 +74,21 @@ def test_a_reference_of_another_shape_is_a_clear_error(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "reference.init" in err and "architecture" in err
+
+
+def test_a_run_started_before_a_setting_existed_still_resumes(tmp_path):
+    """Settings added later (reference.init, data.packing, loss.nll_norm) are read as their defaults
+    in an older run's config.json, so upgrading does not lock a run out; other changes still refuse."""
+    from ipo_jax.train.loop import TrainingError, check_output_dir
+
+    config = _tiny_run(tmp_path / "run")
+    old = json.loads(config.to_json_best_effort())
+    del old["reference"]["init"], old["data"]["packing"], old["loss"]["nll_norm"]
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps(old))
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')  # progress a restart would lose
+    check_output_dir(out, config)  # resumable: no error
+    changed = _tiny_run(out, "--config.loss.nll_norm=sum")
+    with pytest.raises(TrainingError, match="loss: was"):
+        check_output_dir(out, changed)

@@ -74,6 +74,7 @@ from ipo_jax.io import atomic_write_text
 from ipo_jax.loss import LossConfig
 from ipo_jax.sharding import make_mesh
 from ipo_jax.train import reference as reference_lib
+from ipo_jax.train.config import base_config
 from ipo_jax.train.mfu import peak_flops_per_device, train_flops_per_token
 from ipo_jax.train.step import all_finite
 from ipo_jax.validation import validate_settings
@@ -415,6 +416,14 @@ RUN_IDENTITY = (
 )
 
 
+def _with_defaults(tree: dict, defaults: dict) -> dict:
+    """`tree` with every key it lacks taken from `defaults`, recursively."""
+    merged = dict(defaults)
+    for key, value in tree.items():
+        merged[key] = _with_defaults(value, defaults[key]) if isinstance(value, dict) and isinstance(defaults.get(key), dict) else value
+    return merged
+
+
 def check_output_dir(out: Path, config) -> None:
     """train.out must be new, empty, or a run of this same config (then it is resumed).
 
@@ -436,6 +445,8 @@ def check_output_dir(out: Path, config) -> None:
     except json.JSONDecodeError as e:
         raise TrainingError(f"{previous_file}: not valid JSON ({e}); is {out} a training run of ipo-jax?") from None
     current = json.loads(config.to_json_best_effort())
+    # a setting added after the run started (its config.json lacks it) had its default then
+    previous = _with_defaults(previous, json.loads(base_config().to_json_best_effort()))
 
     def get(tree, dotted):
         for key in dotted.split("."):
