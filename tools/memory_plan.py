@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import sys
 import time
@@ -53,6 +54,7 @@ def parse_args(argv=None):
     parser.add_argument("--check", nargs=3, metavar=("MODEL", "LENGTH", "DEVICES"),
                         help="compile one more point and report the a + b/n fit's error there")
     parser.add_argument("--out", help="write OUT.json and OUT.md")
+    parser.add_argument("--from-json", metavar="JSON", help="rewrite --out's markdown from a saved JSON (no compiles)")
     return parser.parse_args(argv)
 
 
@@ -128,6 +130,10 @@ def main(argv=None) -> int:
     from ipo_jax.train import plan
 
     topologies = [plan.parse_topology(t) for t in args.topologies]
+    if args.from_json:
+        data = json.loads(Path(args.from_json).read_text())
+        write_markdown(Path(args.out), data, topologies)
+        return 0
     counts = sorted({t.devices for t in topologies} | set(args.devices))
     plan.request_cpu_devices(max(counts + ([int(args.check[2])] if args.check else [])))
     base = load_config(args.config, args.set)
@@ -166,42 +172,60 @@ def main(argv=None) -> int:
 
 
 def write(path: Path, args, base, rows, fits, topologies, check, seconds) -> None:
-    from ipo_jax.train.plan import GIB, describe_run
+    from ipo_jax.train.plan import describe_run
 
     path.parent.mkdir(parents=True, exist_ok=True)
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    machine = f"{platform.machine()} CPU, simulated devices ({platform.node() or 'this machine'})"
+    machine = f"{os.cpu_count()}-core {platform.machine()} CPU (shared), simulated devices"
     command = " ".join(["python", "tools/memory_plan.py", *sys.argv[1:]])
     setup = describe_run(run_config(base, "MODEL", args.seq_lens[0], 8)).replace("preset:MODEL, ", "")
     data = dict(date=when, machine=machine, command=command, seconds=round(seconds), base_run=setup,
-                note="per device; one prefix-shared row per device per micro-batch; fsdp over all devices",
+                note="one prefix-shared row per device per micro-batch, fsdp over all devices",
                 rows=[dict(r, peak=peak(r)) for r in rows],
                 fits=[dict(model=m, length=n, topology=t, **v) for (m, n, t), v in fits.items()], fit_check=check)
     path.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
+    write_markdown(path, data, topologies)
+
+
+def write_markdown(path: Path, data: dict, topologies) -> None:
+    """The tables of OUT.md from the JSON's rows, fits and fit check. A fitted verdict that a peak
+    off by the fit check's error would flip is marked '?'."""
+    from ipo_jax.train.plan import DEFAULT_HEADROOM, GIB
+
+    rows, check = data["rows"], data["fit_check"]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    lengths = sorted({r["length"] for r in rows})
     counts = sorted({r["devices"] for r in rows})
-    lines = [f"Measured {when} on {machine} in {seconds / 60:.0f} min: `{command}`", "",
-             f"Run: {setup} (the sequence and the model as in each row; one row per device per micro-batch, "
-             "fsdp over all devices).", "",
-             "Per-device peak (GiB) of the compiled IPO train step (compiled at "
-             f"{sorted(args.devices)} devices, the others fitted as a + b/n):", "",
-             "| model | tokens | " + " | ".join(f"{n} dev" for n in counts) + " |",
-             "|---|---|" + "---|" * len(counts)]
-    for model in args.models:
-        for length in args.seq_lens:
+    compiled = sorted({r["devices"] for r in rows if r["method"] == "compiled" and r["length"] == lengths[0]})
+    error = abs(check["relative_error"]) if check else 0.0
+    by_key = {(r["model"], r["length"], r["devices"]): r for r in rows}
+    fits = {(f["model"], f["length"], f["topology"]): f for f in data["fits"]}
+    lines = [f"Measured {data['date']} on {data['machine']} in {data['seconds'] / 60:.0f} min: `{data['command']}`", "",
+             f"Run: {data['base_run']} (the sequence and the model as in each row; {data['note']}).", "",
+             f"Per-device peak (GiB) of the compiled IPO train step (compiled at {compiled} devices at "
+             f"{lengths[0]} tokens and at {compiled[0]} devices at the other lengths; the others fitted as a + b/n):", "",
+             "| model | tokens | " + " | ".join(f"{n} dev" for n in counts) + " |", "|---|---|" + "---|" * len(counts)]
+    for model in models:
+        for length in lengths:
             cells = []
             for n in counts:
-                r = next(r for r in rows if (r["model"], r["length"], r["devices"]) == (model, length, n))
-                cells.append(f"{peak(r) / GIB:.1f}" + ("" if r["method"] == "compiled" else "*"))
+                r = by_key[(model, length, n)]
+                cells.append(f"{r['peak'] / GIB:.1f}" + ("" if r["method"] == "compiled" else "*"))
             lines.append(f"| {model} | {length} | " + " | ".join(cells) + " |")
-    lines += ["", "\\* fitted. Fits (peak, headroom; a fit leaves >= 10% of the device's memory free):", "",
+    lines += ["", f"\\* fitted. Fit: peak and headroom; a run fits when >= {DEFAULT_HEADROOM:.0%} of the device's "
+              "memory stays free" + (f"; '?' marks a fitted verdict that the fit check's error ({error:.1%}) could flip" if error else "")
+              + ":", "",
               "| model | tokens | " + " | ".join(f"{t.name} ({t.devices} x {t.device_gib:.0f} GiB)" for t in topologies) + " |",
               "|---|---|" + "---|" * len(topologies)]
-    for model in args.models:
-        for length in args.seq_lens:
+    for model in models:
+        for length in lengths:
             cells = []
             for t in topologies:
                 v = fits[(model, length, t.name)]
-                cells.append(("fits" if v["fits"] else "no") + f" ({v['headroom']:.0%})")
+                fitted = by_key[(model, length, t.devices)]["method"] != "compiled"
+                low, high = (1 - (1 + error) * (1 - v["headroom"]), 1 - (1 - error) * (1 - v["headroom"]))
+                unsure = fitted and (low >= DEFAULT_HEADROOM) != (high >= DEFAULT_HEADROOM)
+                cells.append(("fits" if v["fits"] else "no") + f" ({v['headroom']:.0%})" + ("?" if unsure else ""))
             lines.append(f"| {model} | {length} | " + " | ".join(cells) + " |")
     if check:
         lines += ["", f"Fit check: {check['model']} at {check['length']} tokens compiled at {check['devices']} devices: "
