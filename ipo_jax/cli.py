@@ -433,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="will a training config fit a topology? (--config configs/train_*.py --topology v5p-8)",
         description="Compile the config's train step ahead of time (no weights) and print its per-device memory.\n"
         "Exit 0: fits; 3: does not fit (the smallest change that would is printed); 2: bad input.\n"
+        "The run: --config FILE with --config.<field>=value overrides, as for `ipo-jax train`.\n"
         "  ipo-jax plan --config configs/train_qwen3_8b.py --topology 8xh100 [--config.data.max_length=16384]",
         formatter_class=argparse.RawTextHelpFormatter,
     )
