@@ -77,8 +77,11 @@ def _assert_close(a, b, what):
 # --------------------------------------------------------------------------------- kernel
 
 
-@pytest.mark.parametrize("blocks", [(8, 8), (6, 11), (64, 64)], ids=["dividing", "not dividing", "one block"])
-@pytest.mark.parametrize("layout", LAYOUTS)
+KERNEL_CASES = [(layout, (6, 11)) for layout in LAYOUTS]  # block sizes that do not divide the lengths
+KERNEL_CASES += [("prefix shared", (8, 8)), ("prefix shared", (64, 64))]  # dividing; one block
+
+
+@pytest.mark.parametrize("layout, blocks", KERNEL_CASES, ids=lambda x: str(x))
 def test_kernel_output_and_gradients_equal_dense(layout, blocks):
     seg, br = LAYOUTS[layout]()
     B, T = seg.shape

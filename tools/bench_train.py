@@ -3,19 +3,27 @@
 
 make bench-train          # builds the peer venvs (.bench/trl, .bench/tunix) on first use, then runs this
 python tools/bench_train.py --out tools/results/train [--peers trl tunix] [--steps 4]
+python tools/bench_train.py --shape long --model 8m --out tools/results/train_long   # realistic IPO lengths
 
 The workload (written to --work, reused by every implementation):
-- one random Qwen2-shaped model (hidden 512, 6 layers, 8 query / 2 kv heads, MLP 1536, vocabulary
-  32768, untied, qkv bias: ~52M parameters), saved once as an HF safetensors directory that every
-  implementation loads, so all start from the same weights;
-- random token-id pairs: prompt + reasoning prefix (the shared trunk, 64 + 128 tokens) and a chosen
-  and a rejected suffix (64 tokens each), identical lengths so that every implementation's
-  batch carries no padding and all average the SFT term over the same tokens;
+- one random Qwen2-shaped model, saved once as an HF safetensors directory that every
+  implementation loads, so all start from the same weights: --model 52m (hidden 512, 6 layers,
+  8 query / 2 kv heads, MLP 1536, vocabulary 32768, untied, qkv bias: 51.7M parameters) or 8m
+  (hidden 256, 4 layers, 4 query / 2 kv heads, MLP 1024, vocabulary 8192: 8.1M parameters);
+- random token-id pairs: prompt + reasoning prefix (the shared trunk) and a chosen and a
+  rejected suffix, identical lengths so that every implementation's batch carries no padding
+  and all average the SFT term over the same tokens. --shape short: trunk 64 + 128, suffixes
+  64 + 64, 4 pairs per step; --shape long (realistic IPO lengths): trunk 64 + 1472, suffixes
+  256 + 256, 2 pairs per step;
 - the objective IPO uses: sigmoid DPO (beta 0.1) on the suffix tokens only, plus 0.2 x the mean
   NLL of the chosen suffix (for the peers: prompt = trunk, completion = suffix; TRL's loss_type
   ["sigmoid", "sft"] with weights [1, 0.2], tunix's DPO with its SFT term), float32, AdamW at a
   constant learning rate (no weight decay, betas 0.9 / 0.999), gradient clipping at norm 1,
-  4 pairs per step, the same pairs in the same order.
+  the same pairs in the same order.
+
+Our step runs with the attention kernel(s) of --attention (dense, blockwise); --rounds N runs
+the whole sequence (ours, then the peers, per reference mode) N times, alternating the sides so
+that a change in the machine's load hits both, and reports the median step over all rounds.
 
 Each implementation runs --warmup steps (compilation, excluded) and then --steps timed steps;
 a step's time includes building its batch from the stored pairs. The per-step losses are printed
@@ -60,11 +68,19 @@ PEERS = {
                   references=("on_the_fly",)),
 }
 
-MODEL = dict(
-    model_type="qwen2", vocab_size=32768, hidden_size=512, intermediate_size=1536, num_layers=6, num_heads=8,
-    num_kv_heads=2, head_dim=64, rms_norm_eps=1e-6, rope_theta=1_000_000.0, tie_word_embeddings=False,
-    qkv_bias=True, max_position_embeddings=4096, bos_token_id=1, eos_token_id=2,
-)
+_QWEN2 = dict(model_type="qwen2", rms_norm_eps=1e-6, rope_theta=1_000_000.0, tie_word_embeddings=False, qkv_bias=True,
+              max_position_embeddings=4096, bos_token_id=1, eos_token_id=2)
+MODELS = {
+    "52m": dict(_QWEN2, vocab_size=32768, hidden_size=512, intermediate_size=1536, num_layers=6, num_heads=8,
+                num_kv_heads=2, head_dim=64),
+    "8m": dict(_QWEN2, vocab_size=8192, hidden_size=256, intermediate_size=1024, num_layers=4, num_heads=4,
+               num_kv_heads=2, head_dim=64),
+}
+MODEL = MODELS["52m"]
+SHAPES = {
+    "short": dict(prompt_tokens=64, prefix_tokens=128, suffix_tokens=64, pairs_per_step=4, num_pairs=32),
+    "long": dict(prompt_tokens=64, prefix_tokens=1472, suffix_tokens=256, pairs_per_step=2, num_pairs=16),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,23 +112,23 @@ class Workload:
         return self.trunk_tokens + 2 * self.suffix_tokens
 
 
-def write_workload(work: Path, w: Workload) -> None:
+def write_workload(work: Path, w: Workload, model: dict = MODEL) -> None:
     """The model (HF safetensors) and pairs every implementation reads; reused when settings match."""
     from ipo_jax.checkpoint.hf import save_hf
     from ipo_jax.models.config import ModelConfig
     from ipo_jax.models.decoder import init_decoder
 
-    settings = dict(model=MODEL, workload=dataclasses.asdict(w))
+    settings = dict(model=model, workload=dataclasses.asdict(w))
     stamp = work / "workload.json"
     if stamp.is_file() and json.loads(stamp.read_text()).get("settings") == settings:
         return
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    model = init_decoder(ModelConfig(**MODEL), seed=w.seed)
-    save_hf(model, work / "model")
+    decoder = init_decoder(ModelConfig(**model), seed=w.seed)
+    save_hf(decoder, work / "model")
     rng = np.random.default_rng(w.seed)
-    draw = lambda n: rng.integers(3, MODEL["vocab_size"], n).tolist()  # noqa: E731 (ids 0-2 are special)
+    draw = lambda n: rng.integers(3, model["vocab_size"], n).tolist()  # noqa: E731 (ids 0-2 are special)
     pairs = [
         dict(id=f"pair-{i}", prompt_ids=draw(w.prompt_tokens), prefix_ids=draw(w.prefix_tokens),
              chosen_ids=draw(w.suffix_tokens), rejected_ids=draw(w.suffix_tokens))
@@ -135,7 +151,8 @@ def matmul_rate(size: int) -> float:
     return 2 * size**3 / best
 
 
-def run_ours(work: Path, w: Workload, layout: str, reference: str, warmup: int, steps: int) -> dict:
+def run_ours(work: Path, w: Workload, layout: str, reference: str, warmup: int, steps: int,
+             attention: str = "dense", block: int = 0) -> dict:
     from ipo_jax.checkpoint.hf import load_hf
     from ipo_jax.data.pairs import PairBatches, TokenizedPair
     from ipo_jax.loss import LossConfig
@@ -152,7 +169,8 @@ def run_ours(work: Path, w: Workload, layout: str, reference: str, warmup: int, 
                            as_ids(r, "rejected_ids")) for r in records]
     length = pairs[0].row_length(layout)
     batches = PairBatches(pairs, w.pairs_per_step, 1, layout, "cue", [length], shuffle=False)
-    model = load_hf(str(work / "model"), mesh=mesh)
+    blocks = dict(attention_block_q=block, attention_block_k=block) if block else {}
+    model = load_hf(str(work / "model"), mesh=mesh, attention=attention, **blocks)
     graphdef, params = nnx.split(model, nnx.Param)
     total = warmup + steps
     optim = OptimConfig(learning_rate=w.learning_rate, warmup_steps=0, total_steps=total, end_lr_ratio=1.0,
@@ -195,6 +213,7 @@ def run_ours(work: Path, w: Workload, layout: str, reference: str, warmup: int, 
     timed = times[warmup:]
     return dict(
         implementation="ours", layout=layout, reference=reference, step_seconds=timed,
+        attention=attention + (f" {model.cfg.attention_block_q}" if attention == "blockwise" else ""),
         compile_seconds=times[0], losses=losses, dpo_losses=dpo_terms, learning_rates=lrs,
         reference_seconds_per_pair=ref_seconds / w.num_pairs if not on_the_fly else 0.0,
         tokens_per_pair_forward=length if layout == "prefix_shared" else 2 * length,
@@ -230,8 +249,14 @@ def summarise(row: dict, w: Workload, roofline_pairs: dict[str, float]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", default=str(REPO / "runs/bench-train"), help="workload directory (reused)")
+    parser.add_argument("--work", help="workload directory (reused; default runs/bench-train[-SHAPE-MODEL])")
     parser.add_argument("--out", help="write OUT.json and OUT.md")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="short", help="pair lengths (see above)")
+    parser.add_argument("--model", choices=sorted(MODELS), default="52m", help="model size (see above)")
+    parser.add_argument("--attention", nargs="+", default=["dense"], choices=["dense", "blockwise"],
+                        help="our attention kernel(s) (model.attention)")
+    parser.add_argument("--attention-block", type=int, default=0,
+                        help="blockwise query and key block size (default: ModelConfig's)")
     parser.add_argument("--peers", nargs="*", default=["trl", "tunix"], choices=sorted(PEERS))
     parser.add_argument("--trl-python", help="python of the TRL venv (default .bench/trl/bin/python)")
     parser.add_argument("--tunix-python", help="python of the tunix venv (default .bench/tunix/bin/python)")
@@ -239,16 +264,20 @@ def main() -> None:
     parser.add_argument("--references", nargs="+", default=["precomputed", "on_the_fly"])
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=1, help="repeat everything, alternating sides")
     parser.add_argument("--matmul-size", type=int, default=2048)
     args = parser.parse_args()
 
     from ipo_jax.models.config import ModelConfig
     from ipo_jax.train.mfu import train_flops_per_token
 
-    w = Workload()
-    work = Path(args.work)
-    write_workload(work, w)
-    cfg = ModelConfig(**MODEL)
+    w = Workload(**SHAPES[args.shape])
+    model = MODELS[args.model]
+    default_work = "runs/bench-train" if (args.shape, args.model) == ("short", "52m") else \
+        f"runs/bench-train-{args.shape}-{args.model}"
+    work = Path(args.work or REPO / default_work)
+    write_workload(work, w, model)
+    cfg = ModelConfig(**model)
     rate = matmul_rate(args.matmul_size)
     n_tok = w.shared_tokens_per_pair
     flops_per_pair = {
@@ -256,30 +285,54 @@ def main() -> None:
     }
     roofline_pairs = {ref: rate / f for ref, f in flops_per_pair.items()}
     header = (
-        f"{platform.node()}: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start; "
+        f"{platform.node()}: {os.cpu_count()} CPUs, load average {load_text()} at start; "
         f"jax {jax.__version__} ({jax.devices()[0].device_kind}); measured float32 matmul rate "
-        f"{rate / 1e9:.1f} GFLOP/s; model {cfg.num_params() / 1e6:.1f}M params (Qwen2 shape); "
+        f"{rate / 1e9:.1f} GFLOP/s; model {cfg.num_params() / 1e6:.1f}M params (Qwen2 shape, --model {args.model}); "
         f"{w.pairs_per_step} pairs per step, trunk {w.trunk_tokens} + suffixes {w.suffix_tokens} / {w.suffix_tokens} "
-        f"tokens; median of {args.steps} steps after {args.warmup} warm-up"
+        f"tokens (--shape {args.shape}); median of {args.steps} steps after {args.warmup} warm-up"
+        + (f", over {args.rounds} rounds alternating the sides" if args.rounds > 1 else "")
     )
     print(header, flush=True)
-    rows = []
-    for reference in args.references:
-        for layout in args.layouts:
-            print(f"ours: {layout}, reference {reference}", flush=True)
-            rows.append(summarise(run_ours(work, w, layout, reference, args.warmup, args.steps), w, roofline_pairs))
-        for name in [p for p in args.peers if reference in PEERS[p]["references"]]:
-            print(f"{name}: reference {reference}", flush=True)
-            python = getattr(args, f"{name}_python")
-            rows.append(summarise(run_peer(name, work, w, reference, args.warmup, args.steps, python), w, roofline_pairs))
+    runs: dict[tuple, dict] = {}  # one row per (implementation, layout, reference, attention), rounds merged
+
+    def record(row: dict) -> None:
+        key = (row["implementation"], row.get("layout", "duplicated"), row["reference"], row.get("attention", "-"))
+        if key in runs:
+            runs[key]["step_seconds"] += row["step_seconds"]
+            runs[key]["loads"].append(os.getloadavg()[0])
+        else:
+            runs[key] = dict(row, loads=[os.getloadavg()[0]])
+
+    for round_index in range(args.rounds):
+        peers_first = round_index % 2 == 1  # alternate which side runs first in each round
+        for reference in args.references:
+            ours = [(layout, kind) for kind in args.attention for layout in args.layouts]
+            peers = [p for p in args.peers if reference in PEERS[p]["references"]]
+            sides = [("peer", p) for p in peers] + [("ours", o) for o in ours]
+            if not peers_first:
+                sides = sides[len(peers):] + sides[: len(peers)]
+            for side, what in sides:
+                if side == "ours":
+                    layout, kind = what
+                    print(f"[round {round_index + 1}] ours: {layout}, reference {reference}, {kind} attention", flush=True)
+                    record(run_ours(work, w, layout, reference, args.warmup, args.steps, kind, args.attention_block))
+                else:
+                    print(f"[round {round_index + 1}] {what}: reference {reference}", flush=True)
+                    record(run_peer(what, work, w, reference, args.warmup, args.steps, getattr(args, f"{what}_python")))
+    rows = [summarise(r, w, roofline_pairs) for r in runs.values()]
+    header += f"; load average {load_text()} at the end"
     report(rows, header, w, roofline_pairs, flops_per_pair, args.out)
+
+
+def load_text() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def report(rows, header, w, roofline_pairs, flops_per_pair, out) -> None:
     lines = [f"Setup: {header}.", "",
-             "| implementation | layout | reference | pairs/s | tokens/s | step s | reference pass s/pair | "
+             "| implementation | layout | reference | attention | pairs/s | tokens/s | step s | reference pass s/pair | "
              "vs TRL | vs tunix | share of roofline |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     by = {(r["implementation"], r["reference"]): r for r in rows if r["implementation"] != "ours"}
     for r in rows:
         ratios = []
@@ -288,7 +341,7 @@ def report(rows, header, w, roofline_pairs, flops_per_pair, out) -> None:
             ratios.append(f"{r['pairs_per_second'] / p['pairs_per_second']:.2f}x" if p else "-")
         ref_pass = f"{r['reference_seconds_per_pair']:.3f}" if r["reference"] == "precomputed" else "-"
         lines.append(
-            f"| {r['implementation']} | {r.get('layout', 'duplicated')} | {r['reference']} | "
+            f"| {r['implementation']} | {r.get('layout', 'duplicated')} | {r['reference']} | {r.get('attention', '-')} | "
             f"{r['pairs_per_second']:.2f} | {r['tokens_per_second']:.0f} | {r['median_step_seconds']:.2f} | {ref_pass} | "
             f"{ratios[0]} | {ratios[1]} | {r['share_of_roofline']:.0%} |"
         )
@@ -297,14 +350,15 @@ def report(rows, header, w, roofline_pairs, flops_per_pair, out) -> None:
                           for ref in roofline_pairs), "",
               "Loss per step (step 1 is the same function of the same weights and pairs everywhere; TRL and ours: "
               "DPO + 0.2 x NLL of the chosen suffix; tunix: DPO only, compare with our DPO-term rows):", "",
-              "| implementation | layout | reference | " + " | ".join(f"step {i + 1}" for i in range(len(rows[0]["losses"]))) + " |",
-              "|---|---|---|" + "---|" * len(rows[0]["losses"])]
+              "| implementation | layout | reference | attention | "
+              + " | ".join(f"step {i + 1}" for i in range(len(rows[0]["losses"]))) + " |",
+              "|---|---|---|---|" + "---|" * len(rows[0]["losses"])]
     for r in rows:
-        lines.append(f"| {r['implementation']} | {r.get('layout', 'duplicated')} | {r['reference']} | "
+        lines.append(f"| {r['implementation']} | {r.get('layout', 'duplicated')} | {r['reference']} | {r.get('attention', '-')} | "
                      + " | ".join(f"{x:.5f}" for x in r["losses"]) + " |")
     for r in rows:  # tunix's DPO has no SFT term: compare it with our DPO term alone
         if "dpo_losses" in r:
-            lines.append(f"| {r['implementation']} (DPO term only) | {r['layout']} | {r['reference']} | "
+            lines.append(f"| {r['implementation']} (DPO term only) | {r['layout']} | {r['reference']} | {r['attention']} | "
                          + " | ".join(f"{x:.5f}" for x in r["dpo_losses"]) + " |")
     text = "\n".join(lines) + "\n"
     print("\n" + text)
