@@ -54,6 +54,8 @@ def parse_args(argv=None):
     parser.add_argument("--check", nargs=3, metavar=("MODEL", "LENGTH", "DEVICES"),
                         help="compile one more point and report the a + b/n fit's error there")
     parser.add_argument("--out", help="write OUT.json and OUT.md")
+    parser.add_argument("--compile-all", action="store_true",
+                        help="compile every (model, length, device count) instead of fitting a + b/n")
     parser.add_argument("--from-json", metavar="JSON", help="rewrite --out's markdown from a saved JSON (no compiles)")
     return parser.parse_args(argv)
 
@@ -147,6 +149,8 @@ def main(argv=None) -> int:
             at_length = small if length == args.seq_lens[0] else compile_point(base, model, length, n1)
             for n in counts:
                 row = {n1: at_length, n2: large}.get(n) if length == args.seq_lens[0] else None
+                if row is None and n != n1 and args.compile_all:
+                    row = compile_point(base, model, length, n)
                 row = row or (at_length if n == n1 else fitted(small, large, at_length, n))
                 per_device[(model, length, n)] = row
                 rows.append(row)
@@ -184,6 +188,7 @@ def write(path: Path, args, base, rows, fits, topologies, check, seconds) -> Non
                 rows=[dict(r, peak=peak(r)) for r in rows],
                 fits=[dict(model=m, length=n, topology=t, **v) for (m, n, t), v in fits.items()], fit_check=check)
     path.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
+    print(f"wrote {path.with_suffix('.json')}")
     write_markdown(path, data, topologies)
 
 
@@ -202,8 +207,10 @@ def write_markdown(path: Path, data: dict, topologies) -> None:
     fits = {(f["model"], f["length"], f["topology"]): f for f in data["fits"]}
     lines = [f"Measured {data['date']} on {data['machine']} in {data['seconds'] / 60:.0f} min: `{data['command']}`", "",
              f"Run: {data['base_run']} (the sequence and the model as in each row; {data['note']}).", "",
-             f"Per-device peak (GiB) of the compiled IPO train step (compiled at {compiled} devices at "
-             f"{lengths[0]} tokens and at {compiled[0]} devices at the other lengths; the others fitted as a + b/n):", "",
+             "Per-device peak (GiB) of the compiled IPO train step (" + (
+                 f"compiled at {compiled} devices at {lengths[0]} tokens and at {compiled[0]} devices at the other "
+                 "lengths; the others fitted as a + b/n):" if any(r["method"] != "compiled" for r in rows)
+                 else "every cell compiled):"), "",
              "| model | tokens | " + " | ".join(f"{n} dev" for n in counts) + " |", "|---|---|" + "---|" * len(counts)]
     for model in models:
         for length in lengths:
@@ -232,7 +239,7 @@ def write_markdown(path: Path, data: dict, topologies) -> None:
                   f"peak {check['compiled_peak'] / GIB:.2f} GiB, fitted {check['fitted_peak'] / GIB:.2f} GiB "
                   f"({check['relative_error']:+.2%})."]
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {path.with_suffix('.json')} and {path.with_suffix('.md')}")
+    print(f"wrote {path.with_suffix('.md')}")
 
 
 if __name__ == "__main__":
