@@ -99,8 +99,8 @@ def test_our_jsonl_format(tmp_path):
 
 
 @pytest.mark.parametrize("writer, message", [
-    (lambda p: _write_csv(p / "strongreject_dataset.csv", ["category", "prompt"], [["x", "y"]]), "column 'forbidden_prompt' missing"),
-    (lambda p: _write_csv(p / "strongreject_dataset.csv", ["category", "source", "forbidden_prompt"], [["x", "s", "  "]]), "row 1: column 'forbidden_prompt' must be a non-empty string"),
+    (lambda p: _write_csv(p / "strongreject_dataset.csv", ["category", "question"], [["x", "y"]]), "column 'forbidden_prompt' or 'prompt' missing"),
+    (lambda p: _write_csv(p / "strongreject_dataset.csv", ["category", "source", "forbidden_prompt"], [["x", "s", "  "]]), r"row 1 \(line 2\): column 'forbidden_prompt' must be a non-empty string"),
 ])
 def test_bad_benchmark_files_name_the_column_and_row(tmp_path, writer, message):
     path = writer(tmp_path)
@@ -118,7 +118,7 @@ def test_missing_files_and_bad_jsonl_records_are_clear_errors(tmp_path):
         load_benchmark("gsm8k", tmp_path)
     bad_kind = tmp_path / "k.jsonl"
     bad_kind.write_text(json.dumps(dict(id="a", prompt="p", kind="toxic")) + "\n")
-    with pytest.raises(EvalDataError, match=r"row 1 \(id 'a'\): field 'kind' is 'toxic'"):
+    with pytest.raises(EvalDataError, match=r"k.jsonl: line 1 \(id 'a'\): field 'kind' is 'toxic'"):
         load_benchmark("jsonl", bad_kind)
     dup = tmp_path / "d.jsonl"
     dup.write_text(json.dumps(dict(id="a", prompt="p", kind="benign")) + "\n" + json.dumps(dict(id="a", prompt="q", kind="benign")) + "\n")

@@ -1,26 +1,58 @@
-"""Benchmark loaders: the published file formats of the paper's evaluation sets, read from local
-files only (nothing is ever downloaded), turned into `EvalItem`s.
+"""Benchmark loaders: the published layouts of the paper's evaluation sets turned into `EvalItem`s.
 
-| name           | published file(s)                                   | prompt column      | kind                          |
-|----------------|-----------------------------------------------------|--------------------|-------------------------------|
-| jailbreakbench | JBB-Behaviors harmful-behaviors.csv / benign-behaviors.csv | Goal        | harmful (benign for the benign file) |
-| strongreject   | strongreject_dataset.csv / strongreject_small_dataset.csv  | forbidden_prompt | harmful                  |
-| wildjailbreak  | eval.tsv (adversarial, label, data_type) / train.tsv (vanilla, adversarial, ...) | adversarial, else vanilla | from data_type (*_harmful / *_benign) or label (1 / 0) |
-| xstest         | xstest_prompts.csv (id, prompt, type, label, ...)   | prompt             | label safe -> benign, unsafe -> harmful |
-| math500        | test.jsonl (problem, answer, subject, unique_id)    | problem            | math, reference = answer      |
-| jsonl          | our own: id, prompt, kind, optional reference, category | prompt         | the kind field                |
+    load_benchmark(name, path, limit=None, split=None, *, sample=None, seed=0) -> list[tuple[str, EvalItem]]
 
-`path` may be the file itself (.csv, .tsv, .json, .jsonl, .parquet), a directory holding one of the
-published file names, or a directory written by `datasets` ``save_to_disk`` (a DatasetDict picks
-`split`, else "test", else its only split).  Errors (`EvalDataError`) name the file, the row and
-the column, and what was expected; empty prompts and duplicate ids are errors, not skips.
+| name           | published file(s) / hub id                                   | columns read                                   | kind |
+|----------------|--------------------------------------------------------------|------------------------------------------------|------|
+| jailbreakbench | JBB-Behaviors harmful-behaviors.csv, benign-behaviors.csv; hf:JailbreakBench/JBB-Behaviors (config behaviors, splits harmful / benign) | Index, Goal, Category | harmful (benign for the benign file / split) |
+| strongreject   | strongreject_dataset.csv, strongreject_small_dataset.csv     | forbidden_prompt, category                     | harmful |
+| wildjailbreak  | eval.tsv (adversarial, label, data_type); train.tsv; hf:allenai/wildjailbreak (config eval) | adversarial (else vanilla), data_type / label | harmful / benign; `sample=N` draws from the adversarial_harmful rows |
+| xstest         | xstest_prompts.csv (id, prompt, type, label, focus, note)    | id, prompt, type, label                        | label safe -> benign, unsafe -> harmful |
+| aime           | Maxwell-Jia/AIME_2024 aime_2024_problems.parquet (ID, Problem, Answer); AI-MO/aimo-validation-aime, HuggingFaceH4/aime_2024 (id, problem, answer); opencompass/AIME2025 aime2025-I.jsonl / aime2025-II.jsonl (question, answer); yentinglin/aime_2025 | id/ID, problem/Problem/question, answer/Answer | math, reference = the answer as published |
+| math500        | HuggingFaceH4/MATH-500 test.jsonl                            | unique_id, problem, answer, subject            | math |
+| gpqa           | Idavidrein/gpqa gpqa_diamond.csv (also gpqa_main / extended) | Record ID, Question, Correct Answer, Incorrect Answer 1..3, High-level domain | choice: options shuffled per item (seeded), reference = the correct letter |
+| humaneval      | openai/human-eval HumanEval.jsonl(.gz); hf:openai/openai_humaneval | task_id, prompt, test, entry_point          | code |
+| jsonl          | our own: id, prompt, kind, reference, category, choices, tests, entry_point | as named                         | the kind field |
+
+`path` is one of
+  * the file itself: .csv, .tsv, .json, .jsonl, .jsonl.gz or .parquet;
+  * a directory holding one of the published file names (jailbreakbench: `split="benign"` picks
+    benign-behaviors.csv; aime: all of aime2025-I.jsonl and aime2025-II.jsonl that are there);
+  * a directory written by `datasets` ``save_to_disk``, or a local copy of a hub dataset repository
+    (read with `datasets.load_dataset(dir)`); a dataset with several splits takes `split`, else the
+    benchmark's usual split (JBB harmful, MATH-500 / HumanEval test, else train), else its only one;
+  * ``hf:<owner>/<name>[:<config>]``: the hub dataset through `datasets.load_dataset`, only when the
+    hub is reachable; with HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set it is an error saying so.
+    Known repositories get their config by default (JBB-Behaviors: behaviors, wildjailbreak: eval,
+    gpqa: gpqa_diamond).
+
+Ids are ``<benchmark>-<published id>`` (JBB benign: ``jailbreakbench-benign-<Index>``); a layout
+without an id column uses the row number (AIME: ``<file stem>-<row>``, because AIME 2025 comes in
+two files).  `sample=N` takes a seeded random sample of N items, kept in file order (the same N and
+seed give the same items); for wildjailbreak the sample is drawn from the adversarial_harmful rows
+only.  A sample larger than what is there is an error, not a smaller sample.  `limit` then keeps
+the first `limit` items.  `seed` also drives the GPQA option order: each item's permutation comes
+from (seed, its Record ID), so it does not depend on the other rows.
+
+Errors are `EvalDataError` (a ValueError: the CLI exits 2 with one line) naming the file, the row
+(CSV: ``row N (line L)``, JSONL: ``line N``, parquet / datasets: ``row N``) and the column, and what
+was expected: a missing column (with the columns found), an empty prompt, a duplicate id, a GPQA
+row with fewer than four non-empty options, an answer-less math row, a file that is not UTF-8, an
+unknown benchmark name (with the known ones).  No row is skipped silently.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import gzip
+import hashlib
+import io
 import json
-from collections.abc import Callable
+import os
+import random
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,177 +63,465 @@ class EvalDataError(ValueError):
     """A benchmark file is missing or malformed; the message names file, row and column."""
 
 
-PUBLISHED_FILES = {
-    "jailbreakbench": ("harmful-behaviors.csv", "benign-behaviors.csv", "data/harmful-behaviors.csv"),
+PUBLISHED_FILES: dict[str, tuple[str, ...]] = {
+    "jailbreakbench": ("harmful-behaviors.csv", "benign-behaviors.csv",
+                       "data/harmful-behaviors.csv", "data/benign-behaviors.csv"),  # the last two: a clone of the hub repo
     "strongreject": ("strongreject_dataset.csv", "strongreject_small_dataset.csv",
-                     "strongreject_dataset/strongreject_dataset.csv"),  # the last: a clone of the repo
+                     "strongreject_dataset/strongreject_dataset.csv"),  # the last: a clone of the GitHub repo
     "wildjailbreak": ("eval.tsv", "train.tsv", "eval/eval.tsv", "train/train.tsv"),
     "xstest": ("xstest_prompts.csv", "xstest_v2_prompts.csv"),
+    "aime": ("aime_2024_problems.parquet", "aime2025-I.jsonl", "aime2025-II.jsonl", "aime2024.jsonl", "aime2025.jsonl",
+             "test.jsonl", "train.jsonl"),
     "math500": ("test.jsonl",),
+    "gpqa": ("gpqa_diamond.csv", "dataset/gpqa_diamond.csv"),
+    "humaneval": ("HumanEval.jsonl", "HumanEval.jsonl.gz", "data/HumanEval.jsonl.gz", "human-eval-v2-20210705.jsonl"),
     "jsonl": (),
 }
 BENCHMARKS = tuple(PUBLISHED_FILES)
 
+# the split a multi-split dataset gives when none is named, and the config of known hub repositories
+DEFAULT_SPLITS = {"jailbreakbench": "harmful", "math500": "test", "humaneval": "test"}
+HUB_CONFIGS = {"jailbreakbench/jbb-behaviors": "behaviors", "allenai/wildjailbreak": "eval", "idavidrein/gpqa": "gpqa_diamond"}
+HUB_LOAD_KWARGS = {"allenai/wildjailbreak": dict(delimiter="\t", keep_default_na=False)}  # as its dataset card says
+_HUB_PREFIX = "hf:"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_DATA_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".jsonl.gz", ".parquet", ".arrow")
+GPQA_OPTION_COLUMNS = ("Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
-def _read_rows(path: Path, split: str | None) -> list[dict[str, Any]]:
-    suffix = path.suffix.lower()
-    if suffix in (".csv", ".tsv"):
-        with open(path, newline="", encoding="utf-8") as f:
-            return list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
-    if suffix == ".jsonl":
+
+@dataclasses.dataclass
+class _Table:
+    """Rows read from one file or one dataset split, each with its location for error messages."""
+
+    source: str  # the file path, or the hub id / directory and split
+    part: str  # the file name or split name (JBB: harmful or benign)
+    columns: list[str]
+    rows: list[tuple[str, dict[str, Any]]]  # (location such as "row 3 (line 4)", row)
+
+    def at(self, location: str) -> str:
+        return f"{self.source}: {location}"
+
+
+# ---------------------------------------------------------------- reading files and datasets
+
+
+def _decode(data: bytes, path: Path) -> str:
+    try:
+        return data.decode("utf-8-sig")  # a BOM (spreadsheet exports) is not part of the first column name
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise EvalDataError(f"{path}: line {line}, column {column}: byte 0x{data[e.start]:02x} is not valid UTF-8; "
+                            "expected a UTF-8 text file") from None
+
+
+def _read_file(path: Path, part: str | None = None) -> _Table:
+    name = path.name.lower()
+    part = part or path.name
+    if name.endswith((".csv", ".tsv")):
+        text = _decode(path.read_bytes(), path)
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if name.endswith(".tsv") else ",")
+        columns = [c for c in (reader.fieldnames or [])]
+        rows, index = [], 0
+        while True:
+            start = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:
+                raise EvalDataError(f"{path}: line {reader.line_num}: not valid CSV ({e})") from None
+            index += 1
+            location = f"row {index} (line {start})"
+            if None in row:  # more fields than the header has columns
+                raise EvalDataError(f"{path}: {location}: {len(columns) + len(row[None])} fields but the header has "
+                                    f"{len(columns)} columns {columns}")
+            rows.append((location, row))
+        return _Table(str(path), part, columns, rows)
+    if name.endswith((".jsonl", ".jsonl.gz")):
+        data = path.read_bytes()
+        if name.endswith(".gz"):
+            try:
+                data = gzip.decompress(data)
+            except (OSError, EOFError) as e:
+                raise EvalDataError(f"{path}: not a valid gzip file ({e})") from None
         rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise EvalDataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        return rows
-    if suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
+        for n, line in enumerate(_decode(data, path).splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise EvalDataError(f"{path}: line {n}: not valid JSON ({e.msg}, column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise EvalDataError(f"{path}: line {n}: expected a JSON object, got {type(row).__name__}")
+            rows.append((f"line {n}", row))
+        return _Table(str(path), part, list(rows[0][1]) if rows else [], rows)
+    if name.endswith(".json"):
+        try:
+            data = json.loads(_decode(path.read_bytes(), path))
+        except json.JSONDecodeError as e:
+            raise EvalDataError(f"{path}: line {e.lineno}, column {e.colno}: not valid JSON ({e.msg})") from None
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
-        if not isinstance(data, list):
-            raise EvalDataError(f"{path}: expected a JSON list of records (or {{'data': [...]}})")
-        return data
-    if suffix == ".parquet":
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise EvalDataError(f"{path}: expected a JSON list of objects (or {{'data': [...]}})")
+        return _Table(str(path), part, list(data[0]) if data else [], [(f"record {i}", r) for i, r in enumerate(data, 1)])
+    if name.endswith(".parquet"):
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
-    raise EvalDataError(f"{path}: unsupported file type {suffix!r}; expected .csv, .tsv, .json, .jsonl or .parquet")
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+            raise EvalDataError(f"{path}: not a readable parquet file ({type(e).__name__}: {e})") from None
+        return _Table(str(path), part, list(table.schema.names), [(f"row {i}", r) for i, r in enumerate(table.to_pylist(), 1)])
+    raise EvalDataError(f"{path}: unsupported file type; expected one of {', '.join(_DATA_SUFFIXES[:-1])} "
+                        "or a dataset directory")
 
 
-def _load_from_disk(path: Path, split: str | None) -> list[dict[str, Any]]:
+def _dataset_table(data, source: str, name: str, split: str | None) -> _Table:
+    """A _Table from a `datasets` Dataset or DatasetDict, choosing the split."""
     import datasets
 
-    data = datasets.load_from_disk(str(path))
-    if isinstance(data, datasets.DatasetDict):
+    if isinstance(data, (datasets.DatasetDict, dict)):
         names = list(data)
-        chosen = split or ("test" if "test" in names else names[0] if len(names) == 1 else None)
+        if split is not None:
+            chosen = split
+        elif DEFAULT_SPLITS.get(name) in names:
+            chosen = DEFAULT_SPLITS[name]
+        elif len(names) == 1:
+            chosen = names[0]
+        elif "test" in names:
+            chosen = "test"
+        else:
+            chosen = "train" if "train" in names else None
         if chosen not in data:
-            raise EvalDataError(f"{path}: a DatasetDict with splits {names}; choose one with split=")
-        data = data[chosen]
-    return data.to_list()
+            raise EvalDataError(f"{source}: no split {chosen!r}; the dataset has the splits {names} (give one with split=)")
+        data, part = data[chosen], chosen
+    else:
+        part = split or str(getattr(data, "split", None) or "")
+    return _Table(f"{source} (split {part})" if part else source, part, list(data.column_names),
+                  [(f"row {i}", r) for i, r in enumerate(data.to_list(), 1)])
 
 
-def _resolve(name: str, path: Path, split: str | None) -> tuple[Path, list[dict[str, Any]]]:
+def _hub_offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def _load_hub(name: str, spec: str, split: str | None) -> _Table:
+    """`hf:<owner>/<name>[:<config>]` through `datasets.load_dataset`."""
+    repo, _, config = spec[len(_HUB_PREFIX):].partition(":")
+    if not _HUB_ID.match(repo):
+        raise EvalDataError(f"{name}: {spec!r} is not a hub dataset id; expected hf:<owner>/<name>[:<config>]")
+    config = config or HUB_CONFIGS.get(repo.lower())
+    if _hub_offline():
+        raise EvalDataError(f"{name}: {spec}: the Hugging Face hub is offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set); "
+                            "download the published file (or datasets save_to_disk) and give its local path")
+    import datasets
+
+    try:
+        data = datasets.load_dataset(repo, config, split=split, **HUB_LOAD_KWARGS.get(repo.lower(), {}))
+    except Exception as e:  # noqa: BLE001 - any hub failure (unreachable, gated, no such config) becomes one line
+        raise EvalDataError(f"{name}: {spec}: could not load it from the Hugging Face hub "
+                            f"({type(e).__name__}: {' '.join(str(e).split())})") from None
+    return _dataset_table(data, spec + (f":{config}" if config and spec.count(":") < 2 else ""), name, split)
+
+
+def _is_data_file(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(_DATA_SUFFIXES)
+
+
+def _resolve(name: str, path: str | Path, split: str | None) -> list[_Table]:
+    """The tables behind `path` (see the module docstring for what `path` may be)."""
+    if isinstance(path, str) and path.startswith(_HUB_PREFIX):
+        return [_load_hub(name, path, split)]
+    path = Path(path)
     if not path.exists():
-        raise EvalDataError(f"{name}: {path} does not exist")
-    if path.is_dir():
-        if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
-            return path, _load_from_disk(path, split)
-        for candidate in PUBLISHED_FILES[name]:
-            if (path / candidate).is_file():
-                return path / candidate, _read_rows(path / candidate, split)
-        raise EvalDataError(f"{name}: {path} holds none of the published files {list(PUBLISHED_FILES[name])} "
-                            "and is not a datasets save_to_disk directory")
-    return path, _read_rows(path, split)
+        hint = " (a hub dataset is given as hf:<owner>/<name>)" if isinstance(path, Path) and _HUB_ID.match(str(path)) else ""
+        raise EvalDataError(f"{name}: {path} does not exist{hint}")
+    if path.is_file():
+        return [_read_file(path)]
+    import datasets
+
+    if any((path / marker).is_file() for marker in ("dataset_info.json", "dataset_dict.json", "state.json")):
+        return [_dataset_table(datasets.load_from_disk(str(path)), str(path), name, split)]
+    present = [path / f for f in PUBLISHED_FILES[name] if (path / f).is_file()]
+    if name == "jailbreakbench" and present:
+        wanted = "benign" if split == "benign" else "harmful"
+        present = [p for p in present if p.name.startswith(wanted)]
+        if not present:
+            raise EvalDataError(f"{name}: {path} holds no {wanted}-behaviors.csv")
+        return [_read_file(present[0])]
+    if name == "aime":
+        halves = [p for p in present if p.name in ("aime2025-I.jsonl", "aime2025-II.jsonl")]
+        if halves:  # opencompass/AIME2025: the two exams in two files, one benchmark
+            return [_read_file(p) for p in halves]
+    if present:
+        return [_read_file(present[0])]
+    if any(_is_data_file(p) for p in [*path.iterdir(), *(p for d in path.iterdir() if d.is_dir() for p in d.iterdir())]):
+        try:  # a local copy of a hub repository: `datasets` knows its data-file layout (data/train-*.parquet ...)
+            data = datasets.load_dataset(str(path))
+        except Exception as e:  # noqa: BLE001
+            raise EvalDataError(f"{name}: {path}: holds none of the published files {list(PUBLISHED_FILES[name])} and "
+                                f"`datasets` could not read it as a dataset repository ({type(e).__name__}: {e})") from None
+        return [_dataset_table(data, str(path), name, split)]
+    raise EvalDataError(f"{name}: {path} holds none of the published files {list(PUBLISHED_FILES[name])}, no data files, "
+                        "and is not a datasets save_to_disk directory")
 
 
-def _column(rows: list[dict], where: Path, *names: str) -> str:
-    present = list(rows[0]) if rows else []
+# ---------------------------------------------------------------- column access
+
+
+def _column(table: _Table, *names: str, required: bool = True) -> str | None:
+    """The first of `names` that the table has; a required column that is absent is an error."""
     for n in names:
-        if n in present:
+        if n in table.columns:
             return n
-    raise EvalDataError(f"{where}: column {' or '.join(repr(n) for n in names)} missing; columns present: {present}")
+    if not required:
+        return None
+    wanted = " or ".join(repr(n) for n in names)
+    raise EvalDataError(f"{table.source}: column {wanted} missing; columns found: {table.columns}")
 
 
-def _text(row: dict, column: str, where: Path, index: int) -> str:
-    value = row.get(column)
+def _cell(table: _Table, location: str, row: dict, column: str) -> Any:
+    if column not in row:  # only JSON rows can lack a key the first row has
+        raise EvalDataError(f"{table.at(location)}: column {column!r} missing; columns found: {list(row)}")
+    return row[column]
+
+
+def _text(table: _Table, location: str, row: dict, column: str, *, strip: bool = True) -> str:
+    """A non-blank string cell (stripped unless `strip` is False: code prompts keep their layout)."""
+    value = _cell(table, location, row, column)
     if not isinstance(value, str) or not value.strip():
-        raise EvalDataError(f"{where}: row {index}: column {column!r} must be a non-empty string, got {value!r}")
-    return value.strip()
+        raise EvalDataError(f"{table.at(location)}: column {column!r} must be a non-empty string, got {value!r}")
+    return value.strip() if strip else value
 
 
-def _jailbreakbench(rows, where: Path, split):
-    goal, category = _column(rows, where, "Goal", "goal"), "Category" if rows and "Category" in rows[0] else None
-    kind = "benign" if (split == "benign" or "benign" in where.name.lower()) else "harmful"
-    index_col = "Index" if rows and "Index" in rows[0] else None
-    return [(str(r[index_col]) if index_col else str(i), _text(r, goal, where, i), kind, None, r.get(category) if category else None)
-            for i, r in enumerate(rows, 1)]
+def _scalar(table: _Table, location: str, row: dict, column: str) -> str:
+    """A non-empty id or answer cell as a string (an integer column -- AIME answers -- reads as digits)."""
+    value = _cell(table, location, row, column)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)) or not str(value).strip():
+        raise EvalDataError(f"{table.at(location)}: column {column!r} must be a non-empty string or number, got {value!r}")
+    return str(value).strip()
 
 
-def _strongreject(rows, where: Path, split):
-    col = _column(rows, where, "forbidden_prompt")
-    return [(str(i), _text(r, col, where, i), "harmful", None, r.get("category")) for i, r in enumerate(rows, 1)]
+def _optional(row: dict, column: str | None) -> str | None:
+    value = row.get(column) if column else None
+    return None if value is None or (isinstance(value, str) and not value.strip()) else str(value).strip()
 
 
-def _wildjailbreak_kind(row: dict, where: Path, index: int) -> str:
+# ---------------------------------------------------------------- one parser per benchmark
+# each returns [(location, EvalItem)] for one table; ids are without the benchmark prefix
+
+
+def _jailbreakbench(table: _Table, seed: int) -> list[tuple[str, EvalItem]]:
+    goal = _column(table, "Goal", "goal")
+    index, category = _column(table, "Index", required=False), _column(table, "Category", "category", required=False)
+    benign = "benign" in table.part.lower()
+    out = []
+    for n, (location, row) in enumerate(table.rows, 1):
+        id_ = _scalar(table, location, row, index) if index else str(n)
+        out.append((location, EvalItem(f"benign-{id_}" if benign else id_, "", _text(table, location, row, goal),
+                                       "benign" if benign else "harmful", category=_optional(row, category))))
+    return out
+
+
+def _strongreject(table: _Table, seed: int) -> list[tuple[str, EvalItem]]:
+    prompt, category = _column(table, "forbidden_prompt", "prompt"), _column(table, "category", required=False)
+    return [(location, EvalItem(str(n), "", _text(table, location, row, prompt), "harmful", category=_optional(row, category)))
+            for n, (location, row) in enumerate(table.rows, 1)]
+
+
+def _wildjailbreak_kind(table: _Table, location: str, row: dict) -> str:
     data_type = str(row.get("data_type") or "")
     if data_type.endswith("_harmful"):
         return "harmful"
     if data_type.endswith("_benign"):
         return "benign"
-    if str(row.get("label")) in ("1", "0"):
-        return "harmful" if str(row["label"]) == "1" else "benign"
-    raise EvalDataError(f"{where}: row {index}: cannot tell the kind: data_type {data_type!r}, label {row.get('label')!r}; "
-                        "expected data_type ending in _harmful/_benign or label 1/0")
+    if str(row.get("label")).strip() in ("1", "0"):
+        return "harmful" if str(row["label"]).strip() == "1" else "benign"
+    raise EvalDataError(f"{table.at(location)}: column 'data_type' is {data_type!r} and column 'label' is {row.get('label')!r}; "
+                        "expected data_type ending in _harmful / _benign, or label 1 / 0")
 
 
-def _wildjailbreak(rows, where: Path, split):
-    _column(rows, where, "adversarial", "vanilla")
+def _wildjailbreak(table: _Table, seed: int) -> list[tuple[str, EvalItem]]:
+    _column(table, "adversarial", "vanilla")
     out = []
-    for i, r in enumerate(rows, 1):
-        column = "adversarial" if isinstance(r.get("adversarial"), str) and r["adversarial"].strip() else "vanilla"
-        out.append((str(i), _text(r, column, where, i), _wildjailbreak_kind(r, where, i), None, r.get("data_type")))
+    for n, (location, row) in enumerate(table.rows, 1):
+        column = "adversarial" if isinstance(row.get("adversarial"), str) and row["adversarial"].strip() else "vanilla"
+        if column not in row:
+            raise EvalDataError(f"{table.at(location)}: column 'adversarial' is empty and there is no 'vanilla' column")
+        out.append((location, EvalItem(str(n), "", _text(table, location, row, column), _wildjailbreak_kind(table, location, row),
+                                       category=_optional(row, "data_type"))))
     return out
 
 
-def _xstest(rows, where: Path, split):
-    prompt, label = _column(rows, where, "prompt"), _column(rows, where, "label", "final_label")
-    id_col = "id" if rows and "id" in rows[0] else ("id_v2" if rows and "id_v2" in rows[0] else None)
+def _xstest(table: _Table, seed: int) -> list[tuple[str, EvalItem]]:
+    prompt, label = _column(table, "prompt"), _column(table, "label", "final_label")
+    id_col, type_col = _column(table, "id", "id_v2", required=False), _column(table, "type", required=False)
     out = []
-    for i, r in enumerate(rows, 1):
-        value = str(r.get(label, "")).strip().lower()
+    for n, (location, row) in enumerate(table.rows, 1):
+        value = str(row.get(label, "")).strip().lower()
         if value not in ("safe", "unsafe"):
-            raise EvalDataError(f"{where}: row {i}: column {label!r} is {r.get(label)!r}; expected 'safe' or 'unsafe'")
-        kind = "benign" if value == "safe" else "harmful"
-        out.append((str(r[id_col]) if id_col else str(i), _text(r, prompt, where, i), kind, None, r.get("type")))
+            raise EvalDataError(f"{table.at(location)}: column {label!r} is {row.get(label)!r}; expected 'safe' or 'unsafe'")
+        id_ = _scalar(table, location, row, id_col) if id_col else str(n)
+        out.append((location, EvalItem(id_, "", _text(table, location, row, prompt), "benign" if value == "safe" else "harmful",
+                                       category=_optional(row, type_col))))
     return out
 
 
-def _math500(rows, where: Path, split):
-    problem, answer = _column(rows, where, "problem"), _column(rows, where, "answer")
-    return [(str(r.get("unique_id") or i), _text(r, problem, where, i), "math", str(r[answer]), r.get("subject"))
-            for i, r in enumerate(rows, 1)]
-
-
-def _jsonl(rows, where: Path, split):
+def _aime(table: _Table, seed: int) -> list[tuple[str, EvalItem]]:
+    problem, answer = _column(table, "problem", "Problem", "question"), _column(table, "answer", "Answer")
+    id_col, year = _column(table, "id", "ID", required=False), _column(table, "year", "Year", required=False)
+    stem = Path(table.part).name.split(".")[0] or "row"
     out = []
-    for i, r in enumerate(rows, 1):
-        if not isinstance(r, dict):
-            raise EvalDataError(f"{where}: row {i}: expected a JSON object")
-        if not isinstance(r.get("id"), str) or not r["id"]:
-            raise EvalDataError(f"{where}: row {i}: field 'id' must be a non-empty string, got {r.get('id')!r}")
-        kind = r.get("kind")
-        if kind not in KINDS:
-            raise EvalDataError(f"{where}: row {i} (id {r['id']!r}): field 'kind' is {kind!r}; expected one of {KINDS}")
-        reference = r.get("reference")
-        if kind == "math" and not (isinstance(reference, (str, int, float)) and str(reference).strip()):
-            raise EvalDataError(f"{where}: row {i} (id {r['id']!r}): a math item needs a 'reference' answer")
-        out.append((r["id"], _text(r, "prompt", where, i), kind, None if reference is None else str(reference), r.get("category")))
+    for n, (location, row) in enumerate(table.rows, 1):
+        id_ = _scalar(table, location, row, id_col) if id_col else f"{stem}-{n}"
+        out.append((location, EvalItem(id_, "", _text(table, location, row, problem), "math",
+                                       reference=_scalar(table, location, row, answer), category=_optional(row, year))))
     return out
 
 
-_PARSERS: dict[str, Callable] = {
+def _math500(table: _Table, seed: int) -> list[tuple[str, EvalItem]]:
+    problem, answer = _column(table, "problem"), _column(table, "answer")
+    id_col, subject = _column(table, "unique_id", required=False), _column(table, "subject", required=False)
+    return [(location, EvalItem(_scalar(table, location, row, id_col) if id_col else str(n), "",
+                                _text(table, location, row, problem), "math",
+                                reference=_scalar(table, location, row, answer), category=_optional(row, subject)))
+            for n, (location, row) in enumerate(table.rows, 1)]
+
+
+def gpqa_permutation(seed: int, key: str) -> list[int]:
+    """The displayed order of GPQA's four options [correct, incorrect 1..3] for one item: a
+    permutation drawn from a generator seeded by (seed, the item's Record ID) alone."""
+    digest = hashlib.sha256(f"gpqa-options:{seed}:{key}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big")).sample(range(4), 4)
+
+
+def _gpqa(table: _Table, seed: int) -> list[tuple[str, EvalItem]]:
+    question = _column(table, "Question")
+    options = [_column(table, c) for c in GPQA_OPTION_COLUMNS]
+    id_col, domain = _column(table, "Record ID", required=False), _column(table, "High-level domain", required=False)
+    out = []
+    for n, (location, row) in enumerate(table.rows, 1):
+        texts = []
+        for column in options:
+            value = row.get(column)
+            if not isinstance(value, str) or not value.strip():
+                raise EvalDataError(f"{table.at(location)}: column {column!r} is empty ({value!r}); a GPQA question needs four "
+                                    f"non-empty options ({', '.join(GPQA_OPTION_COLUMNS)})")
+            texts.append(value.strip())
+        prompt = _text(table, location, row, question)
+        id_ = _scalar(table, location, row, id_col) if id_col else str(n)
+        order = gpqa_permutation(seed, id_ if id_col else prompt)  # without Record IDs: keyed by the question itself
+        out.append((location, EvalItem(id_, "", prompt, "choice", reference=LETTERS[order.index(0)],
+                                       category=_optional(row, domain), choices=tuple(texts[i] for i in order))))
+    return out
+
+
+def _humaneval(table: _Table, seed: int) -> list[tuple[str, EvalItem]]:
+    task_id, prompt, test, entry = (_column(table, c) for c in ("task_id", "prompt", "test", "entry_point"))
+    out = []
+    for location, row in table.rows:
+        entry_point = _text(table, location, row, entry)
+        if not entry_point.isidentifier():
+            raise EvalDataError(f"{table.at(location)}: column {entry!r} is {entry_point!r}; expected a Python function name")
+        out.append((location, EvalItem(_scalar(table, location, row, task_id), "", _text(table, location, row, prompt, strip=False),
+                                       "code", tests=_text(table, location, row, test, strip=False), entry_point=entry_point)))
+    return out
+
+
+def _jsonl(table: _Table, seed: int) -> list[tuple[str, EvalItem]]:
+    out = []
+    for location, row in table.rows:
+        id_ = row.get("id")
+        if not isinstance(id_, str) or not id_:
+            raise EvalDataError(f"{table.at(location)}: field 'id' must be a non-empty string, got {id_!r}")
+        where = f"{table.at(location)} (id {id_!r})"
+        kind = row.get("kind")
+        if kind not in KINDS:
+            raise EvalDataError(f"{where}: field 'kind' is {kind!r}; expected one of {KINDS}")
+        reference, choices, tests, entry_point = row.get("reference"), row.get("choices"), row.get("tests"), row.get("entry_point")
+        if kind == "math" and not (isinstance(reference, (str, int, float)) and str(reference).strip()):
+            raise EvalDataError(f"{where}: a math item needs a 'reference' answer")
+        if kind == "choice":
+            if not (isinstance(choices, list) and 2 <= len(choices) <= len(LETTERS)
+                    and all(isinstance(c, str) and c.strip() for c in choices)):
+                raise EvalDataError(f"{where}: field 'choices' is {choices!r}; a choice item needs a list of 2-26 non-empty strings")
+            letters = LETTERS[: len(choices)]
+            if not (isinstance(reference, str) and len(reference) == 1 and reference in letters):
+                raise EvalDataError(f"{where}: field 'reference' is {reference!r}; expected the correct letter, one of {list(letters)}")
+        elif choices is not None:
+            raise EvalDataError(f"{where}: field 'choices' is only for kind 'choice'")
+        if kind == "code":
+            if not (isinstance(tests, str) and tests.strip()):
+                raise EvalDataError(f"{where}: field 'tests' is {tests!r}; a code item needs the test source (defining check(candidate))")
+            if not (isinstance(entry_point, str) and entry_point.isidentifier()):
+                raise EvalDataError(f"{where}: field 'entry_point' is {entry_point!r}; expected a Python function name")
+        out.append((location, EvalItem(id_, "", _text(table, location, row, "prompt", strip=kind != "code"), kind,
+                                       reference=None if reference is None else str(reference),
+                                       category=_optional(row, "category"),
+                                       choices=tuple(c.strip() for c in choices) if kind == "choice" else (),
+                                       tests=tests if kind == "code" else None,
+                                       entry_point=entry_point if kind == "code" else None)))
+    return out
+
+
+_PARSERS: dict[str, Callable[[_Table, int], list[tuple[str, EvalItem]]]] = {
     "jailbreakbench": _jailbreakbench, "strongreject": _strongreject, "wildjailbreak": _wildjailbreak,
-    "xstest": _xstest, "math500": _math500, "jsonl": _jsonl,
+    "xstest": _xstest, "aime": _aime, "math500": _math500, "gpqa": _gpqa, "humaneval": _humaneval, "jsonl": _jsonl,
 }
 
 
-def load_benchmark(name: str, path: str | Path, limit: int | None = None, split: str | None = None) -> list[EvalItem]:
+# ---------------------------------------------------------------- the entry point
+
+
+def _check_count(value: int | None, what: str) -> int | None:
+    if value is None or value == 0:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise EvalDataError(f"{what} is {value!r}; expected a positive whole number (or 0 / None for all)")
+    return value
+
+
+def _sample(name: str, tables: Sequence[_Table], found: list[tuple[_Table, str, dict, EvalItem]], n: int, seed: int):
+    """A seeded random sample of n entries (wildjailbreak: of the adversarial harmful rows), in file order."""
+    pool, what = found, "items"
+    if name == "wildjailbreak":
+        for table in tables:
+            _column(table, "data_type")  # the sample is defined on it
+        pool = [entry for entry in found if str(entry[2].get("data_type")).strip() == "adversarial_harmful"]
+        what = "rows with data_type adversarial_harmful"
+    if n > len(pool):
+        raise EvalDataError(f"{name}: sample={n} but {', '.join(t.source for t in tables)} has only {len(pool)} {what}")
+    chosen = sorted(random.Random(seed).sample(range(len(pool)), n))
+    return [pool[i] for i in chosen]
+
+
+def load_benchmark(name: str, path: str | Path, limit: int | None = None, split: str | None = None, *,
+                   sample: int | None = None, seed: int = 0) -> list[tuple[str, EvalItem]]:
     """The items of benchmark `name` read from `path` (see the module docstring)."""
     if name not in _PARSERS:
-        raise EvalDataError(f"unknown benchmark {name!r}; expected one of {BENCHMARKS}")
-    where, rows = _resolve(name, Path(path), split)
-    if not rows:
-        raise EvalDataError(f"{where}: no rows")
-    items, seen = [], {}
-    for n, (id_, prompt, kind, reference, category) in enumerate(_PARSERS[name](rows, where, split), 1):
-        item_id = id_ if name == "jsonl" else f"{name}-{id_}"
-        if item_id in seen:
-            raise EvalDataError(f"{where}: row {n}: duplicate id {item_id!r} (first at row {seen[item_id]})")
-        seen[item_id] = n
-        items.append(EvalItem(id=item_id, benchmark=name, prompt=prompt, kind=kind, reference=reference,
-                              category=None if category is None else str(category)))
+        raise EvalDataError(f"unknown benchmark {name!r}; expected one of {', '.join(BENCHMARKS)}")
+    limit, sample = _check_count(limit, "limit"), _check_count(sample, "sample")
+    tables = _resolve(name, path, split)
+    found: list[tuple[_Table, str, dict, EvalItem]] = []
+    for table in tables:
+        if not table.rows:
+            raise EvalDataError(f"{table.source}: no rows (columns found: {table.columns})")
+        parsed = _PARSERS[name](table, seed)  # one item per row, in order
+        found += [(table, location, row, dataclasses.replace(item, benchmark=name,
+                                                            id=item.id if name == "jsonl" else f"{name}-{item.id}"))
+                  for (location, row), (_, item) in zip(table.rows, parsed, strict=True)]
+    seen: dict[str, str] = {}
+    for table, location, _, item in found:
+        if item.id in seen:
+            raise EvalDataError(f"{table.at(location)}: duplicate id {item.id!r} (first at {seen[item.id]})")
+        seen[item.id] = table.at(location) if len(tables) > 1 else location
+    if sample:
+        found = _sample(name, tables, found, sample, seed)
+    items = [entry[3] for entry in found]
     return items[:limit] if limit else items
