@@ -1,11 +1,12 @@
-"""The sampler: greedy equals transformers, sampling settings, EOS and stop strings, bucketing."""
+"""The sampler: greedy equals transformers, sampling settings, EOS and stop strings, bucketing,
+per-row seeds (a row's tokens do not depend on its batch)."""
 
 import numpy as np
 import pytest
 import torch
 
 from ipo_jax.checkpoint import load_hf
-from ipo_jax.sampling import Sampler, SamplingConfig
+from ipo_jax.sampling import Sampler, SamplingConfig, row_seed
 from ipo_jax.sampling.sampler import sample_logits
 
 GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=12)
@@ -144,3 +145,39 @@ def test_filtering_keeps_exactly_the_sorted_top_p_top_k_set(top_p, top_k):
         before = np.cumsum(probs) - probs
         want = set((allowed if top_p >= 1 else allowed[before < top_p]).tolist())
         assert set(np.flatnonzero(mask).tolist()) == want
+
+
+SAMPLED = SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=10, seed=7)
+
+
+def test_a_rows_tokens_do_not_depend_on_its_batch(qwen2):
+    """Batch size 1, 4 and 8 (padding rows, other rows, other buckets) give every row the same
+    tokens; reordering the prompts with their row seeds reorders the outputs."""
+    model, _ = qwen2
+    prompts = _prompts(3, (5, 9, 3, 12, 7, 4))
+    runs = {}
+    for batch in (1, 4, 8):
+        sampler = Sampler(model, eos_ids=[10_000], batch_size=batch, prompt_buckets=[8, 16], chunk_tokens=4)
+        runs[batch] = [g.tokens for g in sampler.generate(prompts, SAMPLED)]
+    assert runs[1] == runs[4] == runs[8]
+    assert len({tuple(t) for t in runs[1]}) == len(prompts)  # really sampled: rows differ
+    order = [4, 0, 5, 2, 1, 3]
+    seeds = [row_seed(SAMPLED.seed, r) for r in order]
+    sampler = Sampler(model, eos_ids=[10_000], batch_size=4, prompt_buckets=[8, 16], chunk_tokens=4)
+    permuted = [g.tokens for g in sampler.generate([prompts[r] for r in order], SAMPLED, row_seeds=seeds)]
+    assert permuted == [runs[1][r] for r in order]
+    # the same prompt with other seeds samples other tokens
+    again = [g.tokens for g in sampler.generate([prompts[0]] * 4, SAMPLED)]
+    assert again[0] == runs[1][0] and len({tuple(t) for t in again}) > 1
+
+
+def test_row_seeds_are_stable_31_bit_and_checked(qwen2):
+    seeds = [row_seed(s, r) for s in (0, 1, 2**40) for r in range(50)]
+    assert all(0 <= x < 2**31 for x in seeds) and len(set(seeds)) == len(seeds)
+    assert seeds == [row_seed(s, r) for s in (0, 1, 2**40) for r in range(50)]
+    model, _ = qwen2
+    sampler = Sampler(model, eos_ids=[10_000], batch_size=2, prompt_buckets=[16])
+    with pytest.raises(ValueError, match="2 seeds for 3 rows"):
+        sampler.generate(_prompts(), SAMPLED, row_seeds=[1, 2])
+    with pytest.raises(ValueError, match=r"\[0, 2\*\*31\)"):
+        sampler.generate(_prompts(), SAMPLED, row_seeds=[1, 2, -3])

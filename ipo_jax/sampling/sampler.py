@@ -31,6 +31,34 @@ class SamplingConfig:
 
 FINISH_REASONS = ("stop", "length")
 
+_SEED_LIMIT = 1 << 31  # row seeds are 31-bit, so PRNGKey(seed) is the same traced as int32 or eager
+
+
+def row_seed(seed: int, row: int) -> int:
+    """The default seed of row `row` of a `generate` call with `SamplingConfig.seed` `seed`: a
+    stable hash of the pair (numpy's SeedSequence), a non-negative 31-bit int. Row r draws
+    from PRNGKey(row_seed(seed, r)) whatever batch it lands in."""
+    state = np.random.SeedSequence([int(seed) % (1 << 64), int(row) % (1 << 64)]).generate_state(1, np.uint32)
+    return int(state[0]) % _SEED_LIMIT
+
+
+class ForkError(ValueError):
+    """A `Fork` that does not fit its prefix (cut out of range, empty prompt, seeds miscounted)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Fork:
+    """Continue `n` times from `prefix[:cut] + suffix` (`Sampler.generate_forks`).
+
+    row_seeds: one seed per continuation (each in [0, 2**31)); None = `row_seed(config.seed, r)`
+    with r the continuation's row in the flattened, fork-major list of every fork's rows.
+    """
+
+    cut: int
+    suffix: tuple[int, ...] = ()
+    n: int = 1
+    row_seeds: tuple[int, ...] | None = None
+
 
 @dataclasses.dataclass
 class Generation:
@@ -102,9 +130,19 @@ def _pick(weights: jax.Array, target: jax.Array) -> tuple[jax.Array, jax.Array]:
     return index, target - before
 
 
+def _uniforms(key, rows: int) -> jax.Array:
+    """One float32 uniform per row: from one key (drawn together), or from a key per row
+    ([B,2] raw or [B] typed keys), each row's uniform drawn from its own key alone."""
+    per_row = key.ndim == 2 or (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 1)
+    if per_row:
+        return jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(key)
+    return jax.random.uniform(key, (rows,), jnp.float32)
+
+
 def sample_weights(weights: jax.Array, key, block: int = 256) -> jax.Array:
     """One index per row of non-negative weights [B,V] (each row with a positive sum), drawn with
     probability proportional to the weight: inverse-CDF sampling with one uniform per row.
+    `key`: one key for the batch, or one key per row (then a row's draw depends on its key only).
 
     Two levels (a block of `block` entries, then an entry inside it) keep the running sums short.
     `jax.random.categorical` draws a Gumbel variate per vocabulary entry instead: B*V random
@@ -112,7 +150,7 @@ def sample_weights(weights: jax.Array, key, block: int = 256) -> jax.Array:
     A weight of zero is never drawn.
     """
     B, V = weights.shape
-    u = jax.random.uniform(key, (B,), jnp.float32)
+    u = _uniforms(key, B)
     if V <= 4 * block:  # a small vocabulary: one level is fewer operations
         return _pick(weights, u * jnp.sum(weights, axis=-1))[0].astype(jnp.int32)
     pad = (-V) % block
@@ -125,6 +163,7 @@ def sample_weights(weights: jax.Array, key, block: int = 256) -> jax.Array:
 
 def sample_logits(logits: jax.Array, key, temperature, top_p, top_k) -> jax.Array:
     """One token per row from float32 logits [B,V]; temperature 0 = argmax. All settings traced.
+    `key`: one key for the batch or one per row (`sample_weights`).
 
     Greedy decoding skips the sampling work, and sampling skips the top-k / top-p thresholds
     when both are off (`lax.cond` on the traced settings, one compiled program for all).
@@ -142,8 +181,28 @@ def sample_logits(logits: jax.Array, key, temperature, top_p, top_k) -> jax.Arra
     return jax.lax.cond(temperature <= 0, greedy, sample, logits)
 
 
+class SamplerShardingError(ValueError):
+    """The sampler's batch does not fit its mesh."""
+
+
+def _row_keys(seeds: jax.Array) -> jax.Array:
+    """[B] int32 seeds -> [B,2] PRNG keys, PRNGKey(seed) per row."""
+    return jax.vmap(jax.random.PRNGKey)(seeds)
+
+
+def _step_keys(keys: jax.Array, step) -> jax.Array:
+    """The keys of draw `step` (0 = the token sampled after the prompt): fold_in(row key, step)."""
+    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, step)
+
+
 class Sampler:
-    """Generate from token-id prompts with one model; compiled programs are reused across calls."""
+    """Generate from token-id prompts with one model; compiled programs are reused across calls.
+
+    With a `mesh`, the parameters are used as they are sharded (as loaded for training) and
+    every per-row array -- the KV cache above all -- is made inside the jitted programs straight
+    into its sharding: rows over the logical 'batch' axis (data x fsdp), KV heads over
+    'kv_heads' (tensor) when the mesh divides them, else replicated (`cache_shardings`).
+    """
 
     def __init__(
         self,
@@ -172,30 +231,127 @@ class Sampler:
             raise ValueError("eos_ids must name at least one end-of-sequence token")
         self.pad_id, self.batch_size, self.chunk_tokens = pad_id, batch_size, chunk_tokens
         self.buckets = list(prompt_buckets or default_buckets(max_prompt_length, smallest=32))
+        # a fork's own tokens (the last prefix token + its suffix) are usually short: CSR has none
+        self.suffix_buckets = [b for b in (1 << i for i in range(32)) if b < max(self.buckets)] + [max(self.buckets)]
         self.decode = decode
+        self.mesh = mesh
+        if mesh is not None:
+            row_axes = logical_to_spec(("batch",))[0]
+            row_axes = (row_axes,) if isinstance(row_axes, str) else tuple(row_axes or ())
+            rows = int(np.prod([mesh.shape[a] for a in row_axes]))
+            if batch_size % rows:
+                raise SamplerShardingError(
+                    f"sampler batch_size {batch_size} is not divisible by the mesh's row axes {row_axes} "
+                    f"(size {rows}, mesh {dict(mesh.shape)}); choose a batch size that is a multiple of {rows}"
+                )
         # Every input placed explicitly (committed), so the first decode chunk, fed by the prefill
         # and by the host, hits the same compiled program as the later ones, fed by the last chunk.
         if mesh is not None:
-            self.row_sharding = NamedSharding(mesh, PartitionSpec(logical_to_spec(("batch",))[0]))
-            self.scalar_sharding = NamedSharding(mesh, PartitionSpec())
+            self.replicated = NamedSharding(mesh, PartitionSpec())
         else:
-            self.row_sharding = self.scalar_sharding = jax.sharding.SingleDeviceSharding(
-                next(iter(model.embed[...].devices()))
-            )
-        self._prefill = jax.jit(self._prefill_fn)
+            self.replicated = jax.sharding.SingleDeviceSharding(next(iter(model.embed[...].devices())))
+        self._prefill = jax.jit(self._prefill_fn, static_argnames=("max_len",))
+        self._prefill_prefix = jax.jit(self._prefill_prefix_fn, static_argnames=("max_len",))
+        self._fork = jax.jit(self._fork_fn, static_argnames=("max_len",))
         self._decode_chunk = jax.jit(self._decode_fn, static_argnames=("steps",), donate_argnums=(2,))
+
+    # ------------------------------------------------------------------ shardings
+
+    def _spec(self, logical: Sequence[str | None], shape: Sequence[int]) -> PartitionSpec:
+        """logical_to_spec, with every dim the mesh does not divide replicated instead."""
+        spec = []
+        for axes, size in zip(logical_to_spec(logical), shape):
+            names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+            spec.append(axes if size % int(np.prod([self.mesh.shape[a] for a in names])) == 0 else None)
+        return PartitionSpec(*spec)
+
+    def _sharding(self, logical: Sequence[str | None], shape: Sequence[int]):
+        if self.mesh is None:
+            return self.replicated
+        return NamedSharding(self.mesh, self._spec(logical, shape))
+
+    def cache_shardings(self, batch: int, max_len: int) -> KVCache:
+        """The shardings of a `batch`-row cache (a KVCache of shardings): k, v [B,K,S,H] over
+        ('batch', 'kv_heads', -, -), ids [B,S] over ('batch', -), each dim the mesh does not
+        divide replicated (a 1-row prefix cache, or 2 KV heads on tensor=4); the index replicated."""
+        kv = self._sharding(("batch", "kv_heads", "length", "head_dim"),
+                            (batch, self.cfg.num_kv_heads, max_len, self.cfg.head_dim))
+        ids = self._sharding(("batch", "length"), (batch, max_len))
+        layers = (kv,) * self.cfg.num_layers
+        return KVCache(layers, layers, ids, ids, self.replicated)
+
+    def _carry_shardings(self, carry: dict) -> dict:
+        out = {}
+        for name, value in carry.items():
+            if name == "cache":
+                out[name] = self.cache_shardings(value.k[0].shape[0], value.max_len)
+            else:
+                out[name] = self._sharding(("batch",) + (None,) * (value.ndim - 1), value.shape) if value.ndim else self.replicated
+        return out
+
+    def _pin(self, carry: dict) -> dict:
+        """The decode carry constrained to its shardings, so every chunk meets the same layout."""
+        if self.mesh is None:
+            return carry
+        return jax.lax.with_sharding_constraint(carry, self._carry_shardings(carry))
+
+    def _new_cache(self, batch: int, max_len: int) -> KVCache:
+        """An empty cache, made in the calling jitted program straight into its shardings."""
+        cache = KVCache.init(self.cfg, batch, max_len)
+        if self.mesh is None:
+            return cache
+        return jax.lax.with_sharding_constraint(cache, self.cache_shardings(batch, max_len))
 
     # ------------------------------------------------------------------ device programs
 
-    def _prefill_fn(self, state, layers, tokens, positions, segment_ids, cache, key, settings):
-        model = nnx.merge(self.graphdef, state)
+    def _start(self, model, layers, cache, tokens, positions, segment_ids, seeds, live, settings) -> dict:
+        """Run the prompt tokens (left-padded: every row ends at the last column) through the
+        cache and draw each row's first token; returns the decode carry."""
         hidden, cache = model.hidden_states(tokens, positions, segment_ids, cache=cache, layers=layers)
-        logits = model.logits(hidden[:, -1])  # left padding: every row ends at the last column
-        return sample_logits(logits, key, *settings), cache
+        keys = _row_keys(seeds)
+        first = sample_logits(model.logits(hidden[:, -1]), _step_keys(keys, 0), *settings)
+        done = jnp.isin(first, jnp.asarray(self.eos_ids)) | ~live
+        carry = dict(cache=cache, token=first, position=positions[:, -1] + 1, done=done, keys=keys,
+                     count=jnp.zeros((), jnp.int32))
+        return self._pin(carry)
 
-    def _decode_fn(self, state, layers, carry, key, settings, eos_ids, steps: int):
-        """Run up to `steps` decode steps; carry = (cache, last token, position, done, out, count)."""
+    def _prefill_fn(self, state, layers, tokens, positions, segment_ids, seeds, live, settings, max_len: int):
         model = nnx.merge(self.graphdef, state)
+        cache = self._new_cache(tokens.shape[0], max_len)
+        return self._start(model, layers, cache, tokens, positions, segment_ids, seeds, live, settings)
+
+    def _prefill_prefix_fn(self, state, layers, tokens, positions, segment_ids, max_len: int) -> KVCache:
+        """The one-row cache of a fork's shared prefix (no token drawn)."""
+        model = nnx.merge(self.graphdef, state)
+        _, cache = model.hidden_states(tokens, positions, segment_ids, cache=self._new_cache(1, max_len), layers=layers)
+        if self.mesh is not None:
+            cache = jax.lax.with_sharding_constraint(cache, self.cache_shardings(1, max_len))
+        return cache
+
+    def _fork_fn(self, state, layers, prefix: KVCache, cuts, tokens, positions, segment_ids, seeds, live, settings,
+                 max_len: int):
+        """Copy the prefix cache into every row (slots [0,P); row r sees slots < cuts[r] only),
+        then run each row's own tokens (left-padded, from slot P) and draw its first token."""
+        model = nnx.merge(self.graphdef, state)
+        B, P = tokens.shape[0], prefix.max_len
+
+        def widen(a):  # [1,...,P,...] -> [B,...,max_len,...], the new slots empty
+            a = jnp.broadcast_to(a, (B,) + a.shape[1:])
+            pad = [(0, 0)] * a.ndim
+            pad[2 if a.ndim == 4 else 1] = (0, max_len - P)
+            return jnp.pad(a, pad)
+
+        visible = jnp.arange(max_len)[None, :] < cuts[:, None]
+        seg = jnp.where(visible, widen(prefix.segment_ids), 0)
+        cache = KVCache(tuple(map(widen, prefix.k)), tuple(map(widen, prefix.v)), seg, jnp.zeros_like(seg), prefix.index)
+        if self.mesh is not None:
+            cache = jax.lax.with_sharding_constraint(cache, self.cache_shardings(B, max_len))
+        return self._start(model, layers, cache, tokens, positions, segment_ids, seeds, live, settings)
+
+    def _decode_fn(self, state, layers, carry, settings, steps: int):
+        """Run up to `steps` decode steps; carry = (cache, last token, position, done, keys, count)."""
+        model = nnx.merge(self.graphdef, state)
+        eos_ids = jnp.asarray(self.eos_ids)
 
         def cond(c):
             return (c["i"] < steps) & ~jnp.all(c["done"])
@@ -205,8 +361,9 @@ class Sampler:
             hidden, cache = model.hidden_states(
                 token, c["position"][:, None], jnp.ones_like(token), cache=c["cache"], layers=layers
             )
-            step_key = jax.random.fold_in(key, c["count"] + c["i"])
-            new = sample_logits(model.logits(hidden[:, -1]), step_key, *settings)
+            # draw number count + i + 1: the prefill drew number 0
+            step_keys = _step_keys(c["keys"], c["count"] + c["i"] + 1)
+            new = sample_logits(model.logits(hidden[:, -1]), step_keys, *settings)
             new = jnp.where(c["done"], self.pad_id, new)
             done = c["done"] | jnp.isin(new, eos_ids)
             out = c["out"].at[:, c["i"]].set(jnp.where(c["done"], -1, new))
@@ -216,30 +373,139 @@ class Sampler:
         end = jax.lax.while_loop(cond, body, start)
         carry = {k: end[k] for k in carry}
         carry["count"] = carry["count"] + end["i"]
-        return carry, end["out"]
+        return self._pin(carry), end["out"]
 
     # ------------------------------------------------------------------ host side
 
     def generate(
-        self, prompts: Sequence[Sequence[int]], config: SamplingConfig, stop_strings: Sequence[str] = ()
+        self,
+        prompts: Sequence[Sequence[int]],
+        config: SamplingConfig,
+        stop_strings: Sequence[str] = (),
+        row_seeds: Sequence[int] | None = None,
     ) -> list[Generation]:
+        """One `Generation` per prompt, in order.
+
+        Row r draws from its own key stream PRNGKey(row_seeds[r]) (default `row_seed(config.seed,
+        r)`), draw t with fold_in(key, t), so its tokens depend on its prompt, its seed and the
+        settings only -- not on the batch size, the padding rows or the other prompts.
+        """
+        self._check_stop_strings(stop_strings)
+        row_seeds = self._row_seeds(row_seeds, len(prompts), config.seed, "generate: row_seeds")
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("empty prompt: every prompt needs at least one token")
+        results: list[Generation] = []
+        for start in range(0, len(prompts), self.batch_size):
+            stop = start + self.batch_size
+            results += self._generate_batch(prompts[start:stop], row_seeds[start:stop], config, stop_strings)
+        return results
+
+    def generate_forks(
+        self, prefix: Sequence[int], forks: Sequence[Fork], config: SamplingConfig, stop_strings: Sequence[str] = ()
+    ) -> list[list[Generation]]:
+        """For each fork, `fork.n` continuations of `prefix[:fork.cut] + fork.suffix`; the prefix
+        is prefilled once.
+
+        The same tokens as ``generate([prefix[:f.cut] + list(f.suffix) for f in forks for _ in
+        range(f.n)], config, row_seeds=...)`` (up to float rounding), flattened row r (fork-major)
+        seeded with ``f.row_seeds[j]`` when given, else ``row_seed(config.seed, r)``.
+
+        Layout: the prefix's KV cache (one row) is copied into every row of a decode batch, each
+        row hiding the prefix slots from its cut on; a row's own tokens -- the last token before
+        its cut (so the first draw comes from a fresh forward, whatever the cut) and its suffix --
+        go after the prefix, left-padded, their positions continuing from the cut.
+        """
+        self._check_stop_strings(stop_strings)
+        prefix = [int(t) for t in prefix]
+        rows = []  # (fork index, prefix tokens the row keeps in the shared cache, its own tokens, seed)
+        for i, fork in enumerate(forks):
+            if not isinstance(fork, Fork):
+                raise ForkError(f"forks[{i}]: expected a Fork, got {type(fork).__name__}")
+            if not 0 <= fork.cut <= len(prefix):
+                raise ForkError(f"forks[{i}]: cut {fork.cut} is outside the prefix of {len(prefix)} tokens")
+            if fork.n < 1:
+                raise ForkError(f"forks[{i}]: n must be at least 1, got {fork.n}")
+            if fork.cut == 0 and not fork.suffix:
+                raise ForkError(f"forks[{i}]: empty prompt (cut 0 and no suffix): a prompt needs at least one token")
+            if fork.row_seeds is not None and len(fork.row_seeds) != fork.n:
+                raise ForkError(f"forks[{i}]: {len(fork.row_seeds)} row_seeds for n={fork.n} continuations")
+            kept = max(fork.cut - 1, 0)
+            own = prefix[kept : fork.cut] + [int(t) for t in fork.suffix]
+            for j in range(fork.n):
+                seed = fork.row_seeds[j] if fork.row_seeds is not None else row_seed(config.seed, len(rows))
+                rows.append((i, kept, own, seed))
+        results: list[list[Generation]] = [[] for _ in forks]
+        if not rows:
+            return results
+        self._row_seeds([r[3] for r in rows], len(rows), config.seed, "generate_forks: Fork.row_seeds")
+        shared = max(r[1] for r in rows)
+        P = bucket_length(max(shared, 1), self.buckets)
+        tokens = np.full((1, P), self.pad_id, np.int32)
+        tokens[0, :shared] = prefix[:shared]
+        segment_ids = (np.arange(P) < shared).astype(np.int32)[None]
+        positions = np.arange(P, dtype=np.int32)[None]
+        put = lambda x: jax.device_put(jnp.asarray(x), self.replicated)  # noqa: E731
+        prefix_cache = self._prefill_prefix(self.state, self.layers, put(tokens), put(positions), put(segment_ids),
+                                            max_len=P)
+        settings = self._settings(config)
+        B = self.batch_size
+        for start in range(0, len(rows), B):
+            batch = rows[start : start + B]
+            n = len(batch)
+            batch = batch + [batch[0]] * (B - n)  # padding rows repeat a row
+            length = bucket_length(max(len(r[2]) for r in batch), self.suffix_buckets)
+            tokens = np.full((B, length), self.pad_id, np.int32)
+            segment_ids = np.zeros((B, length), np.int32)
+            positions = np.zeros((B, length), np.int32)
+            for b, (_, kept, own, _) in enumerate(batch):
+                tokens[b, length - len(own) :] = own
+                segment_ids[b, length - len(own) :] = 1
+                positions[b, length - len(own) :] = kept + np.arange(len(own))
+            cuts = np.asarray([r[1] for r in batch], np.int32)
+            seeds = np.asarray([r[3] for r in batch], np.int32)
+            carry = self._fork(
+                self.state, self.layers, prefix_cache, self._put(cuts), self._put(tokens), self._put(positions),
+                self._put(segment_ids), self._put(seeds), self._put(np.arange(B) < n), settings,
+                max_len=P + length + self._decode_slots(config),
+            )
+            for (i, *_), generation in zip(batch, self._decode_rows(carry, n, config, stop_strings)):
+                results[i].append(generation)
+        return results
+
+    def _check_stop_strings(self, stop_strings):
         if stop_strings and self.decode is None:
             raise ValueError("stop_strings need the sampler's `decode` function (token ids -> text)")
-        results: list[Generation] = []
-        key = jax.random.PRNGKey(config.seed)
-        for start in range(0, len(prompts), self.batch_size):
-            batch_key = jax.random.fold_in(key, start)
-            results += self._generate_batch(prompts[start : start + self.batch_size], config, stop_strings, batch_key)
-        return results
+
+    @staticmethod
+    def _row_seeds(row_seeds, count: int, seed: int, name: str) -> list[int]:
+        if row_seeds is None:
+            return [row_seed(seed, r) for r in range(count)]
+        row_seeds = list(row_seeds)
+        if len(row_seeds) != count:
+            raise ValueError(f"{name}: {len(row_seeds)} seeds for {count} rows")
+        bad = [s for s in row_seeds if isinstance(s, bool) or not isinstance(s, (int, np.integer))
+               or not 0 <= s < _SEED_LIMIT]
+        if bad:
+            raise ValueError(f"{name}: seeds must be ints in [0, 2**31), got {bad[0]!r}")
+        return [int(s) for s in row_seeds]
+
+    @staticmethod
+    def _settings(config: SamplingConfig):
+        return (jnp.float32(config.temperature), jnp.float32(config.top_p), jnp.int32(config.top_k))
+
+    def _decode_slots(self, config: SamplingConfig) -> int:
+        """Cache slots for decoding: every decode call runs whole chunks (the first writes the
+        prefill's token), so the rounded-up number of steps, plus one."""
+        return 1 + -(-(config.max_new_tokens - 1) // self.chunk_tokens) * self.chunk_tokens
 
     def _put(self, x):
         x = jnp.asarray(x)
-        return jax.device_put(x, self.row_sharding if x.ndim else self.scalar_sharding)
+        if self.mesh is None or not x.ndim:
+            return jax.device_put(x, self.replicated)
+        return jax.device_put(x, self._sharding(("batch",) + (None,) * (x.ndim - 1), x.shape))
 
-    def _generate_batch(self, prompts, config, stop_strings, key) -> list[Generation]:
+    def _generate_batch(self, prompts, seeds, config, stop_strings) -> list[Generation]:
         n = len(prompts)
-        if any(len(p) == 0 for p in prompts):
-            raise ValueError("empty prompt: every prompt needs at least one token")
         length = bucket_length(max(len(p) for p in prompts), self.buckets)
         B = self.batch_size
         tokens = np.full((B, length), self.pad_id, np.int32)
@@ -249,33 +515,24 @@ class Sampler:
             tokens[i, length - len(ids) :] = ids
             segment_ids[i, length - len(ids) :] = 1
         positions = np.maximum(np.cumsum(segment_ids, axis=1) - 1, 0).astype(np.int32)
-        settings = (
-            jnp.float32(config.temperature),
-            jnp.float32(config.top_p),
-            jnp.int32(config.top_k),
+        seeds = np.asarray(list(seeds) + [0] * (B - n), np.int32)
+        carry = self._prefill(
+            self.state, self.layers, self._put(tokens), self._put(positions), self._put(segment_ids),
+            self._put(seeds), self._put(np.arange(B) < n), self._settings(config),
+            max_len=length + self._decode_slots(config),
         )
-        # every decode call runs whole chunks, so the cache holds the rounded-up number of steps
-        decode_steps = -(-(config.max_new_tokens - 1) // self.chunk_tokens) * self.chunk_tokens
-        cache = KVCache.init(self.cfg, B, length + 1 + decode_steps)
-        first, cache = self._prefill(
-            self.state, self.layers, self._put(tokens), self._put(positions), self._put(segment_ids), cache,
-            jax.random.fold_in(key, 1 << 30), settings,
-        )
-        eos = jnp.asarray(self.eos_ids)
-        carry = dict(
-            cache=cache,
-            token=first,
-            position=self._put(positions[:, -1] + 1),
-            done=jnp.isin(first, eos) | (jnp.arange(B) >= n),
-            count=self._put(np.int32(0)),
-        )
+        return self._decode_rows(carry, n, config, stop_strings)
+
+    def _decode_rows(self, carry, n: int, config, stop_strings) -> list[Generation]:
+        """Decode in chunks from a prefilled carry until the first `n` rows end; their Generations."""
+        settings = self._settings(config)
         eos_set = set(self.eos_ids.tolist())
-        generated = [[int(t)] for t in np.asarray(first)]
+        generated = [[int(t)] for t in np.asarray(carry["token"])]
         finish = ["eos" if bool(d) else None for d in np.asarray(carry["done"])]
         remaining = config.max_new_tokens - 1
         while remaining > 0 and not all(f is not None for f in finish[:n]):
             steps = min(self.chunk_tokens, remaining)
-            carry, out = self._decode_chunk(self.state, self.layers, carry, key, settings, eos, steps=self.chunk_tokens)
+            carry, out = self._decode_chunk(self.state, self.layers, carry, settings, steps=self.chunk_tokens)
             out = np.asarray(out)[:, :steps]
             remaining -= steps
             done = np.asarray(carry["done"])
@@ -291,7 +548,7 @@ class Sampler:
                     finish[i] = "stop"
             if stop_strings:  # rows stopped on the host stop decoding on the device too
                 stopped = np.array([f == "stop" for f in finish])
-                carry["done"] = carry["done"] | jnp.asarray(stopped)
+                carry["done"] = carry["done"] | self._put(stopped)
         results = []
         for i in range(n):
             ids = generated[i][: config.max_new_tokens]
