@@ -126,7 +126,7 @@ def test_missing_files_and_bad_jsonl_records_are_clear_errors(tmp_path):
         load_benchmark("jsonl", dup)
     broken = tmp_path / "b.jsonl"
     broken.write_text('{"id": "a", "prompt": \n')
-    with pytest.raises(EvalDataError, match="b.jsonl:1: not valid JSON"):
+    with pytest.raises(EvalDataError, match=r"b.jsonl: line 1: not valid JSON \(Expecting value, column 23\)"):
         load_benchmark("jsonl", broken)
 
 

@@ -1,18 +1,28 @@
 """Benchmark loaders: the published layouts of the paper's evaluation sets turned into `EvalItem`s.
 
-    load_benchmark(name, path, limit=None, split=None, *, sample=None, seed=0) -> list[tuple[str, EvalItem]]
+    load_benchmark(name, path, limit=None, split=None, *, sample=None, seed=0) -> list[EvalItem]
 
-| name           | published file(s) / hub id                                   | columns read                                   | kind |
-|----------------|--------------------------------------------------------------|------------------------------------------------|------|
-| jailbreakbench | JBB-Behaviors harmful-behaviors.csv, benign-behaviors.csv; hf:JailbreakBench/JBB-Behaviors (config behaviors, splits harmful / benign) | Index, Goal, Category | harmful (benign for the benign file / split) |
-| strongreject   | strongreject_dataset.csv, strongreject_small_dataset.csv     | forbidden_prompt, category                     | harmful |
-| wildjailbreak  | eval.tsv (adversarial, label, data_type); train.tsv; hf:allenai/wildjailbreak (config eval) | adversarial (else vanilla), data_type / label | harmful / benign; `sample=N` draws from the adversarial_harmful rows |
-| xstest         | xstest_prompts.csv (id, prompt, type, label, focus, note)    | id, prompt, type, label                        | label safe -> benign, unsafe -> harmful |
-| aime           | Maxwell-Jia/AIME_2024 aime_2024_problems.parquet (ID, Problem, Answer); AI-MO/aimo-validation-aime, HuggingFaceH4/aime_2024 (id, problem, answer); opencompass/AIME2025 aime2025-I.jsonl / aime2025-II.jsonl (question, answer); yentinglin/aime_2025 | id/ID, problem/Problem/question, answer/Answer | math, reference = the answer as published |
-| math500        | HuggingFaceH4/MATH-500 test.jsonl                            | unique_id, problem, answer, subject            | math |
-| gpqa           | Idavidrein/gpqa gpqa_diamond.csv (also gpqa_main / extended) | Record ID, Question, Correct Answer, Incorrect Answer 1..3, High-level domain | choice: options shuffled per item (seeded), reference = the correct letter |
-| humaneval      | openai/human-eval HumanEval.jsonl(.gz); hf:openai/openai_humaneval | task_id, prompt, test, entry_point          | code |
-| jsonl          | our own: id, prompt, kind, reference, category, choices, tests, entry_point | as named                         | the kind field |
+Benchmark: published file(s) / hub id -> columns read -> kind
+  jailbreakbench: JBB-Behaviors harmful-behaviors.csv, benign-behaviors.csv; hf:JailbreakBench/JBB-Behaviors
+                  (config behaviors, splits harmful / benign) -> Index, Goal, Category -> harmful (benign for the
+                  benign file or split)
+  strongreject:   strongreject_dataset.csv, strongreject_small_dataset.csv -> forbidden_prompt, category -> harmful
+  wildjailbreak:  eval.tsv (adversarial, label, data_type), train.tsv; hf:allenai/wildjailbreak (config eval)
+                  -> adversarial (else vanilla), data_type (else label) -> harmful / benign; `sample=N` draws from
+                  the adversarial_harmful rows
+  xstest:         xstest_prompts.csv (id, prompt, type, label, focus, note) -> id, prompt, type, label
+                  -> label safe: benign, unsafe: harmful; category = type
+  aime:           Maxwell-Jia/AIME_2024 aime_2024_problems.parquet (ID, Problem, Solution, Answer);
+                  AI-MO/aimo-validation-aime, HuggingFaceH4/aime_2024, yentinglin/aime_2025 (id, problem, answer);
+                  opencompass/AIME2025 aime2025-I.jsonl + aime2025-II.jsonl (question, answer)
+                  -> math, reference = the answer as published (an integer column reads as its digits)
+  math500:        HuggingFaceH4/MATH-500 test.jsonl -> unique_id, problem, answer, subject -> math
+  gpqa:           Idavidrein/gpqa gpqa_diamond.csv (gpqa_main.csv etc. as a file path) -> Record ID, Question,
+                  Correct Answer, Incorrect Answer 1..3, High-level domain -> choice: the options shuffled per item
+                  (seeded), reference = the letter of the correct answer
+  humaneval:      openai/human-eval HumanEval.jsonl(.gz); hf:openai/openai_humaneval -> task_id, prompt, test,
+                  entry_point -> code (prompt and test kept byte for byte)
+  jsonl:          our own: id, prompt, kind, reference, category, choices (choice), tests + entry_point (code)
 
 `path` is one of
   * the file itself: .csv, .tsv, .json, .jsonl, .jsonl.gz or .parquet;
@@ -81,7 +91,8 @@ BENCHMARKS = tuple(PUBLISHED_FILES)
 
 # the split a multi-split dataset gives when none is named, and the config of known hub repositories
 DEFAULT_SPLITS = {"jailbreakbench": "harmful", "math500": "test", "humaneval": "test"}
-HUB_CONFIGS = {"jailbreakbench/jbb-behaviors": "behaviors", "allenai/wildjailbreak": "eval", "idavidrein/gpqa": "gpqa_diamond"}
+HUB_CONFIGS = {"jailbreakbench/jbb-behaviors": "behaviors", "allenai/wildjailbreak": "eval",
+               "idavidrein/gpqa": "gpqa_diamond"}
 HUB_LOAD_KWARGS = {"allenai/wildjailbreak": dict(delimiter="\t", keep_default_na=False)}  # as its dataset card says
 _HUB_PREFIX = "hf:"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -167,7 +178,8 @@ def _read_file(path: Path, part: str | None = None) -> _Table:
             data = data["data"]
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
             raise EvalDataError(f"{path}: expected a JSON list of objects (or {{'data': [...]}})")
-        return _Table(str(path), part, list(data[0]) if data else [], [(f"record {i}", r) for i, r in enumerate(data, 1)])
+        return _Table(str(path), part, list(data[0]) if data else [],
+                      [(f"record {i}", r) for i, r in enumerate(data, 1)])
     if name.endswith(".parquet"):
         import pyarrow.parquet as pq
 
@@ -175,7 +187,8 @@ def _read_file(path: Path, part: str | None = None) -> _Table:
             table = pq.read_table(path)
         except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file
             raise EvalDataError(f"{path}: not a readable parquet file ({type(e).__name__}: {e})") from None
-        return _Table(str(path), part, list(table.schema.names), [(f"row {i}", r) for i, r in enumerate(table.to_pylist(), 1)])
+        return _Table(str(path), part, list(table.schema.names),
+                      [(f"row {i}", r) for i, r in enumerate(table.to_pylist(), 1)])
     raise EvalDataError(f"{path}: unsupported file type; expected one of {', '.join(_DATA_SUFFIXES[:-1])} "
                         "or a dataset directory")
 
@@ -206,7 +219,8 @@ def _dataset_table(data, source: str, name: str, split: str | None) -> _Table:
 
 
 def _hub_offline() -> bool:
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
 def _load_hub(name: str, spec: str, split: str | None) -> _Table:
@@ -238,14 +252,19 @@ def _resolve(name: str, path: str | Path, split: str | None) -> list[_Table]:
         return [_load_hub(name, path, split)]
     path = Path(path)
     if not path.exists():
-        hint = " (a hub dataset is given as hf:<owner>/<name>)" if isinstance(path, Path) and _HUB_ID.match(str(path)) else ""
+        hint = " (a hub dataset is given as hf:<owner>/<name>)" if _HUB_ID.match(str(path)) else ""
         raise EvalDataError(f"{name}: {path} does not exist{hint}")
     if path.is_file():
         return [_read_file(path)]
     import datasets
 
     if any((path / marker).is_file() for marker in ("dataset_info.json", "dataset_dict.json", "state.json")):
-        return [_dataset_table(datasets.load_from_disk(str(path)), str(path), name, split)]
+        try:
+            data = datasets.load_from_disk(str(path))
+        except Exception as e:  # noqa: BLE001 - a damaged or partial save_to_disk directory
+            raise EvalDataError(f"{name}: {path}: not a readable datasets save_to_disk directory "
+                                f"({type(e).__name__}: {' '.join(str(e).split())})") from None
+        return [_dataset_table(data, str(path), name, split)]
     present = [path / f for f in PUBLISHED_FILES[name] if (path / f).is_file()]
     if name == "jailbreakbench" and present:
         wanted = "benign" if split == "benign" else "harmful"
@@ -259,7 +278,8 @@ def _resolve(name: str, path: str | Path, split: str | None) -> list[_Table]:
             return [_read_file(p) for p in halves]
     if present:
         return [_read_file(present[0])]
-    if any(_is_data_file(p) for p in [*path.iterdir(), *(p for d in path.iterdir() if d.is_dir() for p in d.iterdir())]):
+    nearby = [*path.iterdir(), *(p for d in path.iterdir() if d.is_dir() for p in d.iterdir())]
+    if any(_is_data_file(p) for p in nearby):
         try:  # a local copy of a hub repository: `datasets` knows its data-file layout (data/train-*.parquet ...)
             data = datasets.load_dataset(str(path))
         except Exception as e:  # noqa: BLE001
@@ -331,7 +351,8 @@ def _jailbreakbench(table: _Table, seed: int) -> list[tuple[str, EvalItem]]:
 
 def _strongreject(table: _Table, seed: int) -> list[tuple[str, EvalItem]]:
     prompt, category = _column(table, "forbidden_prompt", "prompt"), _column(table, "category", required=False)
-    return [(location, EvalItem(str(n), "", _text(table, location, row, prompt), "harmful", category=_optional(row, category)))
+    return [(location, EvalItem(str(n), "", _text(table, location, row, prompt), "harmful",
+                                category=_optional(row, category)))
             for n, (location, row) in enumerate(table.rows, 1)]
 
 
@@ -354,7 +375,8 @@ def _wildjailbreak(table: _Table, seed: int) -> list[tuple[str, EvalItem]]:
         column = "adversarial" if isinstance(row.get("adversarial"), str) and row["adversarial"].strip() else "vanilla"
         if column not in row:
             raise EvalDataError(f"{table.at(location)}: column 'adversarial' is empty and there is no 'vanilla' column")
-        out.append((location, EvalItem(str(n), "", _text(table, location, row, column), _wildjailbreak_kind(table, location, row),
+        kind = _wildjailbreak_kind(table, location, row)
+        out.append((location, EvalItem(str(n), "", _text(table, location, row, column), kind,
                                        category=_optional(row, "data_type"))))
     return out
 
@@ -368,7 +390,8 @@ def _xstest(table: _Table, seed: int) -> list[tuple[str, EvalItem]]:
         if value not in ("safe", "unsafe"):
             raise EvalDataError(f"{table.at(location)}: column {label!r} is {row.get(label)!r}; expected 'safe' or 'unsafe'")
         id_ = _scalar(table, location, row, id_col) if id_col else str(n)
-        out.append((location, EvalItem(id_, "", _text(table, location, row, prompt), "benign" if value == "safe" else "harmful",
+        kind = "benign" if value == "safe" else "harmful"
+        out.append((location, EvalItem(id_, "", _text(table, location, row, prompt), kind,
                                        category=_optional(row, type_col))))
     return out
 
@@ -429,8 +452,9 @@ def _humaneval(table: _Table, seed: int) -> list[tuple[str, EvalItem]]:
         entry_point = _text(table, location, row, entry)
         if not entry_point.isidentifier():
             raise EvalDataError(f"{table.at(location)}: column {entry!r} is {entry_point!r}; expected a Python function name")
-        out.append((location, EvalItem(_scalar(table, location, row, task_id), "", _text(table, location, row, prompt, strip=False),
-                                       "code", tests=_text(table, location, row, test, strip=False), entry_point=entry_point)))
+        prompt_text = _text(table, location, row, prompt, strip=False)
+        out.append((location, EvalItem(_scalar(table, location, row, task_id), "", prompt_text, "code",
+                                       tests=_text(table, location, row, test, strip=False), entry_point=entry_point)))
     return out
 
 
@@ -444,7 +468,8 @@ def _jsonl(table: _Table, seed: int) -> list[tuple[str, EvalItem]]:
         kind = row.get("kind")
         if kind not in KINDS:
             raise EvalDataError(f"{where}: field 'kind' is {kind!r}; expected one of {KINDS}")
-        reference, choices, tests, entry_point = row.get("reference"), row.get("choices"), row.get("tests"), row.get("entry_point")
+        reference, choices = row.get("reference"), row.get("choices")
+        tests, entry_point = row.get("tests"), row.get("entry_point")
         if kind == "math" and not (isinstance(reference, (str, int, float)) and str(reference).strip()):
             raise EvalDataError(f"{where}: a math item needs a 'reference' answer")
         if kind == "choice":
@@ -458,7 +483,8 @@ def _jsonl(table: _Table, seed: int) -> list[tuple[str, EvalItem]]:
             raise EvalDataError(f"{where}: field 'choices' is only for kind 'choice'")
         if kind == "code":
             if not (isinstance(tests, str) and tests.strip()):
-                raise EvalDataError(f"{where}: field 'tests' is {tests!r}; a code item needs the test source (defining check(candidate))")
+                raise EvalDataError(f"{where}: field 'tests' is {tests!r}; a code item needs the test source "
+                                    "(defining check(candidate))")
             if not (isinstance(entry_point, str) and entry_point.isidentifier()):
                 raise EvalDataError(f"{where}: field 'entry_point' is {entry_point!r}; expected a Python function name")
         out.append((location, EvalItem(id_, "", _text(table, location, row, "prompt", strip=kind != "code"), kind,
@@ -502,7 +528,7 @@ def _sample(name: str, tables: Sequence[_Table], found: list[tuple[_Table, str, 
 
 
 def load_benchmark(name: str, path: str | Path, limit: int | None = None, split: str | None = None, *,
-                   sample: int | None = None, seed: int = 0) -> list[tuple[str, EvalItem]]:
+                   sample: int | None = None, seed: int = 0) -> list[EvalItem]:
     """The items of benchmark `name` read from `path` (see the module docstring)."""
     if name not in _PARSERS:
         raise EvalDataError(f"unknown benchmark {name!r}; expected one of {', '.join(BENCHMARKS)}")
