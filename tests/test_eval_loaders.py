@@ -54,6 +54,7 @@ def test_jailbreakbench_csv_files_directory_and_saved_dataset_dict():
     saved = FIXTURES / "jailbreakbench_saved"
     assert load_benchmark("jailbreakbench", saved) == harmful
     assert load_benchmark("jailbreakbench", saved, split="benign") == benign
+    assert load_benchmark("jailbreakbench", saved / "benign") == benign  # one split's own directory
 
 
 def test_strongreject_and_xstest_csv():
@@ -177,6 +178,9 @@ def test_hub_ids_online_go_through_load_dataset_with_the_published_config(monkey
         calls.append((repo, config, split, kwargs))
         if repo == "unreachable/set":
             raise ConnectionError("Couldn't reach the hub")
+        if repo == "allenai/wildjailbreak":  # its eval config has one split, "train"
+            rows = [dict(adversarial="[harmful request withheld 51]", label=1, data_type="adversarial_harmful")]
+            return datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)})
         return saved if split is None else saved[split]
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
@@ -184,8 +188,15 @@ def test_hub_ids_online_go_through_load_dataset_with_the_published_config(monkey
     assert load_benchmark("jailbreakbench", "hf:JailbreakBench/JBB-Behaviors") == harmful
     benign = load_benchmark("jailbreakbench", "hf:JailbreakBench/JBB-Behaviors", split="benign")
     assert [i.kind for i in benign] == ["benign", "benign"]
-    assert calls[:2] == [("JailbreakBench/JBB-Behaviors", "behaviors", None, {}),
+    assert load_benchmark("jailbreakbench", "hf:JailbreakBench/JBB-Behaviors::benign") == benign  # split in the id
+    assert calls[:3] == [("JailbreakBench/JBB-Behaviors", "behaviors", None, {}),
+                         ("JailbreakBench/JBB-Behaviors", "behaviors", "benign", {}),
                          ("JailbreakBench/JBB-Behaviors", "behaviors", "benign", {})]
+    with pytest.raises(EvalDataError, match="names split 'benign' but split='harmful' was given"):
+        load_benchmark("jailbreakbench", "hf:JailbreakBench/JBB-Behaviors::benign", split="harmful")
+    wildjailbreak = load_benchmark("wildjailbreak", "hf:allenai/wildjailbreak")  # the TSV needs its reader options
+    assert [(i.id, i.kind) for i in wildjailbreak] == [("wildjailbreak-1", "harmful")]
+    assert calls[-1][:2] == ("allenai/wildjailbreak", "eval") and calls[-1][3] == dict(delimiter="\t", keep_default_na=False)
     with pytest.raises(EvalDataError, match=r"hf:unreachable/set: could not load it from the Hugging Face hub \(ConnectionError"):
         load_benchmark("strongreject", "hf:unreachable/set")
 

@@ -31,10 +31,11 @@ Benchmark: published file(s) / hub id -> columns read -> kind
   * a directory written by `datasets` ``save_to_disk``, or a local copy of a hub dataset repository
     (read with `datasets.load_dataset(dir)`); a dataset with several splits takes `split`, else the
     benchmark's usual split (JBB harmful, MATH-500 / HumanEval test, else train), else its only one;
-  * ``hf:<owner>/<name>[:<config>]``: the hub dataset through `datasets.load_dataset`, only when the
-    hub is reachable; with HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set it is an error saying so.
-    Known repositories get their config by default (JBB-Behaviors: behaviors, wildjailbreak: eval,
-    gpqa: gpqa_diamond).
+  * ``hf:<owner>/<name>[:<config>[:<split>]]``: the hub dataset through `datasets.load_dataset`,
+    only when the hub is reachable; with HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set it is an error
+    saying so.  Known repositories get their config by default (JBB-Behaviors: behaviors,
+    wildjailbreak: eval, gpqa: gpqa_diamond), so ``hf:JailbreakBench/JBB-Behaviors::benign`` is the
+    benign split.  One split of a saved DatasetDict is its subdirectory (``saved/benign``).
 
 Ids are ``<benchmark>-<published id>`` (JBB benign: ``jailbreakbench-benign-<Index>``); a layout
 without an id column uses the row number (AIME: ``<file stem>-<row>``, because AIME 2025 comes in
@@ -193,8 +194,9 @@ def _read_file(path: Path, part: str | None = None) -> _Table:
                         "or a dataset directory")
 
 
-def _dataset_table(data, source: str, name: str, split: str | None) -> _Table:
-    """A _Table from a `datasets` Dataset or DatasetDict, choosing the split."""
+def _dataset_table(data, source: str, name: str, split: str | None, default_part: str = "") -> _Table:
+    """A _Table from a `datasets` Dataset or DatasetDict, choosing the split.  A single Dataset's
+    part is its split name, else `default_part` (a split's own save_to_disk directory: its name)."""
     import datasets
 
     if isinstance(data, (datasets.DatasetDict, dict)):
@@ -213,7 +215,7 @@ def _dataset_table(data, source: str, name: str, split: str | None) -> _Table:
             raise EvalDataError(f"{source}: no split {chosen!r}; the dataset has the splits {names} (give one with split=)")
         data, part = data[chosen], chosen
     else:
-        part = split or str(getattr(data, "split", None) or "")
+        part = split or str(getattr(data, "split", None) or "") or default_part
     return _Table(f"{source} (split {part})" if part else source, part, list(data.column_names),
                   [(f"row {i}", r) for i, r in enumerate(data.to_list(), 1)])
 
@@ -224,10 +226,15 @@ def _hub_offline() -> bool:
 
 
 def _load_hub(name: str, spec: str, split: str | None) -> _Table:
-    """`hf:<owner>/<name>[:<config>]` through `datasets.load_dataset`."""
-    repo, _, config = spec[len(_HUB_PREFIX):].partition(":")
+    """`hf:<owner>/<name>[:<config>[:<split>]]` through `datasets.load_dataset`."""
+    repo, _, rest = spec[len(_HUB_PREFIX):].partition(":")
+    config, _, split_in_spec = rest.partition(":")
+    if split_in_spec:
+        if split is not None and split != split_in_spec:
+            raise EvalDataError(f"{name}: {spec} names split {split_in_spec!r} but split={split!r} was given")
+        split = split_in_spec
     if not _HUB_ID.match(repo):
-        raise EvalDataError(f"{name}: {spec!r} is not a hub dataset id; expected hf:<owner>/<name>[:<config>]")
+        raise EvalDataError(f"{name}: {spec!r} is not a hub dataset id; expected hf:<owner>/<name>[:<config>[:<split>]]")
     config = config or HUB_CONFIGS.get(repo.lower())
     if _hub_offline():
         raise EvalDataError(f"{name}: {spec}: the Hugging Face hub is offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set); "
@@ -239,7 +246,7 @@ def _load_hub(name: str, spec: str, split: str | None) -> _Table:
     except Exception as e:  # noqa: BLE001 - any hub failure (unreachable, gated, no such config) becomes one line
         raise EvalDataError(f"{name}: {spec}: could not load it from the Hugging Face hub "
                             f"({type(e).__name__}: {' '.join(str(e).split())})") from None
-    return _dataset_table(data, spec + (f":{config}" if config and spec.count(":") < 2 else ""), name, split)
+    return _dataset_table(data, f"{_HUB_PREFIX}{repo}" + (f":{config}" if config else ""), name, split)
 
 
 def _is_data_file(path: Path) -> bool:
@@ -264,7 +271,7 @@ def _resolve(name: str, path: str | Path, split: str | None) -> list[_Table]:
         except Exception as e:  # noqa: BLE001 - a damaged or partial save_to_disk directory
             raise EvalDataError(f"{name}: {path}: not a readable datasets save_to_disk directory "
                                 f"({type(e).__name__}: {' '.join(str(e).split())})") from None
-        return [_dataset_table(data, str(path), name, split)]
+        return [_dataset_table(data, str(path), name, split, default_part=path.name)]
     present = [path / f for f in PUBLISHED_FILES[name] if (path / f).is_file()]
     if name == "jailbreakbench" and present:
         wanted = "benign" if split == "benign" else "harmful"
