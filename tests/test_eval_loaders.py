@@ -181,6 +181,9 @@ def test_hub_ids_online_go_through_load_dataset_with_the_published_config(monkey
         if repo == "allenai/wildjailbreak":  # its eval config has one split, "train"
             rows = [dict(adversarial="[harmful request withheld 51]", label=1, data_type="adversarial_harmful")]
             return datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)})
+        if repo == "opencompass/AIME2025":  # configs AIME2025-I / AIME2025-II, split test, no id column
+            rows = [dict(question=f"[problem {config} {n}]", answer=str(n)) for n in (1, 2)]
+            return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
         return saved if split is None else saved[split]
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
@@ -196,7 +199,11 @@ def test_hub_ids_online_go_through_load_dataset_with_the_published_config(monkey
         load_benchmark("jailbreakbench", "hf:JailbreakBench/JBB-Behaviors::benign", split="harmful")
     wildjailbreak = load_benchmark("wildjailbreak", "hf:allenai/wildjailbreak")  # the TSV needs its reader options
     assert [(i.id, i.kind) for i in wildjailbreak] == [("wildjailbreak-1", "harmful")]
-    assert calls[-1][:2] == ("allenai/wildjailbreak", "eval") and calls[-1][3] == dict(delimiter="\t", keep_default_na=False)
+    # the two AIME 2025 exams as two entries: ids carry the config, so they do not collide under one label
+    halves = [load_benchmark("aime", f"hf:opencompass/AIME2025:AIME2025-{half}") for half in ("I", "II")]
+    assert [i.id for i in halves[0] + halves[1]] == ["aime-AIME2025-I-1", "aime-AIME2025-I-2", "aime-AIME2025-II-1",
+                                                     "aime-AIME2025-II-2"]
+    assert ("allenai/wildjailbreak", "eval", None, dict(delimiter="\t", keep_default_na=False)) in calls
     with pytest.raises(EvalDataError, match=r"hf:unreachable/set: could not load it from the Hugging Face hub \(ConnectionError"):
         load_benchmark("strongreject", "hf:unreachable/set")
 

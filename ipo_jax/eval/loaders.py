@@ -38,8 +38,8 @@ Benchmark: published file(s) / hub id -> columns read -> kind
     benign split.  One split of a saved DatasetDict is its subdirectory (``saved/benign``).
 
 Ids are ``<benchmark>-<published id>`` (JBB benign: ``jailbreakbench-benign-<Index>``); a layout
-without an id column uses the row number (AIME: ``<file stem>-<row>``, because AIME 2025 comes in
-two files).  `sample=N` takes a seeded random sample of N items, kept in file order (the same N and
+without an id column uses the row number (AIME: ``<file stem or hub config>-<row>``, because AIME 2025
+comes in two files / configs).  `sample=N` takes a seeded random sample of N items, kept in file order (the same N and
 seed give the same items); for wildjailbreak the sample is drawn from the adversarial_harmful rows
 only.  A sample larger than what is there is an error, not a smaller sample.  `limit` then keeps
 the first `limit` items.  `seed` also drives the GPQA option order: each item's permutation comes
@@ -110,6 +110,7 @@ class _Table:
     part: str  # the file name or split name (JBB: harmful or benign)
     columns: list[str]
     rows: list[tuple[str, dict[str, Any]]]  # (location such as "row 3 (line 4)", row)
+    label: str = ""  # a dataset's short name (hub config, directory) for row-number ids; files use their stem
 
     def at(self, location: str) -> str:
         return f"{self.source}: {location}"
@@ -194,7 +195,7 @@ def _read_file(path: Path, part: str | None = None) -> _Table:
                         "or a dataset directory")
 
 
-def _dataset_table(data, source: str, name: str, split: str | None, default_part: str = "") -> _Table:
+def _dataset_table(data, source: str, name: str, split: str | None, default_part: str = "", label: str = "") -> _Table:
     """A _Table from a `datasets` Dataset or DatasetDict, choosing the split.  A single Dataset's
     part is its split name, else `default_part` (a split's own save_to_disk directory: its name)."""
     import datasets
@@ -217,7 +218,7 @@ def _dataset_table(data, source: str, name: str, split: str | None, default_part
     else:
         part = split or str(getattr(data, "split", None) or "") or default_part
     return _Table(f"{source} (split {part})" if part else source, part, list(data.column_names),
-                  [(f"row {i}", r) for i, r in enumerate(data.to_list(), 1)])
+                  [(f"row {i}", r) for i, r in enumerate(data.to_list(), 1)], label=label or part)
 
 
 def _hub_offline() -> bool:
@@ -246,7 +247,8 @@ def _load_hub(name: str, spec: str, split: str | None) -> _Table:
     except Exception as e:  # noqa: BLE001 - any hub failure (unreachable, gated, no such config) becomes one line
         raise EvalDataError(f"{name}: {spec}: could not load it from the Hugging Face hub "
                             f"({type(e).__name__}: {' '.join(str(e).split())})") from None
-    return _dataset_table(data, f"{_HUB_PREFIX}{repo}" + (f":{config}" if config else ""), name, split)
+    return _dataset_table(data, f"{_HUB_PREFIX}{repo}" + (f":{config}" if config else ""), name, split,
+                          label=config or repo.split("/")[1])
 
 
 def _is_data_file(path: Path) -> bool:
@@ -271,7 +273,7 @@ def _resolve(name: str, path: str | Path, split: str | None) -> list[_Table]:
         except Exception as e:  # noqa: BLE001 - a damaged or partial save_to_disk directory
             raise EvalDataError(f"{name}: {path}: not a readable datasets save_to_disk directory "
                                 f"({type(e).__name__}: {' '.join(str(e).split())})") from None
-        return [_dataset_table(data, str(path), name, split, default_part=path.name)]
+        return [_dataset_table(data, str(path), name, split, default_part=path.name, label=path.name)]
     present = [path / f for f in PUBLISHED_FILES[name] if (path / f).is_file()]
     if name == "jailbreakbench" and present:
         wanted = "benign" if split == "benign" else "harmful"
@@ -292,7 +294,7 @@ def _resolve(name: str, path: str | Path, split: str | None) -> list[_Table]:
         except Exception as e:  # noqa: BLE001
             raise EvalDataError(f"{name}: {path}: holds none of the published files {list(PUBLISHED_FILES[name])} and "
                                 f"`datasets` could not read it as a dataset repository ({type(e).__name__}: {e})") from None
-        return [_dataset_table(data, str(path), name, split)]
+        return [_dataset_table(data, str(path), name, split, label=path.name)]
     raise EvalDataError(f"{name}: {path} holds none of the published files {list(PUBLISHED_FILES[name])}, no data files, "
                         "and is not a datasets save_to_disk directory")
 
@@ -406,7 +408,7 @@ def _xstest(table: _Table, seed: int) -> list[tuple[str, EvalItem]]:
 def _aime(table: _Table, seed: int) -> list[tuple[str, EvalItem]]:
     problem, answer = _column(table, "problem", "Problem", "question"), _column(table, "answer", "Answer")
     id_col, year = _column(table, "id", "ID", required=False), _column(table, "year", "Year", required=False)
-    stem = Path(table.part).name.split(".")[0] or "row"
+    stem = table.label or Path(table.part).name.split(".")[0]  # opencompass/AIME2025: "AIME2025-I", "aime2025-I"
     out = []
     for n, (location, row) in enumerate(table.rows, 1):
         id_ = _scalar(table, location, row, id_col) if id_col else f"{stem}-{n}"
