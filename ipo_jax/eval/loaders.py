@@ -99,7 +99,8 @@ _HUB_PREFIX = "hf:"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _DATA_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".jsonl.gz", ".parquet", ".arrow")
 GPQA_OPTION_COLUMNS = ("Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+LETTERS = "ABCD"
+CHOICE_COUNT = len(LETTERS)  # options of a choice item (GPQA's four; our jsonl files too)
 
 
 @dataclasses.dataclass
@@ -482,10 +483,12 @@ def _jsonl(table: _Table, seed: int) -> list[tuple[str, EvalItem]]:
         if kind == "math" and not (isinstance(reference, (str, int, float)) and str(reference).strip()):
             raise EvalDataError(f"{where}: a math item needs a 'reference' answer")
         if kind == "choice":
-            if not (isinstance(choices, list) and 2 <= len(choices) <= len(LETTERS)
+            # four, as GPQA: the scorer reads the letters A-D (ipo_jax.eval.scoring)
+            if not (isinstance(choices, list) and len(choices) == CHOICE_COUNT
                     and all(isinstance(c, str) and c.strip() for c in choices)):
-                raise EvalDataError(f"{where}: field 'choices' is {choices!r}; a choice item needs a list of 2-26 non-empty strings")
-            letters = LETTERS[: len(choices)]
+                raise EvalDataError(f"{where}: field 'choices' is {choices!r}; a choice item needs a list of "
+                                    f"{CHOICE_COUNT} non-empty strings (options A-D)")
+            letters = LETTERS[:CHOICE_COUNT]
             if not (isinstance(reference, str) and len(reference) == 1 and reference in letters):
                 raise EvalDataError(f"{where}: field 'reference' is {reference!r}; expected the correct letter, one of {list(letters)}")
         elif choices is not None:
