@@ -99,6 +99,16 @@ def test_aime_layouts():
                                                         ("aime-aime2025-II-1", "24")]
 
 
+def test_aime_directory_reads_every_aime_file_in_it(tmp_path):
+    import shutil
+
+    for source in ("aime2024/aime_2024_problems.parquet", "aime2025/aime2025-I.jsonl", "aime2025/aime2025-II.jsonl"):
+        shutil.copy(FIXTURES / source, tmp_path)
+    ids = [i.id for i in load_benchmark("aime", tmp_path)]
+    assert ids == ["aime-2024-I-1", "aime-2024-I-2", "aime-2024-II-1", "aime-aime2025-I-1", "aime-aime2025-I-2",
+                   "aime-aime2025-II-1"]
+
+
 def test_math500_jsonl():
     items = load_benchmark("math500", FIXTURES / "math500")
     assert [(i.id, i.reference, i.category) for i in items] == [

@@ -27,7 +27,8 @@ Benchmark: published file(s) / hub id -> columns read -> kind
 `path` is one of
   * the file itself: .csv, .tsv, .json, .jsonl, .jsonl.gz or .parquet;
   * a directory holding one of the published file names (jailbreakbench: `split="benign"` picks
-    benign-behaviors.csv; aime: all of aime2025-I.jsonl and aime2025-II.jsonl that are there);
+    benign-behaviors.csv; aime: every aime* published file there -- aime_2024_problems.parquet,
+    aime2025-I.jsonl, aime2025-II.jsonl, aime2024.jsonl, aime2025.jsonl -- read as one benchmark);
   * a directory written by `datasets` ``save_to_disk``, or a local copy of a hub dataset repository
     (read with `datasets.load_dataset(dir)`); a dataset with several splits takes `split`, else the
     benchmark's usual split (JBB harmful, MATH-500 / HumanEval test, else train), else its only one;
@@ -283,9 +284,10 @@ def _resolve(name: str, path: str | Path, split: str | None) -> list[_Table]:
             raise EvalDataError(f"{name}: {path} holds no {wanted}-behaviors.csv")
         return [_read_file(present[0])]
     if name == "aime":
-        halves = [p for p in present if p.name in ("aime2025-I.jsonl", "aime2025-II.jsonl")]
-        if halves:  # opencompass/AIME2025: the two exams in two files, one benchmark
-            return [_read_file(p) for p in halves]
+        # every AIME file there is one benchmark (opencompass/AIME2025 alone comes as two files, one per exam)
+        specific = [p for p in present if p.name.lower().startswith("aime")]
+        if specific:
+            return [_read_file(p) for p in specific]
     if present:
         return [_read_file(present[0])]
     nearby = [*path.iterdir(), *(p for d in path.iterdir() if d.is_dir() for p in d.iterdir())]
