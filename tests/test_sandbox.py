@@ -49,10 +49,23 @@ def test_run_many_keeps_input_order_in_parallel():
     "raise SystemExit(0)\n",
     "import sys\nprint('IPO-SANDBOX-PASSED-' + '0' * 32)\nsys.stdout.flush()\nimport os\nos._exit(0)\n",
     "import os\nos.close(1)\n",  # the driver cannot print its marker: not a pass either
+    "import __main__, os\nprint(getattr(__main__, 'marker', b'').decode())\nos._exit(0)\n",  # not a global
 ])
 def test_exiting_early_with_status_zero_is_not_a_pass(program):
     result = run_code(program + "\ndef check(candidate):\n    assert False\ncheck(None)\n", timeout=TIMEOUT)
     assert result.status == "failed", result
+
+
+def test_a_pass_is_not_undone_by_a_thread_left_running():
+    result = run_code("import threading, time\nthreading.Thread(target=time.sleep, args=(60,)).start()\n", timeout=TIMEOUT)
+    assert result.status == "passed", result
+
+
+def test_output_is_truncated_and_capped():
+    chatty = run_code("for i in range(20000):\n    print('line', i)\n", timeout=5.0)
+    assert chatty.status == "passed" and len(chatty.stdout_tail) <= 2000 and chatty.stdout_tail.endswith("line 19999")
+    flood = run_code("import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n", timeout=5.0, max_output_mb=1)
+    assert flood.status == "failed" and "File too large" in flood.stderr_tail, flood
 
 
 def test_infinite_loop_is_killed_by_the_timeout():

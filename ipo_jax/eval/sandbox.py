@@ -223,14 +223,8 @@ os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", cfg["driver"]])
 # --- the driver: reads the marker from fd 3, installs the guard, runs the program ---------------
 _DRIVER = r'''
 import os, sys
-marker = os.read(3, 256)
-os.close(3)
-result_fd = os.dup(1)
-work = os.path.realpath(os.getcwd())
-with open("program.py", encoding="utf-8") as f:
-    source = f.read()
 
-def guard():
+def guard(work):
     import builtins, io, shutil, socket, subprocess
     def refuse(name):
         def refused(*args, **kwargs):
@@ -266,8 +260,7 @@ def guard():
         guard_paths(os, name, 1)
     for name in ("rename", "replace", "link", "symlink"):
         guard_paths(os, name, 2)
-    for name in ("rmtree",):
-        guard_paths(shutil, name, 1)
+    guard_paths(shutil, "rmtree", 1)
     for name in ("move", "copy", "copy2", "copyfile", "copytree"):
         guard_paths(shutil, name, 2)
     for name in ("system", "fork", "forkpty", "kill", "killpg", "execv", "execve", "execvp", "execl", "execlp",
@@ -282,17 +275,24 @@ def guard():
     for name in ("ctypes", "_ctypes", "multiprocessing", "resource"):
         sys.modules[name] = None  # `import ctypes` now raises ImportError
 
-guard()
-del guard
-namespace = {"__name__": "__main__", "__builtins__": __builtins__}
-exec(compile(source, "program.py", "exec"), namespace)
-del namespace, source
-try:
-    sys.stdout.flush()
-    sys.stderr.flush()
-except Exception:
-    pass
-os.write(result_fd, b"\n" + marker + b"\n")
+def main():
+    # the marker lives only in this frame: not in a module global the program could import
+    marker = os.read(3, 256)
+    os.close(3)
+    result_fd = os.dup(1)
+    with open("program.py", encoding="utf-8") as f:
+        source = f.read()
+    guard(os.path.realpath(os.getcwd()))
+    exec(compile(source, "program.py", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except Exception:
+        pass
+    os.write(result_fd, b"\n" + marker + b"\n")
+    os._exit(0)  # the program ran to its end; threads it left running do not turn a pass into a timeout
+
+main()
 '''
 
 
