@@ -187,19 +187,27 @@ if in_namespaces:
         if sandbox_uid is not None:
             expose_interpreter(sandbox_uid)
         set_readonly("/", True, recursive=True)
-        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY)
         mount(work, work, None, MS_BIND)
         set_readonly(work, False, recursive=False)
         layers.append("readonly-fs")
     except OSError as e:
         if mode == "namespaces":
             fail(f"read-only file system: {e}")
+    try:  # a /proc of the new PID namespace: other processes (and their environments) out of sight
+        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY)
+        layers.append("own-proc")
+    except OSError:
+        pass  # the host's /proc stays (read-only when readonly-fs holds)
     if sandbox_uid is not None:
-        os.chown(work, sandbox_uid, sandbox_uid)
-        os.setgroups([])
-        os.setgid(sandbox_uid)
-        os.setuid(sandbox_uid)  # from root: clears every capability
-        layers.append("uid-drop")
+        interpreter = [os.path.realpath(p) for p in (sys.executable, sys.base_prefix)]
+        if "readonly-fs" in layers or all(untraversable_ancestor(p, sandbox_uid) is None for p in interpreter):
+            os.chown(work, sandbox_uid, sandbox_uid)
+            os.setgroups([])
+            os.setgid(sandbox_uid)
+            os.setuid(sandbox_uid)  # from root: clears every capability
+            layers.append("uid-drop")
+        elif mode == "namespaces":
+            fail("cannot drop to an unprivileged uid: it could not reach the interpreter")
     else:
         layers.append("userns")  # capabilities in the namespace end at the exec below (uid != 0)
 check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
@@ -209,7 +217,7 @@ limits = [(resource.RLIMIT_CPU, cfg["cpu_seconds"], cfg["cpu_seconds"] + 1),
           (resource.RLIMIT_FSIZE, cfg["file_bytes"], cfg["file_bytes"]),
           (resource.RLIMIT_NOFILE, cfg["max_files"], cfg["max_files"]),
           (resource.RLIMIT_CORE, 0, 0)]
-if in_namespaces:  # per uid (root path) or per user namespace: counts only this sandbox
+if "uid-drop" in layers or "userns" in layers:  # per uid / per user namespace: counts only this sandbox
     limits.append((resource.RLIMIT_NPROC, cfg["max_processes"], cfg["max_processes"]))
     layers.append("rlimit-nproc")
 for which, soft, hard in limits:
@@ -217,7 +225,10 @@ for which, soft, hard in limits:
 layers.append("guard")
 os.write(2, ("IPO_SANDBOX_ISOLATION " + ",".join(layers) + "\n").encode())
 os.set_inheritable(3, True)
-os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", cfg["driver"]])
+try:
+    os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", cfg["driver"]])
+except OSError as e:
+    fail(f"exec {sys.executable}: {e}")
 '''
 
 # --- the driver: reads the marker from fd 3, installs the guard, runs the program ---------------
