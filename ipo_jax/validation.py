@@ -81,6 +81,19 @@ def non_empty_string(v):
     return None if isinstance(v, str) and v.strip() else "a non-empty string"
 
 
+def per_benchmark_ints(v, setting: str):
+    """'name=n,...' with integers >= 1 (benchmark names are checked against the run's benchmarks later)."""
+    from ipo_jax.eval.config import PerBenchmarkError, parse_per_benchmark
+
+    if not isinstance(v, str):
+        return "name=integer[,name=integer...] or ''"
+    try:
+        parse_per_benchmark(v, setting)
+    except PerBenchmarkError:
+        return "name=integer[,name=integer...] with integers >= 1 (e.g. aime=16,gpqa=4), or ''"
+    return None
+
+
 def positive_int_tuple(v):
     ok = isinstance(v, (tuple, list)) and all(_is_int(x) and x >= 1 for x in v)
     return None if ok else "a tuple of positive integers (or () for the default)"
@@ -188,6 +201,14 @@ _SAMPLING = {
     "sampler.chunk_tokens": int_at_least(1),
     "sampler.max_prompt_length": int_at_least(1),
 }
+_POLICY = {  # ipo_jax/rollout/config.py; policy.base_url / policy.model are checked with the backend below
+    "policy.backend": one_of("local", "http"),
+    "policy.timeout": number_in(0, low_open=True),
+    "policy.max_retries": int_at_least(0),
+    "policy.backoff": number_in(0),
+    "policy.max_backoff": number_in(0),
+    "policy.concurrency": int_at_least(1),
+}
 _JUDGE = {
     "judge.backend": one_of(*JUDGE_BACKENDS),
     "detector.backend": one_of("", *JUDGE_BACKENDS),
@@ -239,14 +260,14 @@ RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "train.peak_flops_per_device": number_in(0, note=" (0 = look it up)"),
     },
     "sample": {
-        **_MODEL, **_MESH, **_SAMPLING, **_JUDGE,
+        **_MODEL, **_MESH, **_SAMPLING, **_POLICY, **_JUDGE,
         "tokenizer": optional_dir,
         "prompts": non_empty_string,
         "out": output_dir,
         "intervention.seed": int_at_least(0),
     },
     "build-pairs": {
-        **_MODEL, **_MESH, **_SAMPLING, **_JUDGE,
+        **_MODEL, **_MESH, **_SAMPLING, **_POLICY, **_JUDGE,
         "tokenizer": optional_dir,
         "prompts": non_empty_string,
         "out": output_dir,
@@ -258,7 +279,7 @@ RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "intervention.seed": int_at_least(0),
     },
     "csr": {
-        **_MODEL, **_MESH, **_SAMPLING, **_JUDGE,
+        **_MODEL, **_MESH, **_SAMPLING, **_POLICY, **_JUDGE,
         "tokenizer": optional_dir,
         "out": output_dir,
         "csr.trajectories": non_empty_string,
@@ -268,17 +289,31 @@ RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "csr.window": int_at_least(1),
     },
     "eval": {
-        **_MODEL, **_MESH, **_SAMPLING, **_JUDGE,
+        **_MODEL, **_MESH, **_SAMPLING, **_POLICY, **_JUDGE,
         "tokenizer": optional_dir,
         "benchmarks": non_empty_string,  # name=path pairs: parsed and checked by the eval stage's loader
         "limit": int_at_least(0, " (0 = all items)"),
         "samples_per_prompt": int_at_least(1),
+        "samples_per_benchmark": lambda v: per_benchmark_ints(v, "samples_per_benchmark"),
+        "max_new_tokens_per_benchmark": lambda v: per_benchmark_ints(v, "max_new_tokens_per_benchmark"),
+        "wildjailbreak.sample": int_at_least(0, " (0 = every row)"),
+        "wildjailbreak.seed": int_at_least(0),
+        "gpqa.seed": int_at_least(0),
+        "xstest.judge": one_of("llm", "string_match"),
+        "code.workers": int_at_least(1),
+        "code.timeout": number_in(0, low_open=True),
+        "num_shards": int_at_least(0, " (0 = one part per JAX process)"),
+        "shard": int_at_least(-1, " (-1 = the JAX process index)"),
+        "merge": boolean,
+        "compare": lambda v: None if isinstance(v, str) else "comma-separated eval output directories or ''",
         "seed": int_at_least(0),
         "train_prompts": file_list,
         "ngram": int_at_least(1),
         "out": output_dir,
     },
 }
+# eval with merge=True or compare=...: no model, no benchmarks; only these are read
+_EVAL_COLLECT_ONLY = ("merge", "compare", "out")
 RULES["demo"] = {"out": output_dir, "seed": int_at_least(0)}
 
 
@@ -309,9 +344,18 @@ def settings_problems(stage: str, config) -> list[str]:
         if isinstance(value, float) and not math.isfinite(value):
             problems.append(f"config.{name} is {value}; expected a finite number")
     flagged = {p.split(" ", 1)[0] for p in problems}
-    for name, check in RULES.get(stage, {}).items():
+    http_policy = _get(config, "policy.backend") == "http" and "policy.backend" in RULES.get(stage, {})
+    if http_policy:  # the served model samples; model.init is only a tokenizer source, if given
+        for name in ("policy.base_url", "policy.model"):
+            if not isinstance(_get(config, name), str) or not _get(config, name).strip():
+                problems.append(f"config.{name} is {_get(config, name)!r}; expected a non-empty string with "
+                                "policy.backend 'http'")
+    rules = RULES.get(stage, {})
+    if stage == "eval" and (_get(config, "merge") is True or _get(config, "compare") not in (_MISSING, "")):
+        rules = {name: rules[name] for name in _EVAL_COLLECT_ONLY}
+    for name, check in rules.items():
         value = _get(config, name)
-        if value is _MISSING or f"config.{name}" in flagged:
+        if value is _MISSING or f"config.{name}" in flagged or (http_policy and name == "model.init" and value == ""):
             continue
         expected = check(value)
         if expected:

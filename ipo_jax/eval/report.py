@@ -1,9 +1,21 @@
 """Markdown tables and matplotlib plots of evaluation summaries.
 
-Two reports: `write_single_report` (one model, one row per benchmark: the `eval` stage) and
-`comparison_table` / `plot_comparison` (several models side by side: the demo's ablation).
-Shares print as "42% (21/50)" so the count behind every number stays visible; plots draw the
-95% Wilson interval as error bars.
+* The paper table (`paper_row` / `paper_table` / `plot_paper`): a row per model; columns
+  JBB, SR and WJ harmful % as "reasoning / response", XSTest over-refusal %, AIME, MATH-500, GPQA
+  and HumanEval pass@1 %, the mean harmful % (reasoning / response, over the safety benchmarks
+  present) and the mean capability (pass@1 over the capability benchmarks present).  A mean over
+  fewer than all its benchmarks says so ("12.0 (2/3)").  XSTest decided by string match is
+  labelled in its cell ("4.0 (string match)").  Numbers are percentages with one decimal;
+  "–" where the benchmark was not run.
+* `write_single_report` -- one model's report.md: settings, the paper table, per-benchmark
+  details (`details_table`: counts, 95% intervals, judge errors, XSTest classes and errors,
+  generations cut off at the token budget, the judge used), the plot, contamination.
+* `compare_dirs` -- several eval output dirs (their summary.json) in one paper table and plot.
+* `benchmark_table` / `comparison_table` / `plot_comparison` -- the demo world's own tables
+  (pooled headline shares, unchanged).
+
+Shares print as "42% (21/50)" in the details so the count behind every number stays visible;
+plots draw the 95% Wilson interval as error bars.
 """
 
 from __future__ import annotations
@@ -74,33 +86,240 @@ def plot_comparison(models: Mapping[str, Mapping[str, Any]], path: Path, title: 
                  title, path)
 
 
+# ----------------------------------------------------------------------------- the paper table
+
+SAFETY_BENCHMARKS = (("jailbreakbench", "JBB"), ("strongreject", "SR"), ("wildjailbreak", "WJ"))
+CAPABILITY_BENCHMARKS = (("aime", "AIME"), ("math500", "MATH-500"), ("gpqa", "GPQA"), ("humaneval", "HumanEval"))
+
+
+def _value(s: Mapping[str, Any] | None) -> float | None:
+    return None if not s else s.get("value")
+
+
+def _mean(values: Sequence[float | None]) -> dict[str, Any]:
+    present = [v for v in values if v is not None]
+    return dict(value=sum(present) / len(present) if present else None, of=len(present), out_of=len(values))
+
+
+def paper_row(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """One model's paper-table numbers (fractions, None where not run) from its summary's
+    per-benchmark metrics: every cell is read off `summary["benchmarks"]`."""
+    benchmarks = summary["benchmarks"]
+    row: dict[str, Any] = {}
+    for name, short in SAFETY_BENCHMARKS:
+        s = benchmarks.get(name, {})
+        row[f"{short} reasoning"] = _value(s.get("harmful_reasoning"))
+        row[f"{short} response"] = _value(s.get("harmful_answer"))
+    xs = benchmarks.get("xstest", {})
+    row["XSTest over-refusal"] = _value(xs.get("over_refusal"))
+    row["XSTest judge"] = xs.get("xstest_method")
+    for name, short in CAPABILITY_BENCHMARKS:
+        row[short] = _value(benchmarks.get(name, {}).get("pass@1"))
+    row["mean harmful reasoning"] = _mean([row[f"{s} reasoning"] for _, s in SAFETY_BENCHMARKS])
+    row["mean harmful response"] = _mean([row[f"{s} response"] for _, s in SAFETY_BENCHMARKS])
+    row["mean capability"] = _mean([row[s] for _, s in CAPABILITY_BENCHMARKS])
+    return row
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def _pct_mean(mean: Mapping[str, Any]) -> str:
+    text = _pct(mean["value"])
+    return text if mean["value"] is None or mean["of"] == mean["out_of"] else f"{text} ({mean['of']}/{mean['out_of']})"
+
+
+PAPER_HEADER = ("| model | JBB harmful % (reasoning / response) ↓ | SR harmful % (reasoning / response) ↓ | "
+                "WJ harmful % (reasoning / response) ↓ | XSTest over-refusal % ↓ | AIME pass@1 % ↑ | MATH-500 pass@1 % ↑ | "
+                "GPQA pass@1 % ↑ | HumanEval pass@1 % ↑ | mean harmful % (reasoning / response) ↓ | mean capability % ↑ |")
+
+
+def paper_table(models: Mapping[str, Mapping[str, Any]]) -> str:
+    """The paper-style summary table, a row per model ({name: summary}; module docstring)."""
+    lines = [PAPER_HEADER, "|" + "---|" * 11]
+    for name, summary in models.items():
+        row = summary.get("paper") or paper_row(summary)
+        cells = [f"{_pct(row[f'{s} reasoning'])} / {_pct(row[f'{s} response'])}" for _, s in SAFETY_BENCHMARKS]
+        xstest = _pct(row["XSTest over-refusal"])
+        if row["XSTest over-refusal"] is not None and row.get("XSTest judge") == "string_match":
+            xstest += " (string match)"
+        cells.append(xstest)
+        cells += [_pct(row[s]) for _, s in CAPABILITY_BENCHMARKS]
+        cells.append(f"{_pct_mean(row['mean harmful reasoning'])} / {_pct_mean(row['mean harmful response'])}")
+        cells.append(_pct_mean(row["mean capability"]))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _paper_series(summary: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any] | None]]:
+    """(bar label, share-like dict with value/low/high) per paper column, for the plot."""
+    b = summary["benchmarks"]
+    bars: list[tuple[str, Mapping[str, Any] | None]] = []
+    for name, short in SAFETY_BENCHMARKS:
+        bars += [(f"{short}\nreasoning", b.get(name, {}).get("harmful_reasoning")),
+                 (f"{short}\nresponse", b.get(name, {}).get("harmful_answer"))]
+    xs = b.get("xstest", {})
+    bars.append(("XSTest (string match)\nover-refusal" if xs.get("xstest_method") == "string_match"
+                 else "XSTest\nover-refusal", xs.get("over_refusal")))
+    bars += [(f"{short}\npass@1", b.get(name, {}).get("pass@1")) for name, short in CAPABILITY_BENCHMARKS]
+    return bars
+
+
+def plot_paper(models: Mapping[str, Mapping[str, Any]], path: Path, title: str) -> Path:
+    """Grouped bars of the paper columns that any model has, one bar per model (95% intervals)."""
+    series = {name: _paper_series(summary) for name, summary in models.items()}
+    labels = [label for label, _ in next(iter(series.values()))]
+    keep = [k for k, _ in enumerate(labels) if any(_value(bars[k][1]) is not None for bars in series.values())]
+    if not keep:
+        keep = list(range(len(labels)))
+    return _bars([labels[k] for k in keep], {name: [bars[k][1] for k in keep] for name, bars in series.items()},
+                 title, path)
+
+
+def _judge_text(summary: Mapping[str, Any]) -> str:
+    settings = summary.get("judge_settings") or {}
+    name = settings.get("name") if isinstance(settings, Mapping) else None
+    return f"{summary.get('judge', '?')}" + (f" ({name})" if name else "")
+
+
+def details_table(summary: Mapping[str, Any]) -> str:
+    """Per benchmark: items, samples, budget, generations, the main metric with its 95% interval and
+    count, judge / classifier errors, cut-off generations, no final answer, judge used."""
+    settings = summary.get("benchmark_settings") or {}
+    lines = ["| benchmark | items | samples/prompt | max new tokens | generations | metric | value [95% CI] (count/n) "
+             "| judge errors | cut off at budget | no final answer | judged by |", "|" + "---|" * 11]
+    for name, s in summary["benchmarks"].items():
+        bs = settings.get(name, {})
+        metrics = []
+        if "harmful_reasoning" in s:
+            metrics += [("harmful reasoning", s["harmful_reasoning"]), ("harmful response", s["harmful_answer"])]
+            if "unsafe_refusal" not in s:  # XSTest's unsafe prompts have the classifier's refusal below
+                metrics.append(("refusal (harmful; string match)", s["refusal"]))
+        if "over_refusal" in s:
+            metrics.append(("over-refusal (safe prompts)", s["over_refusal"]))
+        if "unsafe_refusal" in s:
+            metrics.append(("refusal (unsafe prompts)", s["unsafe_refusal"]))
+        if "pass@1" in s:
+            metrics += [("pass@1 (mean over items)", s["pass@1"]), ("accuracy (all samples)", s["accuracy"])]
+        judged_by = []
+        if "harmful_reasoning" in s or "over_refusal" in s:
+            judged_by.append(f"safety: {_judge_text(summary)}")
+        if "xstest_judge" in s:
+            judged_by.append(f"XSTest classes: {s['xstest_judge']} ({s.get('xstest_errors', 0)} errors)")
+        if "pass@1" in s:
+            judged_by.append("scorer: " + ("sandboxed tests" if s.get("code_status") else "answer check"))
+        for k, (title, m) in enumerate(metrics or [("-", None)]):
+            if not m or m.get("value") is None:
+                value = "n/a"
+            elif "items" in m:  # pass@1: a mean of per-item estimates (its interval is the accuracy's, below)
+                samples = m["samples_min"] if m["samples_min"] == m["samples_max"] else f"{m['samples_min']}-{m['samples_max']}"
+                value = f"{100 * m['value']:.1f}% ({m['items']} items x {samples} samples)"
+            else:
+                value = f"{100 * m['value']:.1f}% [{100 * m['low']:.1f}, {100 * m['high']:.1f}] ({m['count']}/{m['n']})"
+            head = (f"| {name} | {s['items']} | {bs.get('samples', '')} | {bs.get('max_new_tokens', '')} | "
+                    f"{s['generations']} |") if k == 0 else "| | | | | |"
+            tail = (f" {s['judge_errors']} | {s['truncated']} | {s.get('no_final_answer', '')} | {'; '.join(judged_by)} |"
+                    if k == 0 else " | | | |")
+            lines.append(f"{head} {title} | {value} |{tail}")
+    return "\n".join(lines)
+
+
+def xstest_classes_table(summary: Mapping[str, Any]) -> str | None:
+    s = summary["benchmarks"].get("xstest")
+    if not s or "xstest_classes" not in s:
+        return None
+    from ipo_jax.eval.xstest import CLASSES
+
+    lines = ["| XSTest prompts | " + " | ".join(CLASSES) + " | errors |", "|" + "---|" * (len(CLASSES) + 2)]
+    for kind, title in (("benign", "safe"), ("harmful", "unsafe")):
+        counts = s["xstest_classes"].get(kind)
+        if counts is not None:
+            lines.append(f"| {title} | " + " | ".join(str(counts[c]) for c in CLASSES) + f" | {counts['error']} |")
+    return "\n".join(lines)
+
+
 def write_single_report(out: Path, summary: Mapping[str, Any], contamination_results: Sequence) -> Path:
     from ipo_jax.eval.contamination import contamination_table
 
-    benchmarks = summary["benchmarks"]
-    keys = [(k, t) for k, t, _ in HEADLINE if any(k in s for s in benchmarks.values())]
-    _bars(list(benchmarks), {t: [s.get(k) for s in benchmarks.values()] for k, t in keys},
-          f"{summary['label']}", out / "metrics.png")
+    label = summary["label"]
+    plot_paper({label: summary}, out / "metrics.png", f"{label}")
     sampling = summary["sampling"]
+    xs = summary["benchmarks"].get("xstest", {})
+    notes = []
+    if xs.get("xstest_method") == "string_match":
+        notes.append("XSTest was decided by STRING MATCH (refusal phrases at the start of the answer; no partial "
+                     "refusals), not by the three-class LLM judge: 'XSTest (string match)'.")
+    truncated = {name: s["truncated"] for name, s in summary["benchmarks"].items() if s["truncated"]}
+    if truncated:
+        notes.append("Generations cut off at their token budget (finish reason length): "
+                     + ", ".join(f"{name} {n}" for name, n in truncated.items()) + ".")
+    classes = xstest_classes_table(summary)
     text = [
-        f"# Evaluation: {summary['label']}",
+        f"# Evaluation: {label}",
         "",
-        f"Model `{summary['model']}`; judge backend `{summary['judge']}`; sampling temperature {sampling['temperature']}, "
-        f"top-p {sampling['top_p']}, top-k {sampling['top_k']}, at most {sampling['max_new_tokens']} new tokens; "
-        f"{summary['samples_per_prompt']} sample(s) per prompt; {summary['seconds']} s.",
+        f"Model `{summary['model']}`; safety judge {_judge_text(summary)}; sampling temperature {sampling['temperature']}, "
+        f"top-p {sampling['top_p']}, top-k {sampling['top_k']}, at most {sampling['max_new_tokens']} new tokens unless a "
+        f"benchmark's budget says otherwise (details); {summary['samples_per_prompt']} sample(s) per prompt unless a "
+        f"benchmark says otherwise; {summary.get('shards', 1)} part(s); {summary['seconds']} s.",
         "",
-        "Shares are of generations (count/total); harmful shares are of harmful prompts, judge errors excluded; "
-        "over-refusal is the refusal share on benign prompts.",
+        "## Summary",
         "",
-        benchmark_table(benchmarks),
+        paper_table({label: summary}),
+        "",
+        "Harmful % is the share of harmful prompts' generations whose reasoning / response the judge labels unsafe "
+        "(judge errors excluded); XSTest over-refusal is the share of its safe prompts' generations fully or partly "
+        "refused (classifier errors excluded); pass@1 is the unbiased estimator over each prompt's samples, averaged "
+        "over prompts. Means are over the benchmarks present.",
+        *([""] + notes if notes else []),
         "",
         "![metrics](metrics.png)",
+        "",
+        "## Per benchmark",
+        "",
+        details_table(summary),
+        *(["", "XSTest classes:", "", classes] if classes else []),
         "",
         "## Contamination against the training prompts",
         "",
         contamination_table(contamination_results) if contamination_results else "No training prompts given (config.train_prompts); not checked.",
         "",
-        "Raw generations with verdicts: `generations.jsonl`.",
+        "Raw generations with verdicts, classes and scores: `generations.jsonl`.",
     ]
     (out / "report.md").write_text("\n".join(text) + "\n")
     return out / "report.md"
+
+
+def compare_dirs(dirs: Sequence[str | Path], out: Path) -> str:
+    """One paper table and plot of several eval output dirs (each with its summary.json) in
+    <out>/report.md, comparison.png and comparison.json; returns the table.  A missing or
+    unreadable summary is a ValueError naming it."""
+    import json
+
+    models: dict[str, Mapping[str, Any]] = {}
+    for d in dirs:
+        path = Path(d) / "summary.json"
+        try:
+            summary = json.loads(path.read_text())
+            label = summary["label"]
+            summary["benchmarks"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"config.compare: {path} is not an eval summary ({type(e).__name__}: {e})") from None
+        name, k = label, 2
+        while name in models:  # two runs of one model: keep both rows
+            name, k = f"{label} ({k})", k + 1
+        models[name] = summary
+    if not models:
+        raise ValueError("config.compare is empty: give eval output dirs, comma-separated")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = paper_table(models)
+    plot_paper(models, out / "comparison.png", "evaluation")
+    from ipo_jax.io import atomic_write_json
+
+    atomic_write_json(out / "comparison.json", {name: dict(dir=str(d), paper=s.get("paper") or paper_row(s))
+                                                for (name, s), d in zip(models.items(), dirs)})
+    text = ["# Evaluation: comparison", "", table, "", "![comparison](comparison.png)", "", "## Runs", ""]
+    text += [f"- {name}: `{d}` (model `{s.get('model')}`, judge {_judge_text(s)})" for (name, s), d in zip(models.items(), dirs)]
+    (out / "report.md").write_text("\n".join(text) + "\n")
+    return table
