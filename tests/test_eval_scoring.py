@@ -178,7 +178,8 @@ def test_build_program_for_a_full_function_and_for_a_body():
     ("I would sum the list.", "no_code"),
 ])
 def test_code_scoring(answer, status):
-    row = score_answer(HUMANEVAL, answer, timeout=2.0)
+    # generous for programs that end; the looping one costs its full timeout, so that case gets 2 s
+    row = score_answer(HUMANEVAL, answer, timeout=2.0 if status == "timeout" else 10.0)
     assert row["status"] == status and row["correct"] is (status == "passed")
 
 
@@ -189,7 +190,7 @@ def test_humaneval_fixture_canonical_solutions_pass_in_parallel():
     items = load_benchmark("humaneval", path)
     pairs = [(item, f"```python\n{solutions[item.id]}```") for item in items]
     pairs += [(item, "```python\n    raise NotImplementedError\n```") for item in items]
-    rows = score_answers(pairs, workers=3, timeout=5.0)
+    rows = score_answers(pairs, workers=3, timeout=10.0)
     assert [row["correct"] for row in rows] == [True] * len(items) + [False] * len(items)
 
 
@@ -201,7 +202,7 @@ def test_harmful_items_are_not_scored():
 def test_score_answers_keeps_order_across_kinds():
     pairs = [(GPQA, "\\boxed{C}"), (math_item("2"), "\\boxed{3}"), (HUMANEVAL, "```python\n    return sum(xs)\n```"),
              (math_item("2"), "\\boxed{2}")]
-    rows = score_answers(pairs, workers=2, timeout=3.0)
+    rows = score_answers(pairs, workers=2, timeout=10.0)
     assert [row["correct"] for row in rows] == [True, False, True, True]
     assert rows[2]["status"] == "passed" and rows[1]["predicted"] == "3"
 
