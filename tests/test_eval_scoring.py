@@ -29,7 +29,8 @@ def math_item(reference: str, benchmark: str = "math500") -> EvalItem:
 GPQA = EvalItem("gpqa-1", "gpqa", "Which is largest?", "choice", reference="C", choices=("1", "2", "30", "4"))
 HUMANEVAL = EvalItem(
     "humaneval-1", "humaneval",
-    'from typing import List\n\n\ndef helper(x):\n    return x\n\n\ndef total(xs: List[int]) -> int:\n    """Sum of xs."""\n',
+    'from typing import List\n\n\ndef helper(x):\n    return x\n\n\n'
+    'def total(xs: List[int]) -> int:\n    """Sum of xs."""\n',
     "code", tests="\n\ndef check(candidate):\n    assert candidate([1, 2, 3]) == 6\n    assert candidate([]) == 0\n",
     entry_point="total")
 

@@ -15,7 +15,8 @@ import pytest
 
 from ipo_jax.eval.sandbox import SandboxError, run_code, run_many
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox uses Linux namespaces and rlimits")
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="the sandbox uses Linux namespaces and rlimits")
 
 TIMEOUT = 10.0  # for programs that end by themselves: generous, so a loaded machine cannot turn a result into a timeout
 LOOP_TIMEOUT = 2.0  # for programs that never end
@@ -58,7 +59,8 @@ def test_exiting_early_with_status_zero_is_not_a_pass(program):
 
 
 def test_a_pass_is_not_undone_by_a_thread_left_running():
-    result = run_code("import threading, time\nthreading.Thread(target=time.sleep, args=(60,)).start()\n", timeout=TIMEOUT)
+    program = "import threading, time\nthreading.Thread(target=time.sleep, args=(60,)).start()\n"
+    result = run_code(program, timeout=TIMEOUT)
     assert result.status == "passed", result
 
 
@@ -123,7 +125,8 @@ def test_a_namespace_of_its_own_does_not_make_the_file_system_writable(layers):
     program = ("import sys\nfor m in ('ctypes', '_ctypes'):\n    sys.modules.pop(m, None)\nimport ctypes, os\n"
                "libc = ctypes.CDLL(None, use_errno=True)\nassert libc.unshare(0x10000000 | 0x20000) == 0\n"
                "MS_REMOUNT, MS_BIND = 32, 4096\n"
-               "assert libc.mount(None, b'/', None, MS_REMOUNT | MS_BIND, None) == 0, os.strerror(ctypes.get_errno())\n")
+               "remounted = libc.mount(None, b'/', None, MS_REMOUNT | MS_BIND, None)\n"
+               "assert remounted == 0, os.strerror(ctypes.get_errno())\n")
     result = run_code(program, timeout=TIMEOUT)
     assert result.status == "failed" and "Operation not permitted" in result.stderr_tail, result
 
@@ -171,7 +174,8 @@ def test_socket_connection_fails_and_the_listener_sees_nothing(listener, layers,
     port, accepted = listener
     if "SocketType" in make_socket and "netns" not in layers:
         pytest.skip(f"no network namespace here (isolation {layers}): only the guard protects")
-    program = f"import socket\ns = {make_socket}\ns.settimeout(1)\ns.connect(('127.0.0.1', {port}))\nprint('connected')\n"
+    program = (f"import socket\ns = {make_socket}\ns.settimeout(1)\ns.connect(('127.0.0.1', {port}))\n"
+               "print('connected')\n")
     result = run_code(program, timeout=TIMEOUT)
     time.sleep(0.3)  # let the listener's accept loop see anything that got through
     assert result.status == "failed" and "connected" not in result.stdout_tail
@@ -193,7 +197,8 @@ def test_fork_bomb_is_contained_and_leaves_no_process(layers):
     if "rlimit-nproc" not in layers:
         pytest.skip(f"RLIMIT_NPROC not applied here (isolation {layers})")
     program = ("import os, posix, sys, time\nprint(os.getcwd(), flush=True)\nforks = 0\n"
-               "try:\n    while True:\n        if posix.fork() == 0:\n            time.sleep(30)\n            os._exit(0)\n"
+               "try:\n    while True:\n        if posix.fork() == 0:\n"
+               "            time.sleep(30)\n            os._exit(0)\n"
                "        forks += 1\nexcept OSError:\n    print('forks', forks, flush=True)\n    raise\n")
     result = run_code(program, timeout=TIMEOUT, max_processes=8)
     assert result.status == "failed", result

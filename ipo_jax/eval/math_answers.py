@@ -24,6 +24,7 @@ caller; a comparison that times out is "not equivalent".
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import subprocess
@@ -100,9 +101,9 @@ def _library_equivalent(predicted: str, reference: str, timeout_seconds: int | N
 
 
 # The child of `_equivalent_in_child`: a list of [predicted, reference] on stdin, a list of bools out.
-_CHILD = """
+# It carries `_library_equivalent`'s own source, so it does not need this package to be importable.
+_CHILD = "from __future__ import annotations\n" + inspect.getsource(_library_equivalent) + """
 import json, sys
-from ipo_jax.eval.math_answers import _library_equivalent
 pairs, timeout_seconds = json.load(sys.stdin)
 out = []
 for predicted, reference in pairs:
@@ -118,7 +119,8 @@ def _equivalent_in_child(pairs: Sequence[tuple[str, str]], timeout_seconds: int)
     """math-verify with its alarm-based timeouts, in a child interpreter's main thread."""
     budget = 30 + 2 * timeout_seconds * len(pairs)  # import + two bounded steps per pair
     try:
-        done = subprocess.run([sys.executable, "-c", _CHILD], input=json.dumps([list(map(list, pairs)), timeout_seconds]),
+        request = json.dumps([list(map(list, pairs)), timeout_seconds])
+        done = subprocess.run([sys.executable, "-c", _CHILD], input=request,
                               capture_output=True, text=True, timeout=budget, check=True)
         result = json.loads(done.stdout.strip().splitlines()[-1])
     except (subprocess.SubprocessError, ValueError, IndexError):

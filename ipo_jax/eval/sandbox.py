@@ -154,7 +154,8 @@ def untraversable_ancestor(path, uid):
 
 def expose_interpreter(uid):
     """tmpfs over each directory the sandbox uid cannot enter, with the interpreter's trees bound back."""
-    needed = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, os.path.dirname(os.path.realpath(sys.executable)))}
+    executable_dir = os.path.dirname(os.path.realpath(sys.executable))
+    needed = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, executable_dir)}
     hidden = {}
     for path in sorted(needed):
         top = untraversable_ancestor(path, uid)
@@ -369,7 +370,8 @@ def run_code(program: str, *, timeout: float = 10.0, memory_mb: int = 1024, max_
         try:
             with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
                 proc = subprocess.Popen(
-                    [sys.executable, "-I", "-S", "-c", _FD3_THEN_LAUNCH, str(marker_read), _LAUNCHER, json.dumps(config)],
+                    [sys.executable, "-I", "-S", "-c", _FD3_THEN_LAUNCH, str(marker_read), _LAUNCHER,
+                     json.dumps(config)],
                     stdin=subprocess.DEVNULL, stdout=out, stderr=err, env={}, cwd=root,
                     pass_fds=(marker_read,), start_new_session=True)
             os.close(marker_read)
@@ -402,7 +404,8 @@ def run_code(program: str, *, timeout: float = 10.0, memory_mb: int = 1024, max_
         stderr_tail = "\n".join(line for line in stderr_raw.splitlines()
                                 if not line.startswith("IPO_SANDBOX_ISOLATION "))[-_OUTPUT_TAIL_CHARS:]
         status = _status(proc.returncode, timed_out, stdout_tail, stderr_tail, marker.decode())
-        return SandboxResult(status=status, seconds=seconds, stdout_tail=stdout_tail.replace(marker.decode(), "").rstrip(),
+        program_stdout = stdout_tail.replace(marker.decode(), "").rstrip()
+        return SandboxResult(status=status, seconds=seconds, stdout_tail=program_stdout,
                              stderr_tail=stderr_tail, returncode=proc.returncode, isolation=isolation_used)
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -211,7 +211,8 @@ def score_answers(pairs: Sequence[tuple[EvalItem, str]], *, workers: int = 4, ti
     for i, (item, answer) in enumerate(pairs):
         if item.kind == "choice":
             predicted = extract_choice(answer)
-            rows[i] = dict(predicted=predicted, correct=predicted is not None and predicted == (item.reference or "").strip())
+            reference = (item.reference or "").strip()
+            rows[i] = dict(predicted=predicted, correct=predicted is not None and predicted == reference)
 
     code_at, programs, codes = [], [], {}
     for i, (item, answer) in enumerate(pairs):
