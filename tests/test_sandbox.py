@@ -133,6 +133,8 @@ def test_a_namespace_of_its_own_does_not_make_the_file_system_writable(layers):
 
 def test_writes_inside_the_directory_work_and_the_directory_is_removed():
     result = run_code("import os\nopen('scratch.txt', 'w').write('kept')\nassert open('scratch.txt').read() == 'kept'\n"
+                      "os.makedirs('locked/inner')\nopen('locked/inner/f', 'w').close()\n"
+                      "os.chmod('locked/inner', 0)\nos.chmod('locked', 0o500)\n"  # still removed afterwards
                       "print(os.getcwd())\n", timeout=TIMEOUT)
     assert result.status == "passed", result
     workdir = result.stdout_tail.strip().splitlines()[-1]

@@ -408,7 +408,20 @@ def run_code(program: str, *, timeout: float = 10.0, memory_mb: int = 1024, max_
         return SandboxResult(status=status, seconds=seconds, stdout_tail=program_stdout,
                              stderr_tail=stderr_tail, returncode=proc.returncode, isolation=isolation_used)
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        _remove_tree(root)
+
+
+def _remove_tree(root: str) -> None:
+    """rmtree that first makes every directory the program left unwritable (chmod 000) removable again."""
+    for dirpath, dirnames, _ in os.walk(root):  # top-down: a directory is opened up before it is listed
+        for name in dirnames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                try:
+                    os.chmod(path, 0o700)
+                except OSError:
+                    pass
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def _status(returncode: int, timed_out: bool, stdout_tail: str, stderr_tail: str, marker: str) -> str:
