@@ -22,9 +22,9 @@ def base_config() -> ml_collections.ConfigDict:
     add_judge_sections(c, detector=False)  # eval judges; it detects no cues
     c.tokenizer = ""  # a tokenizer directory; '' = the HF model directory
     c.sampling.max_new_tokens = DEFAULT_MAX_NEW_TOKENS  # every benchmark's budget unless max_new_tokens_per_benchmark names it
-    # name=path[,name=path...]; names: jailbreakbench, strongreject, wildjailbreak, xstest, aime, math500, gpqa,
-    # humaneval, jsonl (our own files: id, prompt, kind, optional reference); path: a file, a published-file
-    # directory or a `datasets` save_to_disk directory. Nothing is downloaded.
+    # name=path[,...]; names jailbreakbench, strongreject, wildjailbreak, xstest, aime, math500, gpqa, humaneval, jsonl
+    # path: a file, a published-file directory or a `datasets` save_to_disk directory; nothing is downloaded.
+    # jsonl: our own files (id, prompt, kind, optional reference).
     c.benchmarks = ""
     c.limit = 0  # > 0: the first N items of each file
     c.samples_per_prompt = 1  # samples per prompt, every benchmark unless samples_per_benchmark names it
@@ -37,8 +37,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.gpqa = ml_collections.ConfigDict()
     c.gpqa.seed = 0  # the seed of GPQA's option shuffle (the correct answer's letter follows it)
     c.xstest = ml_collections.ConfigDict()
-    # llm: the 3-class XSTest classifier through the judge section's chat model (judge.backend llm/http);
-    # string_match: the XSTest paper's refusal-prefix match at the start of the answer (reported as 'XSTest (string match)')
+    # llm: 3-class LLM classifier via the judge's chat model; string_match: refusal phrase at the answer's start
+    # llm needs judge.backend llm or http; string_match is reported as 'XSTest (string match)'.
     c.xstest.judge = "llm"
     c.code = ml_collections.ConfigDict()
     c.code.workers = 4  # HumanEval: sandboxed test subprocesses in parallel
