@@ -10,6 +10,7 @@ Stages:
   plan      will a training config fit a topology? per-device memory of its compiled step, no weights
   eval      harmful share of reasoning and answer, refusal, over-refusal, math accuracy, report
   demo      the main job on the embedded default (see ipo_jax/demo.py)
+  serve     our sampler as an OpenAI-compatible /v1/completions endpoint (see ipo_jax/serve.py)
 
 Stages that take a config use ml_collections config files with dotted overrides:
   ipo-jax demo --config configs/demo.py --config.presets="('tiny-qwen3',)"
@@ -40,7 +41,7 @@ CONFIG_STAGES = {
     "eval": ("evaluate a model on safety / over-refusal / math benchmarks", "eval*.py"),
     "demo": ("run the main job on the embedded default", "demo.py"),
 }
-STAGES = ("convert", "presets", "plan", *CONFIG_STAGES)
+STAGES = ("convert", "presets", "plan", "serve", *CONFIG_STAGES)
 EXIT_BAD_INPUT = 2
 EXIT_UNEXPECTED = 1
 _WRITE_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -442,6 +443,30 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--device-memory", type=float, metavar="GIB", help="memory per device in GiB (default: the topology's)")
     plan.add_argument("--layers", metavar="A,B", help="compile A and B layers and extrapolate (default: full depth)")
     plan.add_argument("--no-suggest", action="store_true", help="when it does not fit, do not search for a change that fits")
+    serve = sub.add_parser(
+        "serve",
+        help="serve a model as an OpenAI-compatible /v1/completions endpoint (policy.backend=http)",
+        description="Our sampler behind POST /v1/completions (token-id or text prompts), GET /v1/models and\n"
+        "GET /health, on loopback by default (no authentication). The pipeline uses it with\n"
+        "--config.policy.backend=http --config.policy.base_url=http://127.0.0.1:PORT/v1 --config.policy.model=SPEC.\n"
+        "Request fields, seeds and errors: ipo_jax/serve.py.\n"
+        "  ipo-jax serve --model hf:/models/R1-Distill-Qwen-1.5B --port 8000\n"
+        "  ipo-jax serve --model preset:tiny-qwen3 --tokenizer runs/train_tiny/tokenizer --port 0",
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
+    serve.add_argument("--model", required=True, help="hf:DIR, orbax:DIR (e.g. a run's final/) or preset:NAME")
+    serve.add_argument("--tokenizer", help="tokenizer directory (default: the hf: model directory)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, loopback only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port, printed)")
+    serve.add_argument("--served-model-name", help="the model id clients send (default: the --model spec)")
+    serve.add_argument("--batch-size", type=int, default=8, help="sampler rows per device call (default 8)")
+    serve.add_argument("--max-prompt-length", type=int, default=4096, help="longest prompt in tokens (default 4096)")
+    serve.add_argument("--chunk-tokens", type=int, default=32, help="decode steps per device call (default 32)")
+    serve.add_argument("--mesh", help="shard over a device mesh, e.g. 'data=4,tensor=2' (default: one device)")
+    serve.add_argument("--param-dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                       help="dtype of the weights (default float32)")
+    serve.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                       help="compute dtype (default float32)")
     for stage, (text, _) in CONFIG_STAGES.items():
         hint = _config_hint(stage).strip(" ()").replace("for example ", "")
         sub.add_parser(stage, help=f"{text} ({hint}; `ipo-jax {stage} --help` lists the fields)", add_help=False)
@@ -466,6 +491,10 @@ def _dispatch(args, rest: list[str], parser) -> int:
     if args.stage == "convert":
         args.output = args.dst
         return cmd_convert(args)
+    if args.stage == "serve":
+        from ipo_jax.serve import run_serve
+
+        return run_serve(args)
     return cmd_presets(args)
 
 

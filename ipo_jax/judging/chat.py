@@ -7,6 +7,9 @@ here and not in each caller.
 * `ChatBackend` -- the protocol: ``complete(list of message lists) -> list[Reply]``, in order,
   never raising for one bad request.
 * `HttpChat` -- an OpenAI-compatible chat-completions client (a vLLM server, a hosted API).
+* `HttpTransport` -- what `HttpChat` is built on, shared with the HTTP policy backend
+  (`ipo_jax.rollout.http.HttpPolicy`): JSON POSTs with the retries, backoff, Retry-After,
+  concurrency limit and key redaction described below.
 * `LocalChat` -- our own JAX sampler on a local checkpoint, every conversation of a call in one
   batched ``sampler.generate`` (greedy).
 
@@ -243,19 +246,19 @@ def reply_content(body: bytes) -> tuple[str, str | None, str | None]:
     return content, finish, reasoning
 
 
-# --------------------------------------------------------------------------- client
+# --------------------------------------------------------------------------- transport
 
 
-class HttpChat:
-    """A `ChatBackend` for an OpenAI-compatible chat-completions endpoint: retries with backoff,
-    at most `concurrency` requests in flight per instance, API-key redaction (module docstring)."""
-
-    default_max_tokens = DEFAULT_MAX_TOKENS
+class HttpTransport:
+    """JSON POSTs to one endpoint with the retries, backoff, Retry-After handling, concurrency
+    limit and API-key redaction of the module docstring.  `post(payload, parse)` sends one
+    request (retrying as described) and returns ``(parse(body), None)`` or ``(None, error)``;
+    it never raises.  `HttpChat` (chat completions) and `ipo_jax.rollout.http.HttpPolicy`
+    (text completions) are built on it."""
 
     def __init__(
         self,
-        base_url: str,
-        model: str,
+        url: str,
         *,
         api_key_env: str | None = "OPENAI_API_KEY",
         timeout: float = 30.0,
@@ -263,26 +266,12 @@ class HttpChat:
         backoff: float = 1.0,
         max_backoff: float = 30.0,
         concurrency: int = 8,
-        name: str | None = None,
-        max_tokens: int | None = None,
+        name: str = "http",
         jitter: float = 0.0,
         total_timeout: float | None = None,
-        extra_body: Mapping[str, Any] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ):
-        if not isinstance(base_url, str) or not base_url.strip():
-            raise ValueError("base_url must be a non-empty URL such as 'http://localhost:8000/v1'")
-        base = base_url.strip().rstrip("/")
-        scheme = urllib.parse.urlsplit(base).scheme.lower()
-        if scheme not in ("http", "https"):
-            raise ValueError(f"base_url must start with http:// or https://, got {_redact_url(base)!r}")
-        parts = urllib.parse.urlsplit(base)
-        if parts.username is not None or parts.password is not None:
-            raise ValueError(f"base_url must not contain credentials (got {_redact_url(base)!r}); put the API key "
-                             "in the environment variable named by api_key_env")
-        if not isinstance(model, str) or not model:
-            raise ValueError("model must be a non-empty string")
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0, got {timeout!r}")
         if not isinstance(max_retries, int) or max_retries < 0:
@@ -295,31 +284,35 @@ class HttpChat:
             raise ValueError(f"jitter must be >= 0, got {jitter!r}")
         if total_timeout is not None and not total_timeout > 0:
             raise ValueError(f"total_timeout must be > 0 or None, got {total_timeout!r}")
-        max_tokens = self.default_max_tokens if max_tokens is None else max_tokens
-        if not isinstance(max_tokens, int) or max_tokens < 1:
-            raise ValueError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
-        self.url = base if base.endswith("/chat/completions") else base + "/chat/completions"
-        self.model = model
-        self.name = name or f"http:{model}"
+        self.url = url
+        self.name = name
         self.api_key_env = api_key_env
         self.timeout = float(timeout)
         self.max_retries = max_retries
         self.backoff = float(backoff)
         self.max_backoff = float(max_backoff)
         self.concurrency = concurrency
-        self.max_tokens = max_tokens
         self.jitter = float(jitter)
         self.total_timeout = total_timeout
-        if extra_body is not None and not isinstance(extra_body, Mapping):
-            raise ValueError(f"extra_body must be a mapping (a JSON object), got {type(extra_body).__name__}")
-        reserved = sorted({"model", "messages"} & set(extra_body or {}))
-        if reserved:
-            raise ValueError(f"extra_body must not set {', '.join(reserved)} (they are the request itself)")
-        self.extra_body = dict(extra_body or {})
         self._sleep = sleep
         self._clock = clock
         self._slots = threading.BoundedSemaphore(concurrency)
         self._rng = random.Random()
+
+    @staticmethod
+    def check_base_url(base_url: str) -> str:
+        """`base_url` stripped of spaces and a trailing slash; ValueError unless it is an http(s)
+        URL without credentials."""
+        if not isinstance(base_url, str) or not base_url.strip():
+            raise ValueError("base_url must be a non-empty URL such as 'http://localhost:8000/v1'")
+        base = base_url.strip().rstrip("/")
+        parts = urllib.parse.urlsplit(base)
+        if parts.scheme.lower() not in ("http", "https"):
+            raise ValueError(f"base_url must start with http:// or https://, got {_redact_url(base)!r}")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError(f"base_url must not contain credentials (got {_redact_url(base)!r}); put the API key "
+                             "in the environment variable named by api_key_env")
+        return base
 
     # -- secrets ---------------------------------------------------------------------------
 
@@ -340,10 +333,6 @@ class HttpChat:
         return _redact_url(self.url)
 
     # -- one request -----------------------------------------------------------------------
-
-    def payload(self, messages: list[dict[str, str]]) -> dict[str, Any]:
-        return {**self.extra_body, "model": self.model, "messages": messages, "temperature": 0,
-                "max_tokens": self.max_tokens}
 
     def _attempt(self, data: bytes) -> bytes:
         """One POST; the response body (at most ``MAX_BODY_BYTES + 1`` bytes), or `_Failure`."""
@@ -384,12 +373,15 @@ class HttpChat:
             delay *= 1.0 + self.jitter * self._rng.random()
         return min(self.max_backoff, delay)
 
-    def complete_one(self, messages: list[dict[str, str]]) -> Reply:
-        """One chat completion with retries.  Never raises; text and error are redacted."""
+    def post(self, payload: Mapping[str, Any], parse: Callable[[bytes], Any]) -> tuple[Any, str | None]:
+        """POST `payload` as JSON with retries; ``(parse(body), None)`` on success, else
+        ``(None, error)``.  `parse` raises `_Failure` for an unusable body (not retried: the same
+        request gets the same reply).  Never raises; errors are redacted, results are not (the
+        caller redacts text it keeps)."""
         try:
-            data = json.dumps(self.payload(messages)).encode("utf-8")
+            data = json.dumps(payload).encode("utf-8")
         except (TypeError, ValueError) as e:
-            return Reply.failed(self._redact(f"request could not be encoded ({type(e).__name__}: {e})"))
+            return None, self._redact(f"request could not be encoded ({type(e).__name__}: {e})")
         start = self._clock()
         attempts = 0
         while True:
@@ -404,38 +396,102 @@ class HttpChat:
                 try:
                     if len(body) > MAX_BODY_BYTES:
                         raise _Failure(f"response larger than {MAX_BODY_BYTES} bytes", retryable=False)
-                    content, finish, reasoning = reply_content(body)
-                    return Reply(self._redact(content), None, finish, None if reasoning is None else self._redact(reasoning))
+                    return parse(body), None
                 except _Failure as failure:
-                    return Reply.failed(self._redact(f"bad response from {self.endpoint}: {failure.message}"))
+                    return None, self._redact(f"bad response from {self.endpoint}: {failure.message}")
             head = f"{last.message} ({self.endpoint})"
             detail = f": {last.detail}" if last.detail else ""
             plural = "s" if attempts != 1 else ""
             if not last.retryable:
-                return Reply.failed(self._redact(f"{head}, not retried{detail}"))
+                return None, self._redact(f"{head}, not retried{detail}")
             if attempts > self.max_retries:
-                return Reply.failed(self._redact(f"{head} after {attempts} attempt{plural}{detail}"))
+                return None, self._redact(f"{head} after {attempts} attempt{plural}{detail}")
             delay = self._delay(attempts - 1, last)
             if self.total_timeout is not None and self._clock() + delay - start > self.total_timeout:
                 elapsed = self._clock() - start
-                return Reply.failed(self._redact(
+                return None, self._redact(
                     f"{head} after {attempts} attempt{plural}, total_timeout {self.total_timeout:g} s reached "
                     f"({elapsed:.1f} s elapsed){detail}"
-                ))
+                )
             logger.warning("%s: %s; retry %d/%d in %.2f s", self.name, self._redact(head + detail), attempts,
                            self.max_retries, delay)
             if delay > 0:
                 self._sleep(delay)
 
+    def map_concurrently(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        """``[fn(item) for item in items]``, in order, on a pool of ``min(concurrency, n)`` threads
+        (the semaphore keeps the requests in flight at `concurrency` across callers too)."""
+        items = list(items)
+        if len(items) <= 1:
+            return [fn(item) for item in items]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(items)),
+                                thread_name_prefix=type(self).__name__) as pool:
+            return list(pool.map(fn, items))
+
+
+# --------------------------------------------------------------------------- client
+
+
+class HttpChat(HttpTransport):
+    """A `ChatBackend` for an OpenAI-compatible chat-completions endpoint: retries with backoff,
+    at most `concurrency` requests in flight per instance, API-key redaction (module docstring)."""
+
+    default_max_tokens = DEFAULT_MAX_TOKENS
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        timeout: float = 30.0,
+        max_retries: int = 4,
+        backoff: float = 1.0,
+        max_backoff: float = 30.0,
+        concurrency: int = 8,
+        name: str | None = None,
+        max_tokens: int | None = None,
+        jitter: float = 0.0,
+        total_timeout: float | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        base = self.check_base_url(base_url)
+        if not isinstance(model, str) or not model:
+            raise ValueError("model must be a non-empty string")
+        super().__init__(base if base.endswith("/chat/completions") else base + "/chat/completions",
+                         api_key_env=api_key_env, timeout=timeout, max_retries=max_retries, backoff=backoff,
+                         max_backoff=max_backoff, concurrency=concurrency, name=name or f"http:{model}",
+                         jitter=jitter, total_timeout=total_timeout, sleep=sleep, clock=clock)
+        max_tokens = self.default_max_tokens if max_tokens is None else max_tokens
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ValueError(f"max_tokens must be an int >= 1, got {max_tokens!r}")
+        self.model = model
+        self.max_tokens = max_tokens
+        if extra_body is not None and not isinstance(extra_body, Mapping):
+            raise ValueError(f"extra_body must be a mapping (a JSON object), got {type(extra_body).__name__}")
+        reserved = sorted({"model", "messages"} & set(extra_body or {}))
+        if reserved:
+            raise ValueError(f"extra_body must not set {', '.join(reserved)} (they are the request itself)")
+        self.extra_body = dict(extra_body or {})
+
+    def payload(self, messages: list[dict[str, str]]) -> dict[str, Any]:
+        return {**self.extra_body, "model": self.model, "messages": messages, "temperature": 0,
+                "max_tokens": self.max_tokens}
+
+    def complete_one(self, messages: list[dict[str, str]]) -> Reply:
+        """One chat completion with retries.  Never raises; text and error are redacted."""
+        result, error = self.post(self.payload(messages), reply_content)
+        if error is not None:
+            return Reply.failed(error)
+        content, finish, reasoning = result
+        return Reply(self._redact(content), None, finish, None if reasoning is None else self._redact(reasoning))
+
     def complete(self, conversations: Sequence[list[dict[str, str]]]) -> list[Reply]:
         """One `Reply` per conversation, in order; the requests run on a thread pool with at most
         `concurrency` in flight (the semaphore keeps that limit across callers' threads too)."""
-        conversations = list(conversations)
-        if len(conversations) <= 1:
-            return [self.complete_one(c) for c in conversations]
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(conversations)),
-                                thread_name_prefix=type(self).__name__) as pool:
-            return list(pool.map(self.complete_one, conversations))
+        return self.map_concurrently(self.complete_one, conversations)
 
     def settings(self) -> dict[str, Any]:
         """What the replies depend on (no key, no credentials): for a run's record."""
@@ -554,6 +610,7 @@ __all__ = [
     "REDACTED",
     "ChatBackend",
     "HttpChat",
+    "HttpTransport",
     "LocalChat",
     "Reply",
     "parse_retry_after",

@@ -1,0 +1,356 @@
+"""`ipo-jax serve` (ipo_jax/serve.py) on a loopback port with a tiny random model and the tiny
+tokenizer: its tokens equal the in-process sampler's at the same seeds (one prompt, lists,
+n > 1, text prompts, concurrent requests batched together); `build-pairs` through it (the HTTP
+policy backend) writes the same pairs and trajectories as in-process; bad requests get HTTP 400
+with a JSON error and the server keeps serving; the CLI's --help and a bad --model."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from ipo_jax.sampling import SamplingConfig, row_seed
+
+ROOT = Path(__file__).parents[1]
+MODEL = "preset:tiny-qwen3"
+PROMPTS = [
+    {"id": "p1", "prompt": "How do I do something risky? [request details withheld]", "kind": "harmful"},
+    {"id": "p2", "prompt": "A safe-looking question [request details withheld]", "kind": "harmful"},
+    {"id": "p3", "prompt": "A benign photo question", "kind": "benign"},
+    {"id": "p4", "prompt": "Another risky thing [request details withheld]", "kind": "harmful"},
+]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """The tiny tokenizer (as tests/test_pipeline.py builds it) and a prompt file."""
+    from ipo_jax.data.tiny_tokenizer import build_tiny_tokenizer
+
+    root = tmp_path_factory.mktemp("serve-world")
+    rows = [json.loads(l) for l in (ROOT / "configs" / "sample_pairs.jsonl").read_text().splitlines()]
+    tokenizer = build_tiny_tokenizer([r[k] for r in rows for k in ("prompt", "prefix", "chosen", "rejected")], vocab_size=400)
+    tokenizer.save_pretrained(root / "tokenizer")
+    (root / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
+    return root
+
+
+@contextlib.contextmanager
+def serving(served):
+    """Run `served` on a free loopback port in this process; yields the base URL (…/v1)."""
+    from ipo_jax.serve import bind, make_server
+
+    sock = bind("127.0.0.1", 0)
+    server, engine = make_server(served, sock)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        engine.close()
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def served(world):
+    from ipo_jax.serve import load_served_model
+
+    # the sampler settings of configs/pipeline_tiny_cpu.py, as the in-process pipeline builds them
+    return load_served_model(MODEL, tokenizer=str(world / "tokenizer"), batch_size=8, max_prompt_length=512)
+
+
+@pytest.fixture(scope="module")
+def url(served):
+    with serving(served) as base:
+        yield base
+
+
+def call(url, path, body=None, *, raw: bytes | None = None, method=None):
+    """(status, parsed JSON body) of one request."""
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    request = urllib.request.Request(url + path, data=data, method=method or ("POST" if data is not None else "GET"),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def ids_of(response):
+    return [c["token_ids"] for c in response["choices"]]
+
+
+SETTINGS = dict(temperature=1.0, top_p=0.9, max_tokens=10)
+
+
+def sampled(served, prompts, row_seeds, stop=()):
+    config = SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=10)
+    return served.sampler.generate(prompts, config, stop_strings=stop, row_seeds=row_seeds)
+
+
+# ----------------------------------------------------------------------------- same tokens as in-process
+
+
+def test_completions_sample_what_the_in_process_sampler_samples(url, served):
+    prompt = served.encode("How do I do something risky?")
+    status, out = call(url, "/completions", dict(model=MODEL, prompt=prompt, seed=1234, return_token_ids=True, **SETTINGS))
+    assert status == 200 and out["object"] == "text_completion" and out["model"] == MODEL
+    (generation,) = sampled(served, [prompt], [1234])
+    (choice,) = out["choices"]
+    assert choice["token_ids"] == generation.completion_ids and choice["finish_reason"] == generation.finish_reason
+    assert choice["text"] == served.decode(generation.tokens) and choice["prompt_token_ids"] == prompt
+    assert out["usage"] == {"prompt_tokens": len(prompt), "completion_tokens": len(generation.completion_ids),
+                            "total_tokens": len(prompt) + len(generation.completion_ids)}
+
+    # a list of token-id prompts with n = 2: every prompt gets the seeds (seed, row_seed(seed, 1))
+    prompts = [prompt, served.encode("A benign photo question"), [5, 6, 7]]
+    status, out = call(url, "/completions", dict(prompt=prompts, n=2, seed=77, return_token_ids=True, **SETTINGS))
+    assert status == 200 and [c["index"] for c in out["choices"]] == list(range(6))
+    expected = sampled(served, [p for p in prompts for _ in range(2)], [77, row_seed(77, 1)] * 3)
+    assert ids_of(out) == [g.completion_ids for g in expected]
+    assert ids_of(out)[0] != ids_of(out)[1] or ids_of(out)[2] != ids_of(out)[3]  # the two choices differ somewhere
+
+    # a text prompt is the prompt's ids without special tokens; another seed samples other tokens
+    status, text_out = call(url, "/completions", dict(prompt="How do I do something risky?", seed=1234,
+                                                      return_token_ids=True, **SETTINGS))
+    assert status == 200 and ids_of(text_out)[0] == generation.completion_ids
+    _, other = call(url, "/completions", dict(prompt=prompt, seed=4321, return_token_ids=True, **SETTINGS))
+    assert ids_of(other)[0] == sampled(served, [prompt], [4321])[0].completion_ids != generation.completion_ids
+    assert "token_ids" not in call(url, "/completions", dict(prompt=prompt, seed=1, max_tokens=2))[1]["choices"][0]
+
+
+def test_concurrent_requests_are_batched_without_changing_tokens(url, served):
+    prompts = [served.encode(p["prompt"]) for p in PROMPTS] * 3
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        outs = list(pool.map(lambda r: call(url, "/completions", dict(prompt=prompts[r], seed=row_seed(9, r),
+                                                                      return_token_ids=True, **SETTINGS)),
+                             range(len(prompts))))
+    assert all(status == 200 for status, _ in outs)
+    expected = sampled(served, prompts, [row_seed(9, r) for r in range(len(prompts))])
+    assert [ids_of(out)[0] for _, out in outs] == [g.completion_ids for g in expected]
+
+
+def test_stop_strings_cut_the_text(url, served):
+    prompt = served.encode("How do I do something risky?")
+    _, free = call(url, "/completions", dict(prompt=prompt, seed=3, return_token_ids=True, **SETTINGS))
+    text = free["choices"][0]["text"]
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    if not stop.strip():
+        pytest.skip("the sampled text has no usable stop string")  # pragma: no cover - depends on the draw
+    _, out = call(url, "/completions", dict(prompt=prompt, seed=3, stop=[stop], return_token_ids=True, **SETTINGS))
+    choice = out["choices"][0]
+    assert choice["finish_reason"] == "stop" and choice["text"] == text[: text.index(stop)]
+    assert choice["token_ids"] == sampled(served, [prompt], [3], stop=(stop,))[0].completion_ids
+
+
+def test_models_and_health(url):
+    assert call(url, "/models") == (200, call(url, "/models")[1])
+    status, models = call(url, "/models")
+    assert status == 200 and [m["id"] for m in models["data"]] == [MODEL] and models["data"][0]["max_model_len"] == 512
+    assert call(url.removesuffix("/v1"), "/health") == (200, {"status": "ok"})
+
+
+# ----------------------------------------------------------------------------- bad requests
+
+
+@pytest.mark.parametrize("body, param, words", [
+    (dict(prompt=[5, 6], max_tokens=0), "max_tokens", "max_tokens must be an integer >= 1"),
+    (dict(prompt=[5, 6], max_tokens="4"), "max_tokens", "max_tokens must be"),
+    (dict(prompt=[5, 6], temperature=-1), "temperature", "temperature must be"),
+    (dict(prompt=[5, 6], top_p=0), "top_p", "top_p must be"),
+    (dict(prompt=[5, 6], seed=-3), "seed", "seed must be an integer in [0, 2147483648)"),
+    (dict(prompt=[5, 6], n=0), "n", "n must be"),
+    (dict(prompt=[5, 6], frobnicate=1), "frobnicate", "unknown field 'frobnicate'"),
+    (dict(prompt=[5, 6], stream=True), "stream", "stream true is not supported"),
+    (dict(prompt=[5, 6], logprobs=1), "logprobs", "logprobs 1 is not supported"),
+    (dict(prompt=[5, 6], stop=[""]), "stop", "stop must be"),
+    (dict(prompt=[5, 6], return_token_ids="yes"), "return_token_ids", "return_token_ids must be true or false"),
+    (dict(prompt=""), "prompt", "prompt is empty"),
+    (dict(prompt=[]), "prompt", "prompt is an empty list"),
+    (dict(prompt=[[5], []]), "prompt", "prompt[1] is empty"),
+    (dict(prompt=[5, 1.5]), "prompt", "prompt must be a string"),
+    (dict(prompt=[5, 10**6]), "prompt", "token id 1000000, outside the model's vocabulary"),
+    (dict(prompt=[5] * 513), "prompt", "prompt has 513 tokens; this server takes at most 512"),
+    (dict(prompt=[5] * 500, max_tokens=20), "max_tokens", "more than the model's context of 512 tokens"),
+    (dict(max_tokens=4), "prompt", "prompt is required"),
+    ([1, 2], None, "must be a JSON object"),
+])
+def test_bad_requests_get_400_and_the_server_keeps_serving(url, body, param, words):
+    status, out = call(url, "/completions", body)
+    assert status == 400, out
+    error = out["error"]
+    assert error["type"] == "invalid_request_error" and error["param"] == param and words in error["message"]
+    status, out = call(url, "/completions", dict(prompt=[5, 6, 7], max_tokens=2, seed=0))
+    assert status == 200 and len(out["choices"]) == 1
+
+
+def test_bad_json_unknown_model_and_routes(url):
+    status, out = call(url, "/completions", raw=b'{"prompt": [1, 2')
+    assert status == 400 and "not valid JSON" in out["error"]["message"]
+    status, out = call(url, "/completions", dict(model="gpt-x", prompt=[5]))
+    assert status == 404 and out["error"]["code"] == "model_not_found" and out["error"]["param"] == "model"
+    status, out = call(url, "/nothing-here")
+    assert status == 404 and out["error"]["type"] == "invalid_request_error"
+    status, out = call(url, "/completions", method="GET")
+    assert status == 405 and "GET /v1/completions" in out["error"]["message"]
+    assert call(url, "/completions", dict(prompt=[5, 6], max_tokens=1, seed=0))[0] == 200
+
+
+# ----------------------------------------------------------------------------- build-pairs through the server
+
+
+def _pipeline_args(stage, world, out, *extra):
+    return [stage, "--config", str(ROOT / "configs" / "pipeline_tiny_cpu.py"), f"--config.model.init={MODEL}",
+            f"--config.tokenizer={world / 'tokenizer'}", f"--config.prompts={world / 'prompts.jsonl'}",
+            f"--config.out={out}", "--config.sampling.max_new_tokens=12", "--config.sampler.batch_size=8", *extra]
+
+
+def test_build_pairs_through_serve_matches_in_process(world, url, tmp_path):
+    from ipo_jax.cli import main
+
+    assert main(_pipeline_args("build-pairs", world, tmp_path / "local")) == 0
+    assert main(_pipeline_args("build-pairs", world, tmp_path / "http", "--config.policy.backend=http",
+                               f"--config.policy.base_url={url}", f"--config.policy.model={MODEL}",
+                               "--config.policy.concurrency=4")) == 0
+    local, http = tmp_path / "local", tmp_path / "http"
+    assert (http / "pairs.jsonl").read_bytes() == (local / "pairs.jsonl").read_bytes()
+    assert json.loads((http / "summary.json").read_text()) == json.loads((local / "summary.json").read_text())
+    chunks = sorted(p.name for p in (local / "chunks").glob("trajectories-*.jsonl"))
+    assert chunks and chunks == sorted(p.name for p in (http / "chunks").glob("trajectories-*.jsonl"))
+    rows = []
+    for name in chunks:
+        assert (http / "chunks" / name).read_bytes() == (local / "chunks" / name).read_bytes()
+        rows += [json.loads(l) for l in (local / "chunks" / name).read_text().splitlines()]
+    # the comparison covers real sampling: every prompt's trajectories, with their sampled ids
+    assert len(rows) >= len(PROMPTS) and all(r.get("completion_ids") for r in rows if "completion_ids" in r)
+    summary = json.loads((local / "summary.json").read_text())
+    assert summary["generations"] >= 3
+
+
+class SeededScript:
+    """A stand-in sampler whose completion of a prompt is one of two scripted texts, chosen by
+    the row's seed: so pairs come out (the tiny random model never finishes a turn in a test's
+    budget) and they depend on every row getting the same seed over HTTP as in-process."""
+
+    def __init__(self, tokenizer):
+        from ipo_jax.data.tokenizer import stop_token_ids
+
+        self.tokenizer, self.end = tokenizer, stop_token_ids(tokenizer)[0]
+        self.seeds = []
+
+    def generate(self, prompts, config, stop_strings=(), row_seeds=None):
+        from test_pipeline import COMPLIANT, HELPFUL, REFUSAL, SAFE_ORIGINAL, SAFE_TAIL, TRIGGERS, UNSAFE_TAIL
+
+        from ipo_jax.data.tokenizer import encode_text
+        from ipo_jax.sampling import Generation
+
+        row_seeds = list(row_seeds) if row_seeds is not None else [row_seed(config.seed, r) for r in range(len(prompts))]
+        self.seeds += row_seeds
+        out = []
+        for ids, seed in zip(prompts, row_seeds):
+            text = self.tokenizer.decode(ids, skip_special_tokens=False)
+            if any(t in text for t in TRIGGERS):
+                completion = UNSAFE_TAIL if seed % 3 == 0 else SAFE_TAIL
+            else:
+                completion = (HELPFUL if seed % 2 else REFUSAL) if "benign" in text else (
+                    SAFE_ORIGINAL if seed % 4 == 0 else COMPLIANT)
+            out.append(Generation(encode_text(self.tokenizer, completion), "stop", None, self.end))
+        return out
+
+
+def test_pairs_through_serve_equal_in_process_pairs_with_a_scripted_sampler(world, tmp_path):
+    """The whole intervention (originals, trigger continuations over several rounds, benign
+    candidates) through HttpPolicy -> ipo-jax serve -> sampler, against the same sampler
+    in-process: the same seeds reach every row, so the same (non-empty) pairs come out."""
+    from test_pipeline import PROMPTS as MANY, TRIGGERS
+
+    from ipo_jax.data.tokenizer import load_tokenizer
+    from ipo_jax.judging.pattern import PatternCueDetector, PatternJudge
+    from ipo_jax.pipeline.intervene import InterventionConfig, build_pairs
+    from ipo_jax.rollout import Policy
+    from ipo_jax.rollout.http import HttpPolicy
+    from ipo_jax.serve import ServedModel
+
+    tokenizer = load_tokenizer(world / "tokenizer")
+    sampling = SamplingConfig(temperature=0.6, max_new_tokens=64)
+    records = [dict(r, id=f"{r['id']}-{k}") for k in range(4) for r in MANY]  # 16 prompts: seeds vary the outcomes
+    cfg = InterventionConfig(rounds=3, chunk_prompts=8, benign_candidates=3)
+
+    local_sampler = SeededScript(tokenizer)
+    local = build_pairs(records, tmp_path / "local", Policy(local_sampler, tokenizer, sampling, policy_id="scripted"),
+                        PatternJudge(), PatternCueDetector(), TRIGGERS, cfg)
+    remote_sampler = SeededScript(tokenizer)
+    served = ServedModel(remote_sampler, tokenizer, "scripted", 4096, 1 << 20, len(tokenizer))
+    with serving(served) as base:
+        policy = HttpPolicy(tokenizer, sampling, base_url=base, model="scripted", concurrency=4)
+        remote = build_pairs(records, tmp_path / "http", policy, PatternJudge(), PatternCueDetector(), TRIGGERS, cfg)
+    assert remote == local
+    assert (tmp_path / "http" / "pairs.jsonl").read_bytes() == (tmp_path / "local" / "pairs.jsonl").read_bytes()
+    assert sorted(remote_sampler.seeds) == sorted(local_sampler.seeds)  # the server batches rows in its own order
+    # the script's choices made every kind of outcome happen
+    assert local["pairs"] > 0 and local["over_refusal_pairs"] > 0 and local["safe_original"] > 0
+    assert len(local["success_per_round"]) >= 2
+
+
+def test_complete_forks_over_http_equal_in_process(world, served, url):
+    """HttpPolicy.complete_forks (whole prompts) == Policy.complete_forks on the tiny model."""
+    from ipo_jax.rollout import Policy
+    from ipo_jax.rollout.http import HttpPolicy
+    from ipo_jax.sampling import Fork
+
+    sampling = SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=6)
+    local = Policy(served.sampler, served.tokenizer, sampling, policy_id=MODEL)
+    remote = HttpPolicy(served.tokenizer, sampling, base_url=url, model=MODEL)
+    messages = [{"role": "user", "content": PROMPTS[0]["prompt"]}]
+    prefix = served.encode("Okay, let me think. Let me work them out.")
+    forks = [Fork(cut=3, suffix=(5, 6), n=2), Fork(cut=len(prefix), n=3), Fork(cut=0, n=1, row_seeds=(11,))]
+    got, want = remote.complete_forks(messages, prefix, forks, seed=5), local.complete_forks(messages, prefix, forks, seed=5)
+    assert [[c.ids for c in group] for group in got] == [[c.ids for c in group] for group in want]
+    assert got == want and [len(g) for g in got] == [2, 3, 1]
+    jobs = [(messages, prefix[:4]), (messages, "Okay,"), (messages, "")]
+    assert remote.complete(jobs, seed=8) == local.complete(jobs, seed=8)
+
+
+def test_http_backend_needs_its_url_and_model(world, tmp_path, capsys):
+    from ipo_jax.cli import main
+
+    args = _pipeline_args("build-pairs", world, tmp_path / "x", "--config.policy.backend=http")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "config.policy.base_url is ''" in err
+    assert main(_pipeline_args("sample", world, tmp_path / "y", "--config.policy.backend=vllm")) == 2
+    assert "config.policy.backend is 'vllm'; expected one of 'local', 'http'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the CLI
+
+
+def test_serve_help_and_a_bad_model_exit_cleanly(capsys, tmp_path):
+    from ipo_jax.cli import main
+
+    assert main(["serve", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "/v1/completions" in text and "--model" in text and "--port" in text and "127.0.0.1" in text
+    for model, words in (("preset:no-such-model", "--model 'preset:no-such-model': expected a known preset"),
+                         (f"hf:{tmp_path / 'missing'}", "does not exist"),
+                         ("gguf:x", "expected 'preset:<name>', 'hf:<dir>' or 'orbax:<dir>'")):
+        assert main(["serve", "--model", model]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("ipo-jax serve: error: ") and words in err
+    assert main(["serve", "--model", MODEL]) == 2  # a preset has no tokenizer of its own
+    assert "no tokenizer configured" in capsys.readouterr().err
+    assert main(["serve"]) == 2 and "--model" in capsys.readouterr().err
