@@ -149,6 +149,11 @@ def test_choice_scoring():
     assert score_answer(GPQA, "\\boxed{C}") == dict(predicted="C", correct=True)
     assert score_answer(GPQA, "\\boxed{A}") == dict(predicted="A", correct=False)
     assert score_answer(GPQA, "no idea") == dict(predicted=None, correct=False)
+    assert score_answer(GPQA, "the largest is \\boxed{30}") == dict(predicted="C", correct=True)  # the option's text
+    assert score_answer(GPQA, "\\boxed{31}")["predicted"] is None  # no option holds it
+    same_text = EvalItem("gpqa-3", "gpqa", "q", "choice", reference="A", choices=("1", "1", "2", "3"))
+    assert score_answer(same_text, "\\boxed{1}")["predicted"] is None  # two options hold it: ambiguous
+    assert extract_choice("(B) is tempting, but \\boxed{30}", GPQA.choices) == "C"  # the box before a lone (B)
 
 
 # --- code ----------------------------------------------------------------------------------------

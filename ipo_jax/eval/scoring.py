@@ -18,7 +18,8 @@
 * math -- the last ``\\boxed{}``/``\\fbox{}`` (`math_answers.extract_boxed`; no box -> predicted
   None, wrong), equivalence by math-verify (`math_answers.answers_match`).  Math items of our own
   files (benchmark ``jsonl``), whose prompts ask for no box, fall back to the last number.
-* choice -- the letter (`extract_choice`), right iff it equals ``item.reference``.
+* choice -- the letter (`extract_choice`: a boxed letter, "Answer: C", a box holding one option's
+  text ...), right iff it equals ``item.reference``.
 * code -- the program (`build_program`) run in the sandbox (`ipo_jax.eval.sandbox`); right iff it
   passed (``status``: passed | failed | timeout | memory | error | no_code).
 
@@ -35,7 +36,9 @@ from typing import Any
 
 from ipo_jax.eval import sandbox
 from ipo_jax.eval.items import EvalItem
-from ipo_jax.eval.math_answers import DEFAULT_TIMEOUT_SECONDS, answers_match_many, extract_boxed, extract_final_answer
+from ipo_jax.eval.math_answers import (
+    DEFAULT_TIMEOUT_SECONDS, answers_match_many, extract_boxed, extract_final_answer, normalize_answer,
+)
 
 MATH_BENCHMARKS = ("aime", "math500")
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -91,23 +94,33 @@ def _letter_in_box(content: str) -> str | None:
     return None
 
 
-def extract_choice(answer: str) -> str | None:
+def _has_letter(boxed: str | None) -> bool:
+    return boxed is not None and re.search(r"(?<![A-Za-z\\])[A-D](?![A-Za-z])", boxed) is not None
+
+
+def extract_choice(answer: str, choices: Sequence[str] = ()) -> str | None:
     """The chosen letter A-D; None when absent or ambiguous.
 
     In order of trust: the last ``\\boxed{}`` (``\\boxed{C}``, ``\\boxed{(C)}``, ``\\boxed{\\text{C}}``,
     ``\\boxed{C) 42}``; a box holding letters in any other form, e.g. ``A or C``, is ambiguous -> None;
-    a box with no letter, e.g. the option's value, is passed over); else the
-    last "answer is C" / "Answer: (C)" / "option C"; else an answer that is only the letter; else
-    a parenthesised ``(C)`` when it is the only letter so written (a restated option list -> None).
+    a box with no letter is passed over); else the last "answer is C" / "Answer: (C)" / "option C";
+    else, given the `choices`, a box holding exactly one option's text (``\\boxed{9.9 m/s}``, equal
+    after `normalize_answer`); else an answer that is only the letter; else a parenthesised ``(C)``
+    when it is the only letter so written (a restated option list -> None).
     """
     boxed = extract_boxed(answer)
     if boxed is not None:
         letter = _letter_in_box(boxed)
-        if letter is not None or re.search(r"(?<![A-Za-z\\])[A-D](?![A-Za-z])", boxed):
+        if letter is not None or _has_letter(boxed):
             return letter  # a letter, or letters in a form we cannot read as one choice: ambiguous
     phrases = _ANSWER_PHRASE.findall(answer)
     if phrases:
         return phrases[-1]
+    if boxed is not None and choices:
+        value = normalize_answer(boxed)
+        matches = [letter for letter, choice in zip(LETTERS, choices) if normalize_answer(choice) == value]
+        if len(matches) == 1:
+            return matches[0]
     bare = _BARE.match(answer)
     if bare:
         return bare.group(1)
@@ -210,7 +223,7 @@ def score_answers(pairs: Sequence[tuple[EvalItem, str]], *, workers: int = 4, ti
 
     for i, (item, answer) in enumerate(pairs):
         if item.kind == "choice":
-            predicted = extract_choice(answer)
+            predicted = extract_choice(answer, item.choices)
             reference = (item.reference or "").strip()
             rows[i] = dict(predicted=predicted, correct=predicted is not None and predicted == reference)
 
