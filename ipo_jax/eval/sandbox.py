@@ -376,17 +376,18 @@ def run_code(program: str, *, timeout: float = 10.0, memory_mb: int = 1024, max_
                      json.dumps(config)],
                     stdin=subprocess.DEVNULL, stdout=out, stderr=err, env={}, cwd=root,
                     pass_fds=(marker_read,), start_new_session=True)
+            deadline = time.monotonic() + timeout
             os.close(marker_read)
             marker_read = -1
-            os.write(marker_write, marker)
+            try:
+                os.write(marker_write, marker)
+            except BrokenPipeError:
+                pass  # the launcher is already gone (a setup error): its status says so
             os.close(marker_write)
             marker_write = -1
-            timed_out = False
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            # kill the whole group in either case: anything the program left running goes too
+            timed_out = not _wait_unreaped(proc.pid, deadline)
+            # Kill the whole group in either case (anything the program left running goes too), while
+            # the launcher is not yet reaped: its pid, the group's id, cannot have been reused.
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -411,6 +412,20 @@ def run_code(program: str, *, timeout: float = 10.0, memory_mb: int = 1024, max_
                              stderr_tail=stderr_tail, returncode=proc.returncode, isolation=isolation_used)
     finally:
         _remove_tree(root)
+
+
+def _wait_unreaped(pid: int, deadline: float) -> bool:
+    """Wait until child `pid` exits or `deadline` (time.monotonic) passes, leaving it unreaped (a
+    zombie keeps its pid); True when it exited.  Polls with a backoff from 1 ms to 20 ms."""
+    delay = 0.001
+    while True:
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return True
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        time.sleep(min(delay, remaining))
+        delay = min(delay * 2, 0.02)
 
 
 def _remove_tree(root: str) -> None:
