@@ -226,6 +226,14 @@ def test_guard_only_mode_still_blocks_plain_writes_and_sockets(tmp_path):
     assert sock.status == "failed" and "socket.socket is disabled" in sock.stderr_tail
 
 
+def test_a_sandbox_that_cannot_be_built_is_an_error_not_a_failure(monkeypatch):
+    import ipo_jax.eval.sandbox as sandbox
+
+    monkeypatch.setattr(sandbox, "_LAUNCHER", "import os\nos.write(2, b'IPO_SANDBOX_ERROR forced\\n')\nos._exit(97)\n")
+    result = sandbox.run_code("pass\n", timeout=TIMEOUT)
+    assert result.status == "error" and "IPO_SANDBOX_ERROR forced" in result.stderr_tail
+
+
 def test_bad_limits_are_errors():
     with pytest.raises(SandboxError, match="isolation 'none'"):
         run_code("pass\n", isolation="none")
