@@ -20,10 +20,12 @@ from ipo_jax.pipeline.csr import (
     CSV_COLUMNS,
     CSRResult,
     collect_trigger_candidates,
+    continuation_points,
     continuation_prompts,
     continuation_safety_ratio,
     find_transitions,
     prefix_seed,
+    sample_seeds,
     write_csr_outputs,
     write_trigger_candidates,
 )
@@ -463,3 +465,99 @@ def test_write_trigger_candidates_refuses_what_the_reader_would_drop(tmp_path, s
 def test_write_trigger_candidates_refuses_a_jsonl_name(tmp_path):
     with pytest.raises(ValueError, match="plain text"):
         write_trigger_candidates(tmp_path / "t.jsonl", ["Wait, I should stop here."])
+
+
+# --------------------------------------------------------------------------- token-exact prefixes and forks
+
+
+class SpySampler:
+    """The world's sampler behind a log of the calls CSR makes (generate_forks is hidden when
+    `forks` is False, as for a backend that cannot fork)."""
+
+    def __init__(self, sampler, forks: bool = True):
+        self.sampler, self.calls = sampler, []
+        if forks:
+            self.generate_forks = self._generate_forks
+
+    def generate(self, prompts, config, stop_strings=(), row_seeds=None):
+        self.calls.append(("generate", [list(p) for p in prompts]))
+        return self.sampler.generate(prompts, config, stop_strings, row_seeds=row_seeds)
+
+    def _generate_forks(self, prefix, forks, config, stop_strings=()):
+        self.calls.append(("generate_forks", list(prefix), list(forks)))
+        return self.sampler.generate_forks(prefix, forks, config, stop_strings)
+
+
+def test_forks_and_re_prefilling_give_the_same_samples_and_csr(world):
+    tokenizer, sampler = world
+    results, logs, spies = {}, {}, {}
+    for fork in (True, False):
+        judge, spies[fork] = HashJudge(errors=False), SpySampler(sampler, forks=fork)
+        results[fork] = continuation_safety_ratio(
+            spies[fork], tokenizer, judge, MESSAGES, REASONING, num_samples=NUM_SAMPLES, sampling=SAMPLING,
+            judge_prompt=JUDGE_PROMPT)
+        logs[fork] = judge.log
+    points = continuation_points(tokenizer, MESSAGES, REASONING)
+    # forks: ONE call, the trajectory prefilled once, a fork of NUM_SAMPLES rows cut at each sentence end
+    assert [c[0] for c in spies[True].calls] == ["generate_forks"]
+    _, prefix, forks = spies[True].calls[0]
+    assert prefix == points.ids and [f.cut for f in forks] == points.cuts and {f.n for f in forks} == {NUM_SAMPLES}
+    assert [f.row_seeds for f in forks] == [sample_seeds(SAMPLING.seed, i, NUM_SAMPLES) for i in range(len(forks))]
+    # re-prefill: one generate call per sentence on copies of the same token prefixes
+    assert [c[1] for c in spies[False].calls] == [[p] * NUM_SAMPLES for p in points.prompts()]
+    # the same continuations, judged in the same order, so the same CSR
+    assert logs[True] == logs[False] and len(logs[True]) == 2 * NUM_SAMPLES * len(points.cuts)
+    for field in ("csr", "n_safe", "n_unsafe", "n_errors"):
+        np.testing.assert_array_equal(getattr(results[True], field), getattr(results[False], field))
+    assert 0 < np.nanmean(results[True].csr) < 1
+    # the samples of one sentence differ from each other (their own row seeds)
+    reasonings = logs[True][0::2]
+    assert len(set(reasonings[:NUM_SAMPLES])) > 1
+
+
+def test_forking_needs_a_sampler_that_can(world):
+    with pytest.raises(ValueError, match="generate_forks"):
+        continuation_safety_ratio(SpySampler(world[1], forks=False), world[0], MarkerJudge(), MESSAGES, REASONING,
+                                  num_samples=2, sampling=SAMPLING, judge_prompt=JUDGE_PROMPT, fork=True)
+
+
+def test_every_prefix_is_a_prefix_of_one_tokenisation(world):
+    tokenizer, _ = world
+    points = continuation_points(tokenizer, MESSAGES, REASONING)
+    completion = encode_text(tokenizer, REASONING)  # the R1-style prompt opens <think> itself
+    assert points.ids == encode_prompt(tokenizer, MESSAGES) + completion[: len(points.ids) - points.prompt_length]
+    assert points.cuts == sorted(points.cuts) and points.cuts[-1] == len(points.ids)
+    for s, cut, text in zip(split_sentences(REASONING), points.cuts, points.texts):
+        assert text == REASONING[: s.end] == tokenizer.decode(points.ids[points.prompt_length : cut])
+
+
+def test_sentence_ends_inside_a_merged_token_keep_the_whole_sentence():
+    from ipo_jax.data.tokenizer import load_tokenizer, packaged_qwen3_tokenizer_dir
+
+    qwen3 = load_tokenizer(packaged_qwen3_tokenizer_dir())
+    reasoning = "First step.\n\nSecond step. Third."
+    ids = encode_text(qwen3, THINK_OPEN + "\n" + reasoning)
+    assert ".\n\n" in [qwen3.decode([i]) for i in ids]  # one token: no boundary right after the period
+    points = continuation_points(qwen3, MESSAGES, reasoning)
+    head = "" if render_prompt(qwen3, MESSAGES).rstrip().endswith(THINK_OPEN) else THINK_OPEN + "\n"
+    assert points.texts == [head + "First step.\n\n", head + "First step.\n\nSecond step.", head + reasoning]
+    assert points.ids[points.prompt_length :] == ids
+
+
+def test_sampled_ids_are_used_as_they_are(world):
+    tokenizer, sampler = world
+    # a path the tokenizer would not produce: the first word spelled in single bytes, then the end of turn
+    first, rest = REASONING.split(" ", 1)
+    odd = [i for ch in first for i in encode_text(tokenizer, ch)]
+    completion_ids = odd + encode_text(tokenizer, " " + rest + "\n</think>\n\nNo.") + [tokenizer.eos_token_id]
+    assert odd != encode_text(tokenizer, first)
+    points = continuation_points(tokenizer, MESSAGES, REASONING, completion_ids=completion_ids)
+    assert points.ids[points.prompt_length :] == completion_ids[: len(points.ids) - points.prompt_length]
+    assert points.texts == [REASONING[: s.end] for s in split_sentences(REASONING)]
+    spy = SpySampler(sampler)
+    result = continuation_safety_ratio(spy, tokenizer, MarkerJudge(), MESSAGES, REASONING, num_samples=2,
+                                       sampling=SAMPLING, judge_prompt=JUDGE_PROMPT, completion_ids=completion_ids)
+    np.testing.assert_array_equal(result.csr, EXPECTED_CSR)
+    assert spy.calls[0][1][points.prompt_length : points.prompt_length + len(odd)] == odd
+    with pytest.raises(ValueError, match="do not decode to this reasoning"):
+        continuation_points(tokenizer, MESSAGES, REASONING + " More.", completion_ids=completion_ids)

@@ -6,36 +6,48 @@ Owns:
 * `continuation_safety_ratio` -- CSR per sentence of one reasoning trace: for each sentence
   i, sample N continuations of the prompt + the reasoning up to the end of sentence i and
   report the share of them a safety judge calls safe.  Returns a `CSRResult`.
-* `continuation_prompts` -- the prefix texts and prompt ids it samples from (exposed so the
-  chat-template handling can be checked on its own).
+* `continuation_points` -- where CSR continues one trajectory: its token ids (chat prompt +
+  completion) and the token boundary at the end of each sentence; `continuation_prompts` gives
+  the prefix texts and prompt ids cut at those boundaries (the re-prefill view of the same).
 * `find_transitions` -- the trigger / cue rule on a CSR array (pure; rule below).
 * `write_csr_outputs` -- a per-sentence CSV and a PNG plot for one trajectory.
 * `collect_trigger_candidates` / `write_trigger_candidates` -- the trigger sentences of many
   results, deduplicated, as a plain-text pool that `ipo_jax.pipeline.triggers.load_triggers`
   reads.
 
-Prompts.  The prompt ids are ``encode_prompt(tokenizer, messages)`` (the chat template with
-its generation prompt) and the completion prefix is tokenised on its own with `encode_text`
-and appended as ids (the same convention as `encode_chat`).  The completion prefix is
-``reasoning[:sentence.end]``, preceded by ``"<think>\\n"`` when the rendered generation prompt
-does not already end with ``<think>`` (plus whitespace): DeepSeek-R1-Distill's prompt opens
-the reasoning itself, Qwen3's does not.
+Token ids.  A trajectory is tokenised ONCE: the prompt ids are ``encode_prompt(tokenizer,
+messages)`` (the chat template with its generation prompt), followed by the completion's ids:
+the ids as sampled when the record carries them (`completion_ids`, as `ipo-jax sample` writes
+them; the reasoning must be the reasoning of their decode), else `encode_text` of the
+completion text, ``"<think>\\n" + reasoning`` when the rendered generation prompt does not
+already end with ``<think>`` (plus whitespace; DeepSeek-R1-Distill's prompt opens the reasoning
+itself, Qwen3's does not), else the reasoning alone.  Sentence i ends at a token boundary of
+those ids: the fewest leading completion ids whose decode covers the whole sentence (a token
+that merges the sentence's last character with what follows, such as ``".\\n\\n"``, stays in
+the prefix; the decode is the policy's: special tokens dropped, no space clean-up).  Prefixes
+are never re-tokenised text, so every prefix is a prefix of the same ids.
 
-Sampling.  Each prefix is one ``sampler.generate`` call with `num_samples` copies of its
-prompt, under the seed ``prefix_seed(sampling.seed, i)`` (a SeedSequence hash of the seed and
-the sentence index).  So the samples of sentence i depend only on (seed, i, the prefix, the
-sampler's batch size), never on which other sentences are measured in the same run: running
-CSR on a truncated trace reproduces the first values exactly.  (The same seed gives the same
-draws at sentence i of different traces; vary ``sampling.seed`` per trace if that matters.)
-Throughput is best when `num_samples` is a multiple of ``sampler.batch_size`` (a partly
-filled batch still runs at full size).
+Sampling.  The whole trajectory is prefilled once and the N continuations of sentence i are
+sampled from its KV cache cut at sentence i's boundary (`ipo_jax.sampling.Fork` with
+``cut=boundary, n=N``, one ``sampler.generate_forks`` call per trace).  Sample j of sentence i
+draws from its own key stream, the row seed ``row_seed(prefix_seed(sampling.seed, i), j)``
+(`prefix_seed`: a SeedSequence hash of the seed and the sentence index), so the samples of
+sentence i depend only on (seed, i, the prefix ids), never on which other sentences are
+measured in the same run nor on the sampler's batch size: running CSR on a truncated trace
+reproduces the first values exactly.  (The same seed gives the same draws at sentence i of
+different traces; vary ``sampling.seed`` per trace if that matters.)  A sampler without
+`generate_forks` (or ``fork=False``) re-prefills instead: one ``sampler.generate`` call per
+sentence with N copies of ``ids[:boundary]`` under the seed ``prefix_seed(sampling.seed, i)``,
+whose default row seeds are the same, so both give the same tokens (the sampler's contract).
 
 Judging.  Each continuation is judged as a whole trajectory: prefix + continuation is split
 with `ipo_jax.rollout.split_completion` and its reasoning and answer are judged separately.
 All continuations of a trace (every sentence's N samples) are judged in ONE batched call
 (`judge_trajectories`), so an HTTP judge runs them concurrently.  A trajectory's label is
 `trajectory_label`: unsafe if any part is unsafe, else error if any part errored (a
-continuation cut off before it answered has no safe answer), else safe.  Errors are counted apart and left out of the denominator:
+continuation cut off before it answered has no safe answer), else safe.  The judged text is
+the decode of the prefix ids + the sampled ids (a backend that returns text without ids has
+its text appended to the prefix text).  Errors are counted apart and left out of the denominator:
 ``CSR_i = n_safe / (n_safe + n_unsafe)``, NaN when every continuation errored.  An error is
 never counted as safe.
 
@@ -65,6 +77,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import math
 import os
@@ -79,10 +92,10 @@ from ipo_jax.data.tokenizer import THINK_OPEN, encode_prompt, encode_text, rende
 from ipo_jax.io import atomic_write_bytes
 from ipo_jax.judging import Judge, judge_trajectories, trajectory_label
 from ipo_jax.judging.records import name_of
-from ipo_jax.pipeline.steps import Sentence, split_sentences
+from ipo_jax.pipeline.steps import Sentence, split_sentences, token_boundary_at_char
 from ipo_jax.pipeline.triggers import check_triggers
-from ipo_jax.rollout import split_completion
-from ipo_jax.sampling.sampler import Sampler, SamplingConfig
+from ipo_jax.rollout import reasoning_span, split_completion
+from ipo_jax.sampling import Fork, Generation, Sampler, SamplingConfig, row_seed
 
 DEFAULT_MU = 0.9
 DEFAULT_ETA = 0.1
@@ -183,33 +196,129 @@ def _opens_think(tokenizer, messages, template_kwargs) -> bool:
     return render_prompt(tokenizer, messages, **template_kwargs).rstrip().endswith(THINK_OPEN)
 
 
+def _decode(tokenizer, ids: Sequence[int]) -> str:
+    """The policy's decode (`ipo_jax.rollout.Policy.decode`): special tokens dropped, no clean-up."""
+    return tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def _end_boundary(decode, ids: Sequence[int], text: str, char: int) -> int:
+    """The fewest leading `ids` whose decode is a prefix of `text` covering text[:char]."""
+    t = token_boundary_at_char(decode, ids, char)  # decode(ids[:t]) is a prefix of text, at most char long
+    while t < len(ids) and len(decode(ids[:t])) < char:
+        t += 1  # a token holding the sentence's last character (and what follows) stays in the prefix
+        while t < len(ids) and not text.startswith(decode(ids[:t])):
+            t += 1  # ... with the rest of a character split across byte tokens
+    return t
+
+
+@dataclasses.dataclass(frozen=True)
+class ContinuationPoints:
+    """Where CSR continues one trajectory (rules: module docstring, "Token ids").
+
+    `ids` are the chat prompt ids followed by the completion ids up to the last sentence's
+    boundary; ``ids[:cuts[i]]`` is the prompt + completion up to the end of sentence i, and
+    `texts[i]` the decode of its completion part (``ids[prompt_length:cuts[i]]``)."""
+
+    ids: list[int]
+    prompt_length: int
+    cuts: list[int]
+    texts: list[str]
+
+    def prompts(self) -> list[list[int]]:
+        """The prompt ids to continue from, one per sentence (the re-prefill view)."""
+        return [self.ids[:cut] for cut in self.cuts]
+
+
+def continuation_points(
+    tokenizer,
+    prompt_messages: Sequence[Mapping[str, Any]],
+    reasoning: str,
+    sentences: Sequence[Sentence] | None = None,
+    *,
+    completion_ids: Sequence[int] | None = None,
+    template_kwargs: Mapping[str, Any] | None = None,
+) -> ContinuationPoints:
+    """The trajectory's token ids and the token boundary at the end of each sentence of
+    `reasoning`.  With `completion_ids` (the completion as sampled) those ids are used as they
+    are and `reasoning` must be the reasoning of their decode; without, the completion text is
+    tokenised once (rules: module docstring)."""
+    template_kwargs = dict(template_kwargs or {})
+    if sentences is None:
+        sentences = split_sentences(reasoning)
+    for sentence in sentences:
+        if reasoning[sentence.start : sentence.end] != sentence.text:
+            raise ValueError(f"sentence {sentence.index} does not match reasoning[{sentence.start}:{sentence.end}]")
+    decode = functools.partial(_decode, tokenizer)
+    prompt_ids = encode_prompt(tokenizer, prompt_messages, **template_kwargs)
+    if completion_ids is not None:
+        completion = [int(i) for i in completion_ids]
+        text = decode(completion)
+        start, end, _ = reasoning_span(text)
+        if text[start:end] != reasoning:
+            raise ValueError(
+                "completion_ids do not decode to this reasoning: the reasoning of their decode is "
+                f"{_clip(text[start:end])!r}, the record's reasoning {_clip(reasoning)!r} (drop completion_ids "
+                "to tokenise the reasoning text instead)"
+            )
+    else:
+        head = "" if _opens_think(tokenizer, prompt_messages, template_kwargs) else THINK_OPEN + "\n"
+        completion = encode_text(tokenizer, head + reasoning)
+        text = decode(completion)
+        start = len(head)
+        if text != head + reasoning:
+            raise ValueError(
+                f"the tokenizer does not decode the reasoning back to itself ({_clip(text)!r} for "
+                f"{_clip(head + reasoning)!r}), so sentence ends cannot be placed on token boundaries"
+            )
+    boundaries = [_end_boundary(decode, completion, text, start + s.end) for s in sentences]
+    last = max(boundaries, default=0)
+    return ContinuationPoints(
+        ids=prompt_ids + completion[:last],
+        prompt_length=len(prompt_ids),
+        cuts=[len(prompt_ids) + t for t in boundaries],
+        texts=[decode(completion[:t]) for t in boundaries],
+    )
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit // 2] + " ... " + text[-limit // 2 :]
+
+
 def continuation_prompts(
     tokenizer,
     prompt_messages: Sequence[Mapping[str, Any]],
     reasoning: str,
     sentences: Sequence[Sentence] | None = None,
     *,
+    completion_ids: Sequence[int] | None = None,
     template_kwargs: Mapping[str, Any] | None = None,
 ) -> tuple[list[str], list[list[int]]]:
-    """(completion prefix texts, prompt ids) to continue from, one per sentence.
+    """(completion prefix texts, prompt ids) to continue from, one per sentence: the
+    `continuation_points` of the trajectory, cut at each sentence's end."""
+    points = continuation_points(tokenizer, prompt_messages, reasoning, sentences,
+                                 completion_ids=completion_ids, template_kwargs=template_kwargs)
+    return list(points.texts), points.prompts()
 
-    Prefix i is the assistant completion up to the end of sentence i (``"<think>\\n"`` first
-    when the generation prompt does not open the reasoning); its ids are the prompt ids
-    followed by `encode_text` of the prefix text.
-    """
-    template_kwargs = dict(template_kwargs or {})
-    if sentences is None:
-        sentences = split_sentences(reasoning)
-    head = "" if _opens_think(tokenizer, prompt_messages, template_kwargs) else THINK_OPEN + "\n"
-    prompt_ids = encode_prompt(tokenizer, prompt_messages, **template_kwargs)
-    texts, ids = [], []
-    for sentence in sentences:
-        if reasoning[sentence.start : sentence.end] != sentence.text:
-            raise ValueError(f"sentence {sentence.index} does not match reasoning[{sentence.start}:{sentence.end}]")
-        text = head + reasoning[: sentence.end]
-        texts.append(text)
-        ids.append(prompt_ids + encode_text(tokenizer, text))
-    return texts, ids
+
+def sample_seeds(seed: int, index: int, num_samples: int) -> tuple[int, ...]:
+    """The row seeds of sentence `index`'s samples: ``row_seed(prefix_seed(seed, index), j)``."""
+    base = prefix_seed(seed, index)
+    return tuple(row_seed(base, j) for j in range(num_samples))
+
+
+def _sample_continuations(sampler, points: ContinuationPoints, num_samples: int, sampling: SamplingConfig,
+                          fork: bool) -> list[list[Generation]]:
+    """num_samples generations per sentence: forks of one prefill, or one generate call per sentence."""
+    if not points.cuts:
+        return []
+    if fork:
+        forks = [Fork(cut=cut, n=num_samples, row_seeds=sample_seeds(sampling.seed, i, num_samples))
+                 for i, cut in enumerate(points.cuts)]
+        return sampler.generate_forks(points.ids[: max(points.cuts)], forks, sampling)
+    return [
+        sampler.generate([prompt] * num_samples, dataclasses.replace(sampling, seed=prefix_seed(sampling.seed, i)))
+        for i, prompt in enumerate(points.prompts())
+    ]
 
 
 def continuation_safety_ratio(
@@ -227,28 +336,39 @@ def continuation_safety_ratio(
     window: int = DEFAULT_WINDOW,
     full_window: bool = False,
     template_kwargs: Mapping[str, Any] | None = None,
+    completion_ids: Sequence[int] | None = None,
+    fork: bool | None = None,
 ) -> CSRResult:
     """CSR per sentence of `reasoning` as the answer to `prompt_messages` (see the module
     docstring).  `judge_prompt` is the request text the judge sees; `mu`, `eta`, `window` and
-    `full_window` go to `find_transitions`; `template_kwargs` to the chat template."""
+    `full_window` go to `find_transitions`; `template_kwargs` to the chat template.
+    `completion_ids`: the trajectory's ids as sampled (used instead of tokenising `reasoning`).
+    `fork`: sample from one prefill of the trajectory (``sampler.generate_forks``) or re-prefill
+    each sentence's prefix (``sampler.generate``); default: fork when the sampler can."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
     _check_thresholds(mu, eta, window)
+    can_fork = callable(getattr(sampler, "generate_forks", None))
+    if fork is None:
+        fork = can_fork
+    elif fork and not can_fork:
+        raise ValueError(f"fork=True needs a sampler with generate_forks; {type(sampler).__name__} has none")
     sentences = split_sentences(reasoning)
-    texts, prompts = continuation_prompts(
-        tokenizer, prompt_messages, reasoning, sentences, template_kwargs=template_kwargs
-    )
+    points = continuation_points(tokenizer, prompt_messages, reasoning, sentences,
+                                 completion_ids=completion_ids, template_kwargs=template_kwargs)
     n = len(sentences)
     counts = np.zeros((3, n), np.int64)  # safe, unsafe, error
     row = {"safe": 0, "unsafe": 1, "error": 2}
     items, sentence_of = [], []  # every continuation of the trace, judged in one call below
-    for i, (text, prompt) in enumerate(zip(texts, prompts)):
-        config = dataclasses.replace(sampling, seed=prefix_seed(sampling.seed, i))
-        for generation in sampler.generate([prompt] * num_samples, config):
-            continuation = generation.text
-            if continuation is None:
-                continuation = tokenizer.decode(generation.tokens, skip_special_tokens=True)
-            part_reasoning, answer, _ = split_completion(text + continuation)
+    groups = _sample_continuations(sampler, points, num_samples, sampling, fork)
+    for i, (cut, prefix_text, generations) in enumerate(zip(points.cuts, points.texts, groups)):
+        prefix_ids = points.ids[points.prompt_length : cut]
+        for generation in generations:
+            if generation.tokens or generation.text is None:
+                text = _decode(tokenizer, prefix_ids + list(generation.tokens))
+            else:  # a backend that returns text only
+                text = prefix_text + generation.text
+            part_reasoning, answer, _ = split_completion(text)
             items.append((judge_prompt, part_reasoning, answer))
             sentence_of.append(i)
     for i, verdicts in zip(sentence_of, judge_trajectories(judge, items)):
@@ -401,11 +521,14 @@ __all__ = [
     "DEFAULT_MU",
     "DEFAULT_WINDOW",
     "CSRResult",
+    "ContinuationPoints",
     "collect_trigger_candidates",
+    "continuation_points",
     "continuation_prompts",
     "continuation_safety_ratio",
     "find_transitions",
     "prefix_seed",
+    "sample_seeds",
     "write_csr_outputs",
     "write_trigger_candidates",
 ]

@@ -52,6 +52,11 @@ on an unfinished generation (no answer to judge) counts as cut off, not as a jud
 intervention whose prompt would exceed the sampler's longest prompt (`Policy.max_prompt_tokens`)
 is dropped and counted as `prompt_too_long`.
 
+Prefix forks. With a policy whose sampler forks its KV cache (`Policy.forks_prefix`), the
+continuations of each round are sampled per prompt record as forks of one prefill of
+prompt + z[<h] (`complete_by_forks`: one fork per trigger, its ids as the suffix), under the
+row seeds `complete` would use, so the pairs are the same as through `complete`.
+
 `build_pairs(kind="full_trajectory")` builds the paper's DPO-on-the-full-trajectory baseline
 instead (independent safe and unsafe trajectories of each prompt, ipo_jax/pipeline/baselines.py)
 through the same chunks, progress records and run.json.
@@ -119,6 +124,27 @@ def first_cue_chars(detector: CueDetector, items: Sequence[tuple[str, str, int]]
     for cue, offsets in zip(detect_all(detector, requests), starts):
         out.append((None, cue) if cue.is_error or cue.index is None else (offsets[cue.index], cue))
     return out
+
+
+def complete_by_forks(policy: Policy, jobs: Sequence[dict[str, Any]], seed: int) -> list:
+    """`policy.complete` on the jobs' prompts (chat prompt + prefix_ids + chosen_ids) under
+    `seed`, with the shared z[<h] prefilled once: consecutive jobs of one prompt record with the
+    same prefix_ids are forks of it (``cut=len(prefix_ids)``, suffix the job's chosen ids, n=1),
+    each with the row seed `complete` would give its row (``row_seed(seed, r)``, r its index in
+    `jobs`), so the completions are the same as `complete`'s."""
+    from ipo_jax.sampling import Fork, row_seed
+
+    outs: list = []
+    start = 0
+    while start < len(jobs):
+        first, end = jobs[start], start + 1
+        while end < len(jobs) and jobs[end]["record"] is first["record"] and jobs[end]["prefix_ids"] == first["prefix_ids"]:
+            end += 1
+        forks = [Fork(cut=len(first["prefix_ids"]), suffix=tuple(job["chosen_ids"]), n=1, row_seeds=(row_seed(seed, start + k),))
+                 for k, job in enumerate(jobs[start:end])]
+        outs += [group[0] for group in policy.complete_forks(prompt_messages(first["record"]), first["prefix_ids"], forks, seed)]
+        start = end
+    return outs
 
 
 def _verdict_dicts(verdicts) -> dict[str, dict]:
@@ -220,9 +246,12 @@ def process_chunk(
             runnable.append(job)
         if not runnable:
             break
-        outs = policy.complete(
-            [(prompt_messages(j["record"]), j["prefix_ids"] + j["chosen_ids"]) for j in runnable], seed(round_no)
-        )
+        if getattr(policy, "forks_prefix", False):  # z[<h] prefilled once per prompt, then each trigger
+            outs = complete_by_forks(policy, runnable, seed(round_no))
+        else:
+            outs = policy.complete(
+                [(prompt_messages(j["record"]), j["prefix_ids"] + j["chosen_ids"]) for j in runnable], seed(round_no)
+            )
         stats["generations"] += len(outs)
         jobs, still_unsafe = [], []
         # the whole intervened trajectory, as ids and as their decode (what the judge reads)

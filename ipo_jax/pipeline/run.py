@@ -101,10 +101,21 @@ def run_csr(config) -> int:
     out = Path(config.out)
     results, table = [], []
     for row in rows:
-        result = continuation_safety_ratio(
-            policy.sampler, policy.tokenizer, judge, prompt_messages(row), row["reasoning"], num_samples=c.num_samples,
-            sampling=policy.sampling, judge_prompt=prompt_text(row), mu=c.mu, eta=c.eta, window=c.window,
-        )
+        completion_ids = row.get("completion_ids")  # the ids as sampled (ipo-jax sample writes them)
+        if completion_ids is not None and (
+            not isinstance(completion_ids, list)
+            or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in completion_ids)
+        ):
+            raise ValueError(f"{c.trajectories}: trajectory {row['id']!r}: completion_ids must be a list of "
+                             "non-negative token ids")
+        try:
+            result = continuation_safety_ratio(
+                policy.sampler, policy.tokenizer, judge, prompt_messages(row), row["reasoning"], num_samples=c.num_samples,
+                sampling=policy.sampling, judge_prompt=prompt_text(row), mu=c.mu, eta=c.eta, window=c.window,
+                completion_ids=completion_ids,
+            )
+        except ValueError as e:
+            raise ValueError(f"{c.trajectories}: trajectory {row['id']!r}: {e}") from None
         write_csr_outputs(result, out / "csr", row["id"])
         results.append(result)
         table.append(dict(id=row["id"], sentences=len(result.sentences), triggers=list(result.trigger_indices),

@@ -1,0 +1,286 @@
+"""Rollout throughput: prefix forks (one prefill, many continuations) against re-prefilling every
+continuation, and against transformers `generate`, on the pipeline's two fork workloads.
+
+python tools/bench_rollout.py --out tools/results/rollout
+
+Workloads (all on the 42M 'small-qwen3' shape of tools/bench_sampler.py, random weights, float32;
+transformers gets the same model exported to HF format):
+
+* csr: one --trajectory-token trajectory (random ids), --samples continuations of --new-tokens
+  new tokens after each of --positions sentence positions (cuts evenly spaced, the last at the
+  trajectory's end), as `ipo_jax.pipeline.csr` samples them.
+  - fork: ONE ``Sampler.generate_forks`` call, ``Fork(cut, n=samples)`` per position;
+  - reprefill: one ``Sampler.generate`` call per position on ``samples`` copies of
+    ``prefix[:cut]``, with the row seeds the fork gives those rows (so both sample the same
+    tokens: checked, `tokens_equal` in the JSON); its prompt buckets are the exact cut lengths
+    (no padding: the best case for re-prefilling);
+  - transformers: ``generate`` per position with ``num_return_sequences=samples`` (it expands
+    the prompt and prefills every copy), ``use_cache=True``.
+* intervention: one --trajectory-token prefix and --triggers triggers of --trigger-tokens ids,
+  --new-tokens new tokens after each (prefix + trigger), as build-pairs samples a prompt's
+  round: fork (``Fork(cut=len(prefix), suffix=trigger)`` each), reprefill (one ``generate`` on
+  the prefix + trigger rows), transformers (one ``generate`` on those rows).
+* decode: plain decoding, --decode-batch prompts of --decode-prompt tokens, --new-tokens new
+  tokens (ours ``generate`` vs transformers ``generate``; bench_sampler's measurement).
+
+Every row decodes exactly --new-tokens tokens (no EOS: ours has an end id outside the
+vocabulary, transformers min_new_tokens), sampling at temperature 1 without top-k / top-p.
+Our sides are warmed up once on the same shapes (compilation excluded; the warm-up time is in
+the JSON); transformers gets a short warm-up.  The sides are timed alternately within each of
+--repeats rounds and the median is reported.  Transformers runs with --torch-threads threads
+(default: torch's default).  The setup line gives the machine's load average at the start and
+at the end: the machine may be shared.
+
+--positions, --samples, --new-tokens, --trajectory-tokens, --repeats and --csr-repeats scale the workload down
+for a quick check (e.g. --positions 2 --samples 4 --new-tokens 16 --trajectory-tokens 128).
+The JSON is rewritten after every timed side, so a long run that is cut short keeps what it
+measured (``complete: false``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_sampler import _transformers_model, model_config  # noqa: E402  (the same model shape and export)
+
+from ipo_jax.models.decoder import init_decoder  # noqa: E402
+from ipo_jax.sampling import Fork, Sampler, SamplingConfig, row_seed  # noqa: E402
+
+SIDES = ("fork", "reprefill", "transformers")
+WORKLOADS = ("decode", "intervention", "csr")
+
+
+def _load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+# --------------------------------------------------------------------------- workloads
+
+
+class CSRWorkload:
+    def __init__(self, model, cfg, args, rng):
+        self.args, self.n = args, args.samples
+        self.prefix = rng.randint(3, cfg.vocab_size, args.trajectory_tokens).tolist()
+        step = args.trajectory_tokens // args.positions
+        self.cuts = [args.trajectory_tokens - step * (args.positions - 1 - i) for i in range(args.positions)]
+        self.config = SamplingConfig(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=args.new_tokens, seed=args.seed)
+        self.sampler = Sampler(model, eos_ids=[cfg.vocab_size + 1], batch_size=args.csr_batch or args.samples,
+                               prompt_buckets=sorted(set(self.cuts)), chunk_tokens=args.chunk_tokens)
+        self.tokens = args.positions * args.samples * args.new_tokens
+
+    def fork(self):
+        forks = [Fork(cut=c, n=self.n) for c in self.cuts]
+        return [[g.tokens for g in group] for group in self.sampler.generate_forks(self.prefix, forks, self.config)]
+
+    def reprefill(self):
+        out = []
+        for i, cut in enumerate(self.cuts):  # the fork's default row seeds: flattened row i * n + j
+            seeds = [row_seed(self.config.seed, i * self.n + j) for j in range(self.n)]
+            out.append([g.tokens for g in self.sampler.generate([self.prefix[:cut]] * self.n, self.config, row_seeds=seeds)])
+        return out
+
+    def transformers(self, reference):
+        import torch
+
+        for cut in self.cuts:
+            ids = torch.tensor([self.prefix[:cut]], dtype=torch.long)
+            _hf_generate(reference, ids, self.args.new_tokens, num_return_sequences=self.n)
+
+
+class InterventionWorkload:
+    def __init__(self, model, cfg, args, rng):
+        self.args = args
+        self.prefix = rng.randint(3, cfg.vocab_size, args.trajectory_tokens).tolist()
+        self.triggers = [rng.randint(3, cfg.vocab_size, args.trigger_tokens).tolist() for _ in range(args.triggers)]
+        self.config = SamplingConfig(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=args.new_tokens, seed=args.seed)
+        length = args.trajectory_tokens + args.trigger_tokens
+        self.sampler = Sampler(model, eos_ids=[cfg.vocab_size + 1], batch_size=args.triggers,
+                               prompt_buckets=sorted({args.trajectory_tokens, length}), chunk_tokens=args.chunk_tokens)
+        self.tokens = args.triggers * args.new_tokens
+
+    def fork(self):
+        forks = [Fork(cut=len(self.prefix), suffix=tuple(t)) for t in self.triggers]
+        return [[g.tokens for g in group] for group in self.sampler.generate_forks(self.prefix, forks, self.config)]
+
+    def reprefill(self):
+        generations = self.sampler.generate([self.prefix + t for t in self.triggers], self.config)
+        return [[g.tokens] for g in generations]
+
+    def transformers(self, reference):
+        import torch
+
+        _hf_generate(reference, torch.tensor([self.prefix + t for t in self.triggers], dtype=torch.long), self.args.new_tokens)
+
+
+class DecodeWorkload:
+    def __init__(self, model, cfg, args, rng):
+        self.args = args
+        self.prompts = [rng.randint(3, cfg.vocab_size, args.decode_prompt).tolist() for _ in range(args.decode_batch)]
+        self.config = SamplingConfig(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=args.new_tokens, seed=args.seed)
+        self.sampler = Sampler(model, eos_ids=[cfg.vocab_size + 1], batch_size=args.decode_batch,
+                               prompt_buckets=[args.decode_prompt], chunk_tokens=args.chunk_tokens)
+        self.tokens = args.decode_batch * args.new_tokens
+
+    def reprefill(self):  # plain decoding: ours
+        return [[g.tokens] for g in self.sampler.generate(self.prompts, self.config)]
+
+    def transformers(self, reference):
+        import torch
+
+        _hf_generate(reference, torch.tensor(self.prompts, dtype=torch.long), self.args.new_tokens)
+
+
+def _hf_generate(reference, ids, new_tokens: int, num_return_sequences: int = 1):
+    import torch
+
+    with torch.no_grad():
+        out = reference.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+            do_sample=True, temperature=1.0, top_p=1.0, top_k=0, use_cache=True, pad_token_id=0,
+            num_return_sequences=num_return_sequences,
+        )
+    assert out.shape == (ids.shape[0] * num_return_sequences, ids.shape[1] + new_tokens)
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS))
+    parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
+    parser.add_argument("--model", default="small-qwen3")
+    parser.add_argument("--positions", type=int, default=16)
+    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--trajectory-tokens", type=int, default=1024)
+    parser.add_argument("--triggers", type=int, default=6)
+    parser.add_argument("--trigger-tokens", type=int, default=16)
+    parser.add_argument("--decode-batch", type=int, default=32)
+    parser.add_argument("--decode-prompt", type=int, default=64)
+    parser.add_argument("--csr-batch", type=int, default=0, help="our sampler's batch size on csr (default: --samples)")
+    parser.add_argument("--chunk-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--csr-repeats", type=int, default=0, help="rounds on csr (default: --repeats; it is the long one)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--torch-threads", type=int, default=0, help="0: torch's default")
+    parser.add_argument("--out", help="write OUT.json and OUT.md")
+    args = parser.parse_args()
+    if args.trajectory_tokens % args.positions:
+        parser.error("--trajectory-tokens must be a multiple of --positions (evenly spaced cuts)")
+
+    import torch
+
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    cfg = model_config(args.model, args.dtype)
+    model = init_decoder(cfg)
+    reference = _transformers_model(model) if "transformers" in args.sides else None
+    load_start = _load()
+    setup = dict(
+        machine=f"{platform.node()}: {os.cpu_count()} CPUs", load_start=load_start,
+        jax=f"{jax.__version__} ({jax.devices()[0].device_kind})", torch=torch.__version__, torch_threads=torch.get_num_threads(),
+        model=args.model, params=cfg.num_params(), dtype=args.dtype, args=vars(args),
+    )
+    results: dict = {"setup": setup, "complete": False, "workloads": {}}
+    rng = np.random.RandomState(args.seed)
+    makers = dict(decode=DecodeWorkload, intervention=InterventionWorkload, csr=CSRWorkload)
+    for name in args.workloads:
+        work = makers[name](model, cfg, args, rng)
+        sides = [s for s in args.sides if hasattr(work, s)]
+        entry = results["workloads"].setdefault(name, dict(new_tokens=work.tokens, seconds={s: [] for s in sides}, warmup_seconds={}))
+        print(f"\n{name}: {work.tokens} new tokens per run; sides {sides}; load {_load()}", flush=True)
+        outputs = {}
+        for side in sides:  # warm-up: ours compiles on the timed shapes; transformers a short call
+            start = time.perf_counter()
+            if side == "transformers":
+                _hf_generate(reference, torch.tensor([[5] * 64] * 2), 8)
+            else:
+                outputs[side] = getattr(work, side)()
+            entry["warmup_seconds"][side] = time.perf_counter() - start
+            print(f"  warm-up {side}: {entry['warmup_seconds'][side]:.1f} s", flush=True)
+        if name != "decode" and {"fork", "reprefill"} <= set(outputs):
+            entry["tokens_equal"] = outputs["fork"] == outputs["reprefill"]
+            print(f"  fork tokens == reprefill tokens: {entry['tokens_equal']}", flush=True)
+        entry["rounds"] = rounds = args.csr_repeats if name == "csr" and args.csr_repeats else args.repeats
+        entry["load_after"] = {s: [] for s in sides}
+        for repeat in range(rounds):
+            for side in sides:
+                start = time.perf_counter()
+                getattr(work, side)(reference) if side == "transformers" else getattr(work, side)()
+                seconds = time.perf_counter() - start
+                entry["seconds"][side].append(seconds)
+                entry["load_after"][side].append(_load())
+                print(f"  round {repeat + 1} {side}: {seconds:.1f} s ({work.tokens / seconds:.0f} tokens/s), load {_load()}",
+                      flush=True)
+                _summarise(entry)
+                if args.out:
+                    _write(args.out, results)
+    results["complete"] = True
+    setup["load_end"] = _load()
+    if args.out:
+        _write(args.out, results)
+    print(json.dumps({f"{name}_{k}": v for name, e in results["workloads"].items() for k, v in e.items() if k.startswith("speedup")},
+                     indent=1))
+
+
+def _summarise(entry: dict) -> None:
+    medians = {s: statistics.median(v) for s, v in entry["seconds"].items() if v}
+    entry["median_seconds"] = medians
+    entry["tokens_per_s"] = {s: entry["new_tokens"] / m for s, m in medians.items()}
+    ours = medians.get("fork", medians.get("reprefill"))
+    if "fork" in medians and "reprefill" in medians:
+        entry["speedup_vs_reprefill"] = medians["reprefill"] / medians["fork"]
+    if ours and "transformers" in medians:
+        entry["speedup_vs_transformers"] = medians["transformers"] / ours
+
+
+def _write(out: str, results: dict) -> None:
+    for name, entry in results["workloads"].items():  # the headline keys at the top level
+        for key in ("speedup_vs_reprefill", "speedup_vs_transformers"):
+            if key in entry:
+                results[f"{name}_{key}"] = entry[key]
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    s, a = results["setup"], results["setup"]["args"]
+    header = (f"{s['machine']}, load average (1/5/15 min) {s['load_start']} at start, {s.get('load_end', '-')} at end; "
+              f"jax {s['jax']}, torch {s['torch']} ({s['torch_threads']} threads); {s['model']} "
+              f"({s['params'] / 1e6:.1f}M, random weights, {s['dtype']}); {a['new_tokens']} new tokens per row, "
+              f"temperature 1, no top-k/top-p; median of the alternating rounds ("
+              + ", ".join(f"{n} {e.get('rounds', '-')}" for n, e in results["workloads"].items()) + ")"
+              + ("" if results["complete"] else "; INCOMPLETE run"))
+    titles = dict(
+        csr=f"CSR: {a['samples']} continuations after each of {a['positions']} positions of a {a['trajectory_tokens']}-token trajectory",
+        intervention=f"intervention: {a['triggers']} triggers ({a['trigger_tokens']} tokens) after a {a['trajectory_tokens']}-token prefix",
+        decode=f"plain decode: batch {a['decode_batch']}, prompt {a['decode_prompt']}",
+    )
+    lines = [f"Setup: {header}.", "",
+             "| workload | ours, fork (tokens/s) | ours, re-prefill / plain generate (tokens/s) | transformers (tokens/s) | fork vs re-prefill | ours vs transformers |",
+             "|---|---|---|---|---|---|"]
+    for name, entry in results["workloads"].items():
+        t = entry.get("tokens_per_s", {})
+        cell = lambda side: f"{t[side]:.0f}" if side in t else "-"  # noqa: E731
+        ratio = lambda key: f"{entry[key]:.1f}x" if key in entry else "-"  # noqa: E731
+        lines.append(f"| {titles[name]} | {cell('fork')} | {cell('reprefill')} | {cell('transformers')} | "
+                     f"{ratio('speedup_vs_reprefill')} | {ratio('speedup_vs_transformers')} |")
+    lines += ["", "Ours vs transformers compares the fork where there is one (plain decode: our `generate`). "
+              "Fork and re-prefill sample the same tokens (same row seeds; checked: "
+              + ", ".join(f"{n} {e['tokens_equal']}" for n, e in results["workloads"].items() if "tokens_equal" in e) + ")."]
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
