@@ -285,19 +285,19 @@ def test_per_benchmark_budgets_reach_the_sampler_and_cut_offs_are_counted(tmp_pa
     assert [r["finish_reason"] for r in rows] == ["length"] * 3 and [r["sample"] for r in rows] == [0, 1, 0]
 
 
-def test_the_policy_mesh_section_shards_the_model():
+def test_the_policy_mesh_section_shards_the_model(tmp_path):
     """build_policy really uses config.mesh: the parameters are spread over the mesh's devices."""
     import jax
 
+    from ipo_jax.data.tiny_tokenizer import build_tiny_tokenizer, save_tiny_tokenizer
     from ipo_jax.eval.config import base_config
     from ipo_jax.rollout import build_policy
 
     if jax.device_count() < 2:
         pytest.skip("needs >= 2 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)")
-    from ipo_jax.data.tokenizer import packaged_qwen3_tokenizer_dir
-
     c = base_config()
-    c.model.init, c.tokenizer = "preset:tiny-qwen3", str(packaged_qwen3_tokenizer_dir())
+    c.model.init = "preset:tiny-qwen3"
+    c.tokenizer = str(save_tiny_tokenizer(build_tiny_tokenizer(["a tiny corpus"], 300), tmp_path / "tok"))
     c.mesh.data, c.mesh.fsdp = -1, 2
     policy = build_policy(c)
     mesh = policy.sampler.mesh
@@ -347,3 +347,18 @@ def test_a_benchmark_file_error_names_file_and_row_before_any_model_loads(tmp_pa
                  "--config.judge.base_url=http://127.0.0.1:9/v1", f"--config.out={tmp_path / 'out'}"])
     err = capsys.readouterr().err
     assert code == 2 and str(bad) in err and "Incorrect Answer 3" in err and err.count("\n") == 1, err
+
+
+def test_without_num_shards_the_split_follows_jax_processes():
+    import jax
+    import ml_collections
+
+    from ipo_jax.eval.harness import EvalConfigError, resolve_shard, take_shard
+    from ipo_jax.eval.items import EvalItem
+
+    assert resolve_shard(ml_collections.ConfigDict(dict(num_shards=0, shard=-1))) == (jax.process_index(), jax.process_count())
+    with pytest.raises(EvalConfigError, match="give both"):
+        resolve_shard(ml_collections.ConfigDict(dict(num_shards=0, shard=1)))
+    items = [EvalItem(id=str(k), benchmark="b", prompt="p", kind="benign") for k in range(7)]
+    parts = [take_shard({"b": items}, i, 3)["b"] for i in range(3)]
+    assert [[k for k, _ in p] for p in parts] == [[0, 3, 6], [1, 4], [2, 5]]
