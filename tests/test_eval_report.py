@@ -130,3 +130,15 @@ def test_plot_and_comparison_of_several_eval_dirs(tmp_path):
     assert MODEL_A_ROW in (tmp_path / "cmp" / "report.md").read_text()
     with pytest.raises(ValueError, match="not an eval summary"):
         compare_dirs([tmp_path / "missing"], tmp_path / "cmp2")
+
+
+def test_a_run_without_paper_benchmarks_gets_its_sets_headline_table(tmp_path):
+    rows = [dict(_judged("demo_set", i, "unsafe" if i == 0 else "safe", "safe"), refusal=i == 1) for i in range(2)]
+    meta = dict(model="m", label="own", judge="pattern", sampling=dict(temperature=0.6, top_p=0.95, top_k=0,
+                max_new_tokens=64), samples_per_prompt=1, seconds=0.1)
+    write_outputs(tmp_path / "own", rows, meta, [])
+    report = (tmp_path / "own" / "report.md").read_text()
+    assert "| demo_set | 2 | 2 | 50% (1/2) |" in report and PAPER_HEADER not in report
+    assert (tmp_path / "own" / "metrics.png").read_bytes()[:8] == PNG
+    table = compare_dirs([tmp_path / "own"], tmp_path / "cmp")
+    assert table.startswith("| model | harmful reasoning ↓") and "| own | 50% (1/2) |" in table

@@ -340,9 +340,9 @@ def _judge_settings(judge) -> dict[str, Any]:
 
 
 def _print_done(out: Path, summary: dict[str, Any]) -> None:
-    from ipo_jax.eval.report import details_table, paper_table
+    from ipo_jax.eval.report import benchmark_table, details_table, has_paper_benchmarks, paper_table
 
-    print(paper_table({summary["label"]: summary}))
+    print(paper_table({summary["label"]: summary}) if has_paper_benchmarks(summary) else benchmark_table(summary["benchmarks"]))
     print()
     print(details_table(summary))
     print(f"report: {out / 'report.md'}; generations: {out / 'generations.jsonl'}")

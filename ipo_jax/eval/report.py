@@ -10,7 +10,10 @@
 * `write_single_report` -- one model's report.md: settings, the paper table, per-benchmark
   details (`details_table`: counts, 95% intervals, judge errors, XSTest classes and errors,
   generations cut off at the token budget, the judge used), the plot, contamination.
-* `compare_dirs` -- several eval output dirs (their summary.json) in one paper table and plot.
+* `compare_dirs` -- several eval output dirs (their summary.json) in one paper table and plot
+  (runs of only our own sets: the pooled headline table instead).
+* A run of none of the paper's benchmarks (only our own jsonl sets) gets the headline table per
+  set instead of an empty paper table.
 * `benchmark_table` / `comparison_table` / `plot_comparison` -- the demo world's own tables
   (pooled headline shares, unchanged).
 
@@ -239,11 +242,32 @@ def xstest_classes_table(summary: Mapping[str, Any]) -> str | None:
     return "\n".join(lines)
 
 
+def has_paper_benchmarks(summary: Mapping[str, Any]) -> bool:
+    names = {n for n, _ in SAFETY_BENCHMARKS} | {n for n, _ in CAPABILITY_BENCHMARKS} | {"xstest"}
+    return bool(names & set(summary["benchmarks"]))
+
+
 def write_single_report(out: Path, summary: Mapping[str, Any], contamination_results: Sequence) -> Path:
     from ipo_jax.eval.contamination import contamination_table
 
     label = summary["label"]
-    plot_paper({label: summary}, out / "metrics.png", f"{label}")
+    benchmarks = summary["benchmarks"]
+    paper = has_paper_benchmarks(summary)
+    if paper:
+        plot_paper({label: summary}, out / "metrics.png", f"{label}")
+        overview = [paper_table({label: summary}), "",
+                    "Harmful % is the share of harmful prompts' generations whose reasoning / response the judge labels "
+                    "unsafe (judge errors excluded); XSTest over-refusal is the share of its safe prompts' generations "
+                    "fully or partly refused (classifier errors excluded); pass@1 is the unbiased estimator over each "
+                    "prompt's samples, averaged over prompts. Means are over the benchmarks present."]
+    else:  # only our own sets (e.g. the demo world's): their headline shares, one row per set
+        keys = [(k, t) for k, t, _ in HEADLINE if any(k in s for s in benchmarks.values())]
+        _bars(list(benchmarks), {t: [s.get(k) for s in benchmarks.values()] for k, t in keys}, f"{label}",
+              out / "metrics.png")
+        overview = [benchmark_table(benchmarks), "",
+                    "None of the paper's benchmarks was run, so there is no paper table. Shares are of generations "
+                    "(count/total); harmful shares are of harmful prompts, judge errors excluded; over-refusal is the "
+                    "refusal share on benign prompts."]
     sampling = summary["sampling"]
     xs = summary["benchmarks"].get("xstest", {})
     notes = []
@@ -265,12 +289,7 @@ def write_single_report(out: Path, summary: Mapping[str, Any], contamination_res
         "",
         "## Summary",
         "",
-        paper_table({label: summary}),
-        "",
-        "Harmful % is the share of harmful prompts' generations whose reasoning / response the judge labels unsafe "
-        "(judge errors excluded); XSTest over-refusal is the share of its safe prompts' generations fully or partly "
-        "refused (classifier errors excluded); pass@1 is the unbiased estimator over each prompt's samples, averaged "
-        "over prompts. Means are over the benchmarks present.",
+        *overview,
         *([""] + notes if notes else []),
         "",
         "![metrics](metrics.png)",
@@ -313,8 +332,13 @@ def compare_dirs(dirs: Sequence[str | Path], out: Path) -> str:
         raise ValueError("config.compare is empty: give eval output dirs, comma-separated")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    table = paper_table(models)
-    plot_paper(models, out / "comparison.png", "evaluation")
+    if any(has_paper_benchmarks(s) for s in models.values()):
+        table = paper_table(models)
+        plot_paper(models, out / "comparison.png", "evaluation")
+    else:  # only our own sets: the pooled headline shares (the demo's table)
+        pooled = {name: s.get("pooled") or {} for name, s in models.items()}
+        table = comparison_table(pooled)
+        plot_comparison(pooled, out / "comparison.png", "evaluation")
     from ipo_jax.io import atomic_write_json
 
     atomic_write_json(out / "comparison.json", {name: dict(dir=str(d), paper=s.get("paper") or paper_row(s))
