@@ -42,6 +42,10 @@ top-k, max_tokens, stop) as one ``sampler.generate`` call -- batching concurrent
 without changing any row's tokens, since every row has its own seed.  A failed generation is an
 HTTP 500 for the requests of that call; the server keeps serving.
 
+Running.  ``ipo-jax serve --model ... [--port 0]`` prints one line with the URL once it listens
+(``--port 0`` picks a free port); Ctrl-C (SIGINT) shuts it down and exits with code 130, as an
+interrupted stage does.
+
 Errors are JSON: ``{"error": {"message", "type": "invalid_request_error", "param", "code"}}``
 with HTTP 400 (bad JSON, unknown fields, wrong types, empty prompts, prompts over the context,
 ``max_tokens`` < 1, ...), 404 (unknown model or route), 405, or 500 (``type``

@@ -241,6 +241,49 @@ def test_build_pairs_through_serve_matches_in_process(world, url, tmp_path):
     assert summary["generations"] >= 3
 
 
+def test_csr_samples_over_http_equal_in_process(served, url):
+    """The csr stage samples token ids directly (``policy.sampler``): in-process it forks one
+    prefill per trace, over HTTP (`HttpSampler`) every continuation is its own request; the
+    judge sees the same continuations, so the CSR is the same."""
+    from ipo_jax.judging.pattern import PatternJudge
+    from ipo_jax.pipeline.csr import continuation_safety_ratio
+    from ipo_jax.rollout import Policy
+    from ipo_jax.rollout.http import HttpPolicy
+
+    class Recording:
+        name = "recording"
+
+        def __init__(self):
+            self.inner, self.texts = PatternJudge(), []
+
+        def judge(self, requests):
+            self.texts += [(r.part, r.text) for r in requests]
+            return self.inner.judge(requests)
+
+    sampling = SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=6, seed=4)
+    messages = [{"role": "user", "content": PROMPTS[0]["prompt"]}]
+    reasoning = "Okay, let me think. Let me work them out. I will list the steps."
+    results = {}
+    for name, policy in (("local", Policy(served.sampler, served.tokenizer, sampling, policy_id=MODEL)),
+                         ("http", HttpPolicy(served.tokenizer, sampling, base_url=url, model=MODEL))):
+        judge = Recording()
+        result = continuation_safety_ratio(policy.sampler, policy.tokenizer, judge, messages, reasoning, num_samples=3,
+                                           sampling=sampling, judge_prompt=PROMPTS[0]["prompt"], window=1)
+        results[name] = (judge.texts, result.n_safe.tolist(), result.n_unsafe.tolist(), result.n_errors.tolist())
+    assert results["http"] == results["local"]
+    texts = [text for _, text in results["local"][0]]
+    assert len(results["local"][1]) == 3 and len(set(texts)) > 3  # 3 sentences x 3 samples, not all alike
+
+    # HttpSampler.generate is Sampler.generate: default row seeds, given ones, stop strings
+    http = HttpPolicy(served.tokenizer, sampling, base_url=url, model=MODEL).sampler
+    prompts = [served.encode("How do I do something risky?"), [5, 6, 7]]
+    for kwargs in ({}, {"row_seeds": [3, 3]}, {"stop_strings": ("e",)}):
+        def rows(generations):  # the served sampler also decodes its rows (text): compare the sampled rows
+            return [(g.tokens, g.finish_reason, g.end_id) for g in generations]
+
+        assert rows(http.generate(prompts, sampling, **kwargs)) == rows(served.sampler.generate(prompts, sampling, **kwargs))
+
+
 class SeededScript:
     """A stand-in sampler whose completion of a prompt is one of two scripted texts, chosen by
     the row's seed: so pairs come out (the tiny random model never finishes a turn in a test's
@@ -354,3 +397,31 @@ def test_serve_help_and_a_bad_model_exit_cleanly(capsys, tmp_path):
     assert main(["serve", "--model", MODEL]) == 2  # a preset has no tokenizer of its own
     assert "no tokenizer configured" in capsys.readouterr().err
     assert main(["serve"]) == 2 and "--model" in capsys.readouterr().err
+
+
+def test_the_serve_command_serves_until_interrupted(world):
+    """`ipo-jax serve --port 0` in its own process: one line says where, /health and a completion
+    answer, and SIGINT (Ctrl-C) shuts it down as every stage's interrupt: exit code 130, one line."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "ipo_jax.cli", "serve", "--model", MODEL, "--tokenizer", str(world / "tokenizer"),
+               "--port", "0", "--max-prompt-length", "64", "--served-model-name", "tiny"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                               env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("serving 'tiny' on http://127.0.0.1:"), (line, process.stderr.read() if process.poll() else "")
+        base = line.split(" on ", 1)[1].split()[0]
+        assert call(base.removesuffix("/v1"), "/health") == (200, {"status": "ok"})
+        status, out = call(base, "/completions", dict(model="tiny", prompt=[5, 6, 7], max_tokens=3, seed=1))
+        assert status == 200 and out["model"] == "tiny" and out["choices"][0]["finish_reason"] in ("stop", "length")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 130
+        assert process.stderr.read().strip().splitlines()[-1] == "ipo-jax serve: interrupted"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -44,6 +44,10 @@ Servers.
   * JetStream: named in issue #16 as serving this protocol; not verified here.  A server that
     returns no token ids in either place fails with an error naming both fields.
 
+Code that samples token-id prompts directly (the csr stage calls ``policy.sampler.generate``)
+gets `HttpSampler`: the same `Generation` records, one request per row with its row seed, the
+call's sampling settings and its stop strings (``stop``).
+
 Retries, backoff, Retry-After, the concurrency limit and key redaction are the judge's
 (`ipo_jax.judging.chat.HttpTransport`).  A call in which any row fails after its retries raises
 `PolicyBackendError` (one line: how many rows failed and the first error); the pipeline then
@@ -107,6 +111,29 @@ def completion_ids(body: bytes) -> tuple[list[int], str]:
     return ids, finish
 
 
+class HttpSampler:
+    """`HttpPolicy`'s stand-in for `ipo_jax.sampling.Sampler.generate`, for code that samples
+    token-id prompts directly (the csr stage): the same `Generation` records, each row one
+    request with its row seed (``row_seeds[r]``, default ``row_seed(config.seed, r)`` as the
+    in-process sampler), the config's settings and the stop strings."""
+
+    def __init__(self, policy: HttpPolicy):
+        self.policy = policy
+
+    def generate(self, prompts: Sequence[Sequence[int]], config, stop_strings: Sequence[str] = (),
+                 row_seeds: Sequence[int] | None = None) -> list:
+        from ipo_jax.sampling import Generation, row_seed
+
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("empty prompt: every prompt needs at least one token")
+        seeds = list(row_seeds) if row_seeds is not None else [row_seed(config.seed, r) for r in range(len(prompts))]
+        out = []
+        for ids, finish in self.policy.sample_rows(prompts, seeds, config, stop_strings):
+            ended = finish == "stop" and ids and ids[-1] in self.policy._end_ids
+            out.append(Generation(ids[:-1] if ended else ids, finish, None, ids[-1] if ended else None))
+        return out
+
+
 class HttpPolicy(Policy):
     """`Policy`'s interface over an OpenAI-compatible completions endpoint (module docstring).
     Prompt rendering, `decode`, `encode_text`, `count_tokens` and `prompt_tokens` are the
@@ -142,6 +169,7 @@ class HttpPolicy(Policy):
         if reserved:
             raise ValueError(f"policy.extra_body must not set {', '.join(reserved)} (the policy sets them)")
         super().__init__(None, tokenizer, sampling, policy_id=policy_id or model)
+        self.sampler = HttpSampler(self)  # for callers that sample token ids directly (the csr stage)
         extra = {k: v for k, v in dict(sleep=sleep, clock=clock).items() if v is not None}
         self.transport = HttpTransport(
             base if base.endswith("/completions") else base + "/completions", api_key_env=api_key_env,
@@ -163,12 +191,15 @@ class HttpPolicy(Policy):
         ids = self._encode_prompt(self.tokenizer, messages)
         return ids + (self.encode_text(prefix) if isinstance(prefix, str) else [int(i) for i in prefix])
 
-    def payload(self, prompt: Sequence[int], seed: int) -> dict[str, Any]:
-        s = self.sampling
+    def payload(self, prompt: Sequence[int], seed: int, sampling=None, stop: Sequence[str] = ()) -> dict[str, Any]:
+        """The request body of one row (module docstring); `sampling` defaults to the policy's."""
+        s = sampling or self.sampling
         body = {**self.extra_body, "model": self.model, "prompt": list(prompt), "max_tokens": s.max_new_tokens,
                 "temperature": s.temperature, "top_p": s.top_p, "seed": int(seed), "return_token_ids": True}
         if s.top_k > 0:
             body["top_k"] = s.top_k
+        if stop:
+            body["stop"] = list(stop)
         return body
 
     def _completion(self, ids: list[int], finish: str) -> Completion:
@@ -176,18 +207,24 @@ class HttpPolicy(Policy):
         text_ids = ids[:-1] if finish == "stop" and ids and ids[-1] in self._end_ids else ids
         return Completion(self.decode(text_ids), finish, tuple(ids))
 
-    def complete_rows(self, prompts: Sequence[Sequence[int]], row_seeds: Sequence[int]) -> list[Completion]:
-        """One completion per token-id prompt, row r sampled with seed ``row_seeds[r]``; raises
-        `PolicyBackendError` when any row fails."""
+    def sample_rows(self, prompts: Sequence[Sequence[int]], row_seeds: Sequence[int], sampling=None,
+                    stop: Sequence[str] = ()) -> list[tuple[list[int], str]]:
+        """(sampled ids, finish_reason) per token-id prompt, row r sampled with seed
+        ``row_seeds[r]``, one request each; raises `PolicyBackendError` when any row fails."""
         if len(prompts) != len(row_seeds):
             raise ValueError(f"{len(prompts)} prompts but {len(row_seeds)} row seeds")
         results = self.transport.map_concurrently(
-            lambda r: self.transport.post(self.payload(prompts[r], row_seeds[r]), completion_ids), range(len(prompts)))
+            lambda r: self.transport.post(self.payload(prompts[r], row_seeds[r], sampling, stop), completion_ids),
+            range(len(prompts)))
         failed = [(r, error) for r, (_, error) in enumerate(results) if error is not None]
         if failed:
             r, error = failed[0]
             raise PolicyBackendError(f"http policy: {len(failed)} of {len(prompts)} completions failed; row {r}: {error}")
-        return [self._completion(ids, finish) for ids, finish in (result for result, _ in results)]
+        return [result for result, _ in results]
+
+    def complete_rows(self, prompts: Sequence[Sequence[int]], row_seeds: Sequence[int]) -> list[Completion]:
+        """One `Completion` per token-id prompt (`sample_rows` with the policy's sampling)."""
+        return [self._completion(ids, finish) for ids, finish in self.sample_rows(prompts, row_seeds)]
 
     def complete(self, jobs: Sequence[tuple[list[dict], str | Sequence[int]]], seed: int) -> list[Completion]:
         from ipo_jax.sampling import row_seed
