@@ -21,7 +21,7 @@ Request fields (anything else is an HTTP 400 naming the field):
   * ``model``: when given, the served model's id (else HTTP 404, ``model_not_found``).
   * ``max_tokens`` (int >= 1, default 16), ``temperature`` (>= 0, default 1; 0 = greedy),
     ``top_p`` (in (0, 1], default 1), ``top_k`` (int; 0 or -1 = off, the default), ``n``
-    (1..128 choices per prompt, default 1), ``stop`` (a string or a list of up to 8 non-empty
+    (1..128 choices per prompt, default 1; at most 4096 prompts x n per request), ``stop`` (a string or a list of up to 8 non-empty
     strings: the row ends once its text contains one; the text is cut before it, the ids keep
     the token that completed it), ``return_token_ids`` (bool), ``seed`` (int in [0, 2**31)).
   * accepted only at their defaults: ``stream`` (false), ``echo`` (false), ``logprobs``
@@ -63,6 +63,7 @@ import math
 import queue
 import secrets
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -73,6 +74,7 @@ logger = logging.getLogger(__name__)
 
 SEED_LIMIT = 1 << 31  # the sampler's row seeds are 31-bit (ipo_jax.sampling.row_seed)
 MAX_CHOICES = 128
+MAX_ROWS = 4096  # prompts x n in one request
 MAX_STOP_STRINGS = 8
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 ACCEPTED_FIELDS = ("model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "n", "stop", "seed",
@@ -293,6 +295,9 @@ def parse_completion_request(body: Any, served: ServedModel) -> CompletionReques
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise RequestError(f"user must be a string, got {json.dumps(user)}", "user")
+    if len(prompts) * n > MAX_ROWS:
+        raise RequestError(f"{len(prompts)} prompts x n={n} is {len(prompts) * n} rows; at most {MAX_ROWS} per request",
+                           "n" if n > 1 else "prompt")
     longest = max(len(p) for p in prompts)
     if longest + max_tokens > served.context:
         raise RequestError(f"prompt ({longest} tokens) + max_tokens ({max_tokens}) is more than the model's context "
@@ -485,6 +490,8 @@ def run_serve(args) -> int:
     host, port = sock.getsockname()[:2]
     server, engine = make_server(served, sock, log_level="info" if args.verbose else "warning")
     shown = f"[{host}]" if ":" in host else host
+    if host not in ("127.0.0.1", "::1") and not host.startswith("127."):
+        print(f"warning: listening on {host}, beyond this machine; the server has no authentication", file=sys.stderr)
     print(f"serving {served.name!r} on http://{shown}:{port}/v1 (POST /v1/completions, GET /v1/models, GET /health); "
           f"prompts up to {served.max_prompt_tokens} tokens, context {served.context}", flush=True)
     try:

@@ -187,6 +187,7 @@ def test_models_and_health(url):
     (dict(prompt=[5] * 513), "prompt", "prompt has 513 tokens; this server takes at most 512"),
     (dict(prompt=[5] * 500, max_tokens=20), "max_tokens", "more than the model's context of 512 tokens"),
     (dict(max_tokens=4), "prompt", "prompt is required"),
+    (dict(prompt=[[5]] * 40, n=128), "n", "40 prompts x n=128 is 5120 rows; at most 4096 per request"),
     ([1, 2], None, "must be a JSON object"),
 ])
 def test_bad_requests_get_400_and_the_server_keeps_serving(url, body, param, words):

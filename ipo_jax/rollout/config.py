@@ -25,8 +25,7 @@ def add_policy_sections(c: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     c.policy.backoff = 1.0  # http: seconds before the first retry, doubled each time
     c.policy.max_backoff = 30.0  # http: cap on one wait (also on a server's Retry-After)
     c.policy.concurrency = 32  # http: requests in flight at once (one request per sampled row)
-    # http: a JSON object merged into each request, e.g. '{"logprobs": 0, "return_tokens_as_token_ids": true}'
-    # for a vLLM older than return_token_ids
+    # http: a JSON object merged into each request; a vLLM without return_token_ids: '{"logprobs": 0, "return_tokens_as_token_ids": true}'
     c.policy.extra_body = ""
 
     c.model = ml_collections.ConfigDict()
