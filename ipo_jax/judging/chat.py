@@ -399,6 +399,8 @@ class HttpTransport:
                     return parse(body), None
                 except _Failure as failure:
                     return None, self._redact(f"bad response from {self.endpoint}: {failure.message}")
+                except Exception as e:  # noqa: BLE001 - a parser's slip is this request's error, never a crash
+                    return None, self._redact(f"bad response from {self.endpoint}: unexpected {type(e).__name__}: {e}")
             head = f"{last.message} ({self.endpoint})"
             detail = f": {last.detail}" if last.detail else ""
             plural = "s" if attempts != 1 else ""
