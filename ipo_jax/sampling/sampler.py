@@ -252,7 +252,7 @@ class Sampler:
             self.replicated = jax.sharding.SingleDeviceSharding(next(iter(model.embed[...].devices())))
         self._prefill = jax.jit(self._prefill_fn, static_argnames=("max_len",))
         self._prefill_prefix = jax.jit(self._prefill_prefix_fn, static_argnames=("max_len",))
-        self._fork = jax.jit(self._fork_fn, static_argnames=("max_len",))
+        self._fork = jax.jit(self._fork_fn, static_argnames=("shared", "max_len"))
         self._decode_chunk = jax.jit(self._decode_fn, static_argnames=("steps",), donate_argnums=(2,))
 
     # ------------------------------------------------------------------ shardings
@@ -329,13 +329,15 @@ class Sampler:
         return cache
 
     def _fork_fn(self, state, layers, prefix: KVCache, cuts, tokens, positions, segment_ids, seeds, live, settings,
-                 max_len: int):
-        """Copy the prefix cache into every row (slots [0,P); row r sees slots < cuts[r] only),
-        then run each row's own tokens (left-padded, from slot P) and draw its first token."""
+                 shared: int, max_len: int):
+        """Copy the first `shared` slots of the prefix cache into every row (row r sees slots <
+        cuts[r] only), then run each row's own tokens (left-padded, from slot `shared`) and draw
+        its first token."""
         model = nnx.merge(self.graphdef, state)
-        B, P = tokens.shape[0], prefix.max_len
+        B, P = tokens.shape[0], shared
 
-        def widen(a):  # [1,...,P,...] -> [B,...,max_len,...], the new slots empty
+        def widen(a):  # [1,...,P',...] -> [B,...,max_len,...]: the first P slots, then empty ones
+            a = a[:, :, :P] if a.ndim == 4 else a[:, :P]
             a = jnp.broadcast_to(a, (B,) + a.shape[1:])
             pad = [(0, 0)] * a.ndim
             pad[2 if a.ndim == 4 else 1] = (0, max_len - P)
@@ -343,7 +345,8 @@ class Sampler:
 
         visible = jnp.arange(max_len)[None, :] < cuts[:, None]
         seg = jnp.where(visible, widen(prefix.segment_ids), 0)
-        cache = KVCache(tuple(map(widen, prefix.k)), tuple(map(widen, prefix.v)), seg, jnp.zeros_like(seg), prefix.index)
+        index = jnp.asarray(P, jnp.int32)
+        cache = KVCache(tuple(map(widen, prefix.k)), tuple(map(widen, prefix.v)), seg, jnp.zeros_like(seg), index)
         if self.mesh is not None:
             cache = jax.lax.with_sharding_constraint(cache, self.cache_shardings(B, max_len))
         return self._start(model, layers, cache, tokens, positions, segment_ids, seeds, live, settings)
@@ -413,11 +416,14 @@ class Sampler:
         Layout: the prefix's KV cache (one row) is copied into every row of a decode batch, each
         row hiding the prefix slots from its cut on; a row's own tokens -- the last token before
         its cut (so the first draw comes from a fresh forward, whatever the cut) and its suffix --
-        go after the prefix, left-padded, their positions continuing from the cut.
+        go after the prefix, left-padded, their positions continuing from the cut. Rows are
+        batched in order of cut (a row's tokens do not depend on its batch), and a batch copies
+        only the prefix slots up to the bucket of its largest cut, so early cuts decode over a
+        short cache, as they would re-prefilled.
         """
         self._check_stop_strings(stop_strings)
         prefix = [int(t) for t in prefix]
-        rows = []  # (fork index, prefix tokens the row keeps in the shared cache, its own tokens, seed)
+        rows = []  # (fork, continuation, prefix tokens the row keeps in the shared cache, its own tokens, seed)
         for i, fork in enumerate(forks):
             if not isinstance(fork, Fork):
                 raise ForkError(f"forks[{i}]: expected a Fork, got {type(fork).__name__}")
@@ -433,12 +439,13 @@ class Sampler:
             own = prefix[kept : fork.cut] + [int(t) for t in fork.suffix]
             for j in range(fork.n):
                 seed = fork.row_seeds[j] if fork.row_seeds is not None else row_seed(config.seed, len(rows))
-                rows.append((i, kept, own, seed))
-        results: list[list[Generation]] = [[] for _ in forks]
+                rows.append((i, j, kept, own, seed))
+        results: list[list[Generation | None]] = [[None] * fork.n for fork in forks]
         if not rows:
             return results
-        self._row_seeds([r[3] for r in rows], len(rows), config.seed, "generate_forks: Fork.row_seeds")
-        shared = max(r[1] for r in rows)
+        self._row_seeds([r[4] for r in rows], len(rows), config.seed, "generate_forks: Fork.row_seeds")
+        rows.sort(key=lambda r: (r[2], len(r[3])))
+        shared = max(r[2] for r in rows)
         P = bucket_length(max(shared, 1), self.buckets)
         tokens = np.full((1, P), self.pad_id, np.int32)
         tokens[0, :shared] = prefix[:shared]
@@ -453,23 +460,24 @@ class Sampler:
             batch = rows[start : start + B]
             n = len(batch)
             batch = batch + [batch[0]] * (B - n)  # padding rows repeat a row
-            length = bucket_length(max(len(r[2]) for r in batch), self.suffix_buckets)
+            length = bucket_length(max(len(r[3]) for r in batch), self.suffix_buckets)
+            batch_shared = bucket_length(max(max(r[2] for r in batch), 1), self.buckets)
             tokens = np.full((B, length), self.pad_id, np.int32)
             segment_ids = np.zeros((B, length), np.int32)
             positions = np.zeros((B, length), np.int32)
-            for b, (_, kept, own, _) in enumerate(batch):
+            for b, (_, _, kept, own, _) in enumerate(batch):
                 tokens[b, length - len(own) :] = own
                 segment_ids[b, length - len(own) :] = 1
                 positions[b, length - len(own) :] = kept + np.arange(len(own))
-            cuts = np.asarray([r[1] for r in batch], np.int32)
-            seeds = np.asarray([r[3] for r in batch], np.int32)
+            cuts = np.asarray([r[2] for r in batch], np.int32)
+            seeds = np.asarray([r[4] for r in batch], np.int32)
             carry = self._fork(
                 self.state, self.layers, prefix_cache, self._put(cuts), self._put(tokens), self._put(positions),
                 self._put(segment_ids), self._put(seeds), self._put(np.arange(B) < n), settings,
-                max_len=P + length + self._decode_slots(config),
+                shared=batch_shared, max_len=batch_shared + length + self._decode_slots(config),
             )
-            for (i, *_), generation in zip(batch, self._decode_rows(carry, n, config, stop_strings)):
-                results[i].append(generation)
+            for (i, j, *_), generation in zip(batch, self._decode_rows(carry, n, config, stop_strings)):
+                results[i][j] = generation
         return results
 
     def _check_stop_strings(self, stop_strings):
