@@ -1,4 +1,5 @@
 """Evaluate a model: harmful share of reasoning and answer, refusal, over-refusal, math accuracy.
+The paper's eight benchmarks with its settings: configs/eval_paper.py.
 
 ipo-jax eval --config configs/eval.py --config.model.init=hf:/models/my-model \\
     --config.benchmarks=strongreject=data/strongreject_dataset.csv,xstest=data/xstest_prompts.csv,math500=data/MATH-500 \\
