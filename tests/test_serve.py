@@ -316,36 +316,48 @@ class SeededScript:
         return out
 
 
-def test_pairs_through_serve_equal_in_process_pairs_with_a_scripted_sampler(world, tmp_path):
-    """The whole intervention (originals, trigger continuations over several rounds, benign
-    candidates) through HttpPolicy -> ipo-jax serve -> sampler, against the same sampler
-    in-process: the same seeds reach every row, so the same (non-empty) pairs come out."""
+def test_build_pairs_cli_through_serve_equals_in_process_with_a_scripted_sampler(world, tmp_path):
+    """`ipo-jax build-pairs --config.policy.backend=http` against `ipo-jax serve` with a
+    seed-dependent scripted sampler behind it, and `build_pairs` in-process on the same sampler
+    with the same settings: the whole intervention (originals, trigger continuations over several
+    rounds, benign candidates) reaches every row with the same seed, so the same non-empty pairs
+    come out."""
     from test_pipeline import PROMPTS as MANY, TRIGGERS
 
+    from ipo_jax.cli import main, parse_config
+    from ipo_jax.data.prompts import prompt_records_from_config
     from ipo_jax.data.tokenizer import load_tokenizer
     from ipo_jax.judging.pattern import PatternCueDetector, PatternJudge
     from ipo_jax.pipeline.intervene import InterventionConfig, build_pairs
+    from ipo_jax.pipeline.triggers import load_triggers
     from ipo_jax.rollout import Policy
-    from ipo_jax.rollout.http import HttpPolicy
     from ipo_jax.serve import ServedModel
 
     tokenizer = load_tokenizer(world / "tokenizer")
-    sampling = SamplingConfig(temperature=0.6, max_new_tokens=64)
-    records = [dict(r, id=f"{r['id']}-{k}") for k in range(4) for r in MANY]  # 16 prompts: seeds vary the outcomes
-    cfg = InterventionConfig(rounds=3, chunk_prompts=8, benign_candidates=3)
-
-    local_sampler = SeededScript(tokenizer)
-    local = build_pairs(records, tmp_path / "local", Policy(local_sampler, tokenizer, sampling, policy_id="scripted"),
-                        PatternJudge(), PatternCueDetector(), TRIGGERS, cfg)
+    prompts, triggers = tmp_path / "prompts.jsonl", tmp_path / "triggers.txt"
+    prompts.write_text("".join(json.dumps(dict(r, id=f"{r['id']}-{k}")) + "\n" for k in range(4) for r in MANY))
+    triggers.write_text("".join(t + "\n" for t in TRIGGERS))
     remote_sampler = SeededScript(tokenizer)
     served = ServedModel(remote_sampler, tokenizer, "scripted", 4096, 1 << 20, len(tokenizer))
     with serving(served) as base:
-        policy = HttpPolicy(tokenizer, sampling, base_url=base, model="scripted", concurrency=4)
-        remote = build_pairs(records, tmp_path / "http", policy, PatternJudge(), PatternCueDetector(), TRIGGERS, cfg)
-    assert remote == local
+        args = ["build-pairs", "--config", str(ROOT / "configs" / "pipeline_tiny_cpu.py"), "--config.model.init=",
+                f"--config.tokenizer={world / 'tokenizer'}", f"--config.prompts={prompts}", f"--config.out={tmp_path / 'http'}",
+                f"--config.triggers_file={triggers}", "--config.intervention.benign_candidates=3",
+                "--config.policy.backend=http", f"--config.policy.base_url={base}", "--config.policy.model=scripted",
+                "--config.policy.concurrency=4"]
+        assert main(args) == 0
+
+    config = parse_config(args[1:], "build-pairs")
+    sampling = SamplingConfig(temperature=config.sampling.temperature, top_p=config.sampling.top_p,
+                              top_k=config.sampling.top_k, max_new_tokens=config.sampling.max_new_tokens)
+    local_sampler = SeededScript(tokenizer)
+    local = build_pairs(prompt_records_from_config(config), tmp_path / "local",
+                        Policy(local_sampler, tokenizer, sampling, policy_id="scripted"), PatternJudge(),
+                        PatternCueDetector(), load_triggers(triggers), InterventionConfig(**config.intervention))
+    assert json.loads((tmp_path / "http" / "summary.json").read_text()) == local
     assert (tmp_path / "http" / "pairs.jsonl").read_bytes() == (tmp_path / "local" / "pairs.jsonl").read_bytes()
     assert sorted(remote_sampler.seeds) == sorted(local_sampler.seeds)  # the server batches rows in its own order
-    # the script's choices made every kind of outcome happen
+    # the script's seed-dependent choices made every kind of outcome happen
     assert local["pairs"] > 0 and local["over_refusal_pairs"] > 0 and local["safe_original"] > 0
     assert len(local["success_per_round"]) >= 2
 
