@@ -237,3 +237,25 @@ def test_build_policy_chooses_the_http_backend_without_loading_a_model(stub, tok
     with pytest.raises(ValueError, match="policy.extra_body must be a JSON object"):
         build_policy(config)
     assert isinstance(config.policy, ml_collections.ConfigDict)
+
+
+def test_build_pairs_against_a_closed_port_is_one_line_and_exit_2(tokenizer_dir, tmp_path, capsys):
+    import socket
+
+    from ipo_jax.cli import main
+
+    with socket.socket() as s:  # a loopback port with nothing listening on it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": "p1", "prompt": "A risky thing [request details withheld]", "kind": "harmful"}) + "\n")
+    args = ["build-pairs", "--config", str(Path(__file__).parents[1] / "configs" / "pipeline_tiny_cpu.py"),
+            "--config.model.init=", f"--config.tokenizer={tokenizer_dir}", f"--config.prompts={prompts}",
+            f"--config.out={tmp_path / 'out'}", "--config.policy.backend=http",
+            f"--config.policy.base_url=http://127.0.0.1:{port}/v1", "--config.policy.model=m",
+            "--config.policy.max_retries=1", "--config.policy.backoff=0"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ipo-jax build-pairs: error: http policy: 1 of 1 completions failed")
+    assert f"connection refused (http://127.0.0.1:{port}/v1/completions) after 2 attempts" in err
+    assert not (tmp_path / "out" / "pairs.jsonl").exists()
