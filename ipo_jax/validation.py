@@ -122,6 +122,18 @@ def model_spec(v):
     return expected
 
 
+def json_object_text(v):
+    """'' or the text of a JSON object."""
+    import json
+
+    if v == "":
+        return None
+    try:
+        return None if isinstance(v, str) and isinstance(json.loads(v), dict) else "'' or a JSON object"
+    except ValueError:
+        return "'' or a JSON object (this is not valid JSON)"
+
+
 def optional_file(v):
     if v == "":
         return None
@@ -208,6 +220,7 @@ _POLICY = {  # ipo_jax/rollout/config.py; policy.base_url / policy.model are che
     "policy.backoff": number_in(0),
     "policy.max_backoff": number_in(0),
     "policy.concurrency": int_at_least(1),
+    "policy.extra_body": json_object_text,
 }
 _JUDGE = {
     "judge.backend": one_of(*JUDGE_BACKENDS),

@@ -234,8 +234,11 @@ def test_build_policy_chooses_the_http_backend_without_loading_a_model(stub, tok
     policy.complete([(MESSAGES, "")], seed=1)
     assert stub.requests[-1]["json"]["min_tokens"] == 2 and stub.requests[-1]["json"]["max_tokens"] == 5
     config.policy.extra_body = "[1]"
+    assert settings_problems("build-pairs", config) == ["config.policy.extra_body is '[1]'; expected '' or a JSON object"]
     with pytest.raises(ValueError, match="policy.extra_body must be a JSON object"):
         build_policy(config)
+    config.policy.extra_body = "{oops"
+    assert "(this is not valid JSON)" in settings_problems("build-pairs", config)[0]
     assert isinstance(config.policy, ml_collections.ConfigDict)
 
 
