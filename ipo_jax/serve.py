@@ -60,6 +60,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import queue
 import secrets
 import socket
@@ -132,7 +133,7 @@ def load_served_model(model: str, *, tokenizer: str = "", name: str = "", mesh: 
     expected = model_spec(model)
     if expected:
         raise ValueError(f"--model {model!r}: expected {expected}")
-    if tokenizer and not __import__("os").path.isdir(tokenizer):
+    if tokenizer and not os.path.isdir(tokenizer):
         raise ValueError(f"--tokenizer {tokenizer!r}: expected an existing tokenizer directory")
     for flag, value in (("--batch-size", batch_size), ("--max-prompt-length", max_prompt_length),
                         ("--chunk-tokens", chunk_tokens)):
