@@ -139,9 +139,10 @@ def load_served_model(model: str, *, tokenizer: str = "", name: str = "", mesh: 
                         ("--chunk-tokens", chunk_tokens)):
         if value < 1:
             raise ValueError(f"{flag} is {value}; expected an integer >= 1")
+    mesh_shape = _mesh_shape(mesh) if mesh else None
     tokenizer_dir = tokenizer_dir_for(tokenizer, model)  # ModelSpecError (a ValueError) for a preset without one
     tok = load_tokenizer(tokenizer_dir)
-    device_mesh = make_mesh(_mesh_shape(mesh)) if mesh else None
+    device_mesh = make_mesh(mesh_shape) if mesh_shape else None
     decoder = load_model(model, mesh=device_mesh, param_dtype=param_dtype, dtype=dtype, vocab_needed=len(tok))
 
     def decode(ids):
@@ -162,7 +163,7 @@ def _mesh_shape(text: str) -> dict[str, int]:
                 raise ValueError
             shape[axis.strip()] = int(size)
         except ValueError:
-            raise ValueError(f"--mesh {text!r}: expected axis=size pairs such as 'data=4,tensor=2'") from None
+            raise ValueError(f"--mesh {text!r}: expected axis=size pairs such as 'data=-1,tensor=2'") from None
     return shape
 
 

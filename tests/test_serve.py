@@ -407,6 +407,10 @@ def test_serve_help_and_a_bad_model_exit_cleanly(capsys, tmp_path):
         assert main(["serve", "--model", model]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("ipo-jax serve: error: ") and words in err
+    assert main(["serve", "--model", MODEL, "--mesh", "data"]) == 2
+    assert "--mesh 'data': expected axis=size pairs" in capsys.readouterr().err
+    assert main(["serve", "--model", MODEL, "--batch-size", "0"]) == 2
+    assert "--batch-size is 0; expected an integer >= 1" in capsys.readouterr().err
     assert main(["serve", "--model", MODEL]) == 2  # a preset has no tokenizer of its own
     assert "no tokenizer configured" in capsys.readouterr().err
     assert main(["serve"]) == 2 and "--model" in capsys.readouterr().err
@@ -438,3 +442,15 @@ def test_the_serve_command_serves_until_interrupted(world):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_a_sharded_server_samples_greedily_what_one_device_does(world, served, url):
+    """--mesh: rows over data, KV heads over tensor; greedy tokens equal the one-device server's."""
+    from ipo_jax.serve import load_served_model
+
+    sharded = load_served_model(MODEL, tokenizer=str(world / "tokenizer"), batch_size=8, max_prompt_length=512,
+                                mesh="data=-1,tensor=2")
+    body = dict(prompt=[served.encode(p["prompt"]) for p in PROMPTS], temperature=0, max_tokens=8, seed=0,
+                return_token_ids=True)
+    with serving(sharded) as sharded_url:
+        assert ids_of(call(sharded_url, "/completions", body)[1]) == ids_of(call(url, "/completions", body)[1])
