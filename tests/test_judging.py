@@ -649,7 +649,7 @@ class FixedPolicy:
 
         self.texts, self.sampling, self.calls = list(texts), SamplingConfig(), 0
 
-    def complete(self, jobs, seed):
+    def complete(self, jobs, seed, row_seeds=None):
         self.calls += 1
         texts = [self.texts[i % len(self.texts)] for i in range(len(jobs))]
         return [Completion(text, "stop", tuple(map(ord, text)) + (0,)) for text in texts]  # one id per character

@@ -90,9 +90,13 @@ def with_budget(policy: Policy, max_new_tokens: int | None) -> Policy:
     return budgeted
 
 
-def _chunk_seed(seed: int, benchmark: str, index: int, sample: int) -> int:
-    """A chunk's sampling seed from its first job: independent of how many chunks ran before."""
-    return (seed * 1_000_003 + zlib.crc32(benchmark.encode("utf-8")) * 7919 + index * 101 + sample) % (2**31 - 1)
+def generation_seed(seed: int, benchmark: str, item_id: str, sample: int) -> int:
+    """The sampling seed of one generation (sample `sample` of item `item_id`): it depends on
+    nothing else, so a run split across hosts, chunked differently or resumed with other batch
+    sizes samples every generation exactly as a single run does."""
+    from ipo_jax.sampling import row_seed
+
+    return row_seed(seed, zlib.crc32(f"{benchmark}\0{item_id}\0{sample}".encode("utf-8")))
 
 
 def generate_and_score(policy: Policy, judge: Judge, items: Sequence[EvalItem], *, samples_per_prompt: int = 1,
@@ -115,9 +119,9 @@ def generate_and_score(policy: Policy, judge: Judge, items: Sequence[EvalItem], 
     with tqdm(total=len(jobs), desc=desc, unit="gen", disable=None) as bar:
         for start in range(0, len(jobs), batch):
             chunk = jobs[start : start + batch]
-            first_pos, first_item, first_sample = chunk[0]
             completions = policy.complete([([{"role": "user", "content": format_prompt(item)}], "") for _, item, _ in chunk],
-                                          seed=_chunk_seed(seed, first_item.benchmark, first_pos, first_sample))
+                                          seed=seed, row_seeds=[generation_seed(seed, item.benchmark, item.id, s)
+                                                                for _, item, s in chunk])
             parts = [split_completion(c.text) for c in completions]
             judged_at = [k for k, (_, item, _) in enumerate(chunk) if item.kind in JUDGED_KINDS]
             judged = judge_trajectories(judge, [(chunk[k][1].prompt, *parts[k][:2]) for k in judged_at])

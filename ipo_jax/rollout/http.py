@@ -226,11 +226,17 @@ class HttpPolicy(Policy):
         """One `Completion` per token-id prompt (`sample_rows` with the policy's sampling)."""
         return [self._completion(ids, finish) for ids, finish in self.sample_rows(prompts, row_seeds)]
 
-    def complete(self, jobs: Sequence[tuple[list[dict], str | Sequence[int]]], seed: int) -> list[Completion]:
+    def complete(self, jobs: Sequence[tuple[list[dict], str | Sequence[int]]], seed: int,
+                 row_seeds: Sequence[int] | None = None) -> list[Completion]:
+        """`Policy.complete` over HTTP: row r's request carries ``row_seeds[r]`` when given,
+        else ``row_seed(seed, r)``."""
         from ipo_jax.sampling import row_seed
 
         prompts = [self.prompt_ids(messages, prefix) for messages, prefix in jobs]
-        return self.complete_rows(prompts, [row_seed(seed, r) for r in range(len(prompts))])
+        if row_seeds is not None and len(row_seeds) != len(prompts):
+            raise ValueError(f"{len(prompts)} jobs but {len(row_seeds)} row seeds")
+        seeds = list(row_seeds) if row_seeds is not None else [row_seed(seed, r) for r in range(len(prompts))]
+        return self.complete_rows(prompts, seeds)
 
     @property
     def forks_prefix(self) -> bool:

@@ -58,14 +58,21 @@ class Policy:
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
-    def complete(self, jobs: Sequence[tuple[list[dict], str | Sequence[int]]], seed: int) -> list[Completion]:
+    def complete(self, jobs: Sequence[tuple[list[dict], str | Sequence[int]]], seed: int,
+                 row_seeds: Sequence[int] | None = None) -> list[Completion]:
+        """One `Completion` per job.  Row r samples from ``row_seeds[r]`` when given (a caller
+        that wants a job's sample independent of which jobs share the call, e.g. eval keyed by
+        item id), else from ``row_seed(seed, r)``."""
+        if row_seeds is not None and len(row_seeds) != len(jobs):
+            raise ValueError(f"{len(jobs)} jobs but {len(row_seeds)} row seeds")
         prompts = []
         for messages, prefix in jobs:
             ids = self._encode_prompt(self.tokenizer, messages)
             prompts.append(ids + (self.encode_text(prefix) if isinstance(prefix, str) else [int(i) for i in prefix]))
         # row r samples from row_seed(seed, r) (the sampler's default), the seed the HTTP policy
         # (ipo_jax/rollout/http.py) sends for row r: the two backends sample the same rows alike
-        generations = self.sampler.generate(prompts, dataclasses.replace(self.sampling, seed=seed))
+        kwargs = {} if row_seeds is None else {"row_seeds": [int(x) for x in row_seeds]}
+        generations = self.sampler.generate(prompts, dataclasses.replace(self.sampling, seed=seed), **kwargs)
         return [Completion(self.decode(g.tokens), g.finish_reason, tuple(g.completion_ids)) for g in generations]
 
     @property
