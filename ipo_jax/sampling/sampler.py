@@ -13,6 +13,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ipo_jax.data.pairs import bucket_length, default_buckets
 from ipo_jax.models.decoder import Decoder, KVCache
+from ipo_jax.sampling.shared_prefix import hidden_states_with_prefix
 from ipo_jax.sharding import logical_to_spec
 
 
@@ -285,6 +286,8 @@ class Sampler:
         for name, value in carry.items():
             if name == "cache":
                 out[name] = self.cache_shardings(value.k[0].shape[0], value.max_len)
+            elif name in ("prefix_k", "prefix_v"):  # one row, shared: rows replicated, heads as the cache's
+                out[name] = tuple(self._sharding(("batch", "kv_heads", "length", "head_dim"), a.shape) for a in value)
             else:
                 out[name] = self._sharding(("batch",) + (None,) * (value.ndim - 1), value.shape) if value.ndim else self.replicated
         return out
@@ -304,15 +307,25 @@ class Sampler:
 
     # ------------------------------------------------------------------ device programs
 
-    def _start(self, model, layers, cache, tokens, positions, segment_ids, seeds, live, settings) -> dict:
+    @staticmethod
+    def _forward(model, layers, tokens, positions, segment_ids, cache, shared: dict | None):
+        """The cached forward; with `shared` (a fork's prefix_k, prefix_v, visible) the rows
+        attend to the shared prefix too (`hidden_states_with_prefix`)."""
+        if shared is None:
+            return model.hidden_states(tokens, positions, segment_ids, cache=cache, layers=layers)
+        return hidden_states_with_prefix(model, tokens, positions, segment_ids, cache, shared["prefix_k"],
+                                         shared["prefix_v"], shared["visible"], layers=layers)
+
+    def _start(self, model, layers, cache, tokens, positions, segment_ids, seeds, live, settings,
+               shared: dict | None = None) -> dict:
         """Run the prompt tokens (left-padded: every row ends at the last column) through the
         cache and draw each row's first token; returns the decode carry."""
-        hidden, cache = model.hidden_states(tokens, positions, segment_ids, cache=cache, layers=layers)
+        hidden, cache = self._forward(model, layers, tokens, positions, segment_ids, cache, shared)
         keys = _row_keys(seeds)
         first = sample_logits(model.logits(hidden[:, -1]), _step_keys(keys, 0), *settings)
         done = jnp.isin(first, jnp.asarray(self.eos_ids)) | ~live
         carry = dict(cache=cache, token=first, position=positions[:, -1] + 1, done=done, keys=keys,
-                     count=jnp.zeros((), jnp.int32))
+                     count=jnp.zeros((), jnp.int32), **(shared or {}))
         return self._pin(carry)
 
     def _prefill_fn(self, state, layers, tokens, positions, segment_ids, seeds, live, settings, max_len: int):
@@ -330,26 +343,18 @@ class Sampler:
 
     def _fork_fn(self, state, layers, prefix: KVCache, cuts, tokens, positions, segment_ids, seeds, live, settings,
                  shared: int, max_len: int):
-        """Copy the first `shared` slots of the prefix cache into every row (row r sees slots <
-        cuts[r] only), then run each row's own tokens (left-padded, from slot `shared`) and draw
-        its first token."""
+        """The batch's view of the prefix: its first `shared` slots (one copy for all rows; row r
+        sees the slots before cuts[r]), then each row's own tokens (left-padded) run into a
+        fresh per-row cache of `max_len` slots and its first token drawn."""
         model = nnx.merge(self.graphdef, state)
-        B, P = tokens.shape[0], shared
-
-        def widen(a):  # [1,...,P',...] -> [B,...,max_len,...]: the first P slots, then empty ones
-            a = a[:, :, :P] if a.ndim == 4 else a[:, :P]
-            a = jnp.broadcast_to(a, (B,) + a.shape[1:])
-            pad = [(0, 0)] * a.ndim
-            pad[2 if a.ndim == 4 else 1] = (0, max_len - P)
-            return jnp.pad(a, pad)
-
-        visible = jnp.arange(max_len)[None, :] < cuts[:, None]
-        seg = jnp.where(visible, widen(prefix.segment_ids), 0)
-        index = jnp.asarray(P, jnp.int32)
-        cache = KVCache(tuple(map(widen, prefix.k)), tuple(map(widen, prefix.v)), seg, jnp.zeros_like(seg), index)
-        if self.mesh is not None:
-            cache = jax.lax.with_sharding_constraint(cache, self.cache_shardings(B, max_len))
-        return self._start(model, layers, cache, tokens, positions, segment_ids, seeds, live, settings)
+        B = tokens.shape[0]
+        view = dict(
+            prefix_k=tuple(k[:, :, :shared] for k in prefix.k),
+            prefix_v=tuple(v[:, :, :shared] for v in prefix.v),
+            visible=(jnp.arange(shared)[None, :] < cuts[:, None]) & (prefix.segment_ids[:, :shared] != 0),
+        )
+        return self._start(model, layers, self._new_cache(B, max_len), tokens, positions, segment_ids, seeds, live,
+                           settings, shared=view)
 
     def _decode_fn(self, state, layers, carry, settings, steps: int):
         """Run up to `steps` decode steps; carry = (cache, last token, position, done, keys, count)."""
@@ -361,9 +366,9 @@ class Sampler:
 
         def body(c):
             token = c["token"][:, None]
-            hidden, cache = model.hidden_states(
-                token, c["position"][:, None], jnp.ones_like(token), cache=c["cache"], layers=layers
-            )
+            shared = {k: c[k] for k in ("prefix_k", "prefix_v", "visible")} if "visible" in c else None
+            hidden, cache = self._forward(model, layers, token, c["position"][:, None], jnp.ones_like(token),
+                                          c["cache"], shared)
             # draw number count + i + 1: the prefill drew number 0
             step_keys = _step_keys(c["keys"], c["count"] + c["i"] + 1)
             new = sample_logits(model.logits(hidden[:, -1]), step_keys, *settings)
@@ -474,7 +479,7 @@ class Sampler:
             carry = self._fork(
                 self.state, self.layers, prefix_cache, self._put(cuts), self._put(tokens), self._put(positions),
                 self._put(segment_ids), self._put(seeds), self._put(np.arange(B) < n), settings,
-                shared=batch_shared, max_len=batch_shared + length + self._decode_slots(config),
+                shared=batch_shared, max_len=length + self._decode_slots(config),
             )
             for (i, j, *_), generation in zip(batch, self._decode_rows(carry, n, config, stop_strings)):
                 results[i][j] = generation
