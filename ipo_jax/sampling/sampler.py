@@ -418,13 +418,13 @@ class Sampler:
         range(f.n)], config, row_seeds=...)`` (up to float rounding), flattened row r (fork-major)
         seeded with ``f.row_seeds[j]`` when given, else ``row_seed(config.seed, r)``.
 
-        Layout: the prefix's KV cache (one row) is copied into every row of a decode batch, each
-        row hiding the prefix slots from its cut on; a row's own tokens -- the last token before
-        its cut (so the first draw comes from a fresh forward, whatever the cut) and its suffix --
-        go after the prefix, left-padded, their positions continuing from the cut. Rows are
-        batched in order of cut (a row's tokens do not depend on its batch), and a batch copies
-        only the prefix slots up to the bucket of its largest cut, so early cuts decode over a
-        short cache, as they would re-prefilled.
+        Layout: the prefix's KV cache is one row, shared by every row of a decode batch
+        (`shared_prefix`), each row seeing the prefix slots before its cut only; a row's own
+        tokens -- the last token before its cut (so the first draw comes from a fresh forward,
+        whatever the cut) and its suffix -- go into the row's own cache, left-padded, their
+        positions continuing from the cut, followed by what it decodes. Rows are batched in
+        order of cut (a row's tokens do not depend on its batch), and a batch attends only to the
+        prefix slots up to the bucket of its largest cut.
         """
         self._check_stop_strings(stop_strings)
         prefix = [int(t) for t in prefix]
