@@ -38,7 +38,10 @@ reproduces the first values exactly.  (The same seed gives the same draws at sen
 different traces; vary ``sampling.seed`` per trace if that matters.)  A sampler without
 `generate_forks` (or ``fork=False``) re-prefills instead: one ``sampler.generate`` call per
 sentence with N copies of ``ids[:boundary]`` under the seed ``prefix_seed(sampling.seed, i)``,
-whose default row seeds are the same, so both give the same tokens (the sampler's contract).
+whose default row seeds are the same, so both give the same tokens (the sampler's contract, up
+to float rounding: a fork attends over the whole prefilled trajectory with the slots past its cut
+masked, so a long float32 run can flip a rare sampled token; on the 42M benchmark model see
+tools/results/rollout.json, ``rows_compared``).
 
 Judging.  Each continuation is judged as a whole trajectory: prefix + continuation is split
 with `ipo_jax.rollout.split_completion` and its reasoning and answer are judged separately.
