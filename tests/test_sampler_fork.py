@@ -77,11 +77,11 @@ def test_forks_equal_generate_on_the_spelled_out_prompts(model, config):
 def test_forks_on_the_stacked_layer_path_with_an_end_id_and_stop_strings(qwen3):
     model = qwen3
     decode = lambda ids: "".join(f"<{t}>" for t in ids)  # noqa: E731
-    free = Sampler(model, eos_ids=[NO_EOS], batch_size=4, prompt_buckets=[32], chunk_tokens=3, decode=decode)
+    free = Sampler(model, eos_ids=[NO_EOS], batch_size=4, prompt_buckets=[32], chunk_tokens=4, decode=decode)
     forks = FORKS[:4]
     plain = free.generate_forks(PREFIX, forks, SAMPLED)
     eos = plain[0][1].tokens[4]  # a token the second row of the first fork samples fifth
-    sampler = Sampler(model, eos_ids=[eos], batch_size=4, prompt_buckets=[32], chunk_tokens=3, decode=decode,
+    sampler = Sampler(model, eos_ids=[eos], batch_size=4, prompt_buckets=[32], chunk_tokens=4, decode=decode,
                       unstack_layers=False)
     prompts, seeds = _spelled_out(forks, SAMPLED.seed)
     stop = next(f"<{t}>" for t in plain[2][0].tokens[3:] if t != eos and t not in plain[0][1].tokens[:5])

@@ -1,5 +1,6 @@
 """The sampler on the 8-device CPU mesh: the same tokens as on one device, the KV cache laid out
-as claimed (rows over data x fsdp, KV heads over tensor where they divide), batch checks."""
+as claimed (rows over data x fsdp, KV heads over tensor where they divide; a fork's shared
+prefix on every device, heads split the same way), batch checks."""
 
 import jax
 import numpy as np
@@ -47,7 +48,8 @@ def _spy_caches(sampler):
 
     def spy(state, layers, carry, *args, **kwargs):
         cache = carry["cache"]
-        seen.append(([layout(a) for a in cache.k + cache.v], layout(cache.segment_ids)))
+        shared = [layout(a) for a in carry["prefix_k"] + carry["prefix_v"]] if "prefix_k" in carry else []
+        seen.append(([layout(a) for a in cache.k + cache.v], layout(cache.segment_ids), shared))
         return decode(state, layers, carry, *args, **kwargs)
 
     sampler._decode_chunk = spy
@@ -78,7 +80,13 @@ def test_sharded_sampler_matches_one_device_and_lays_out_the_cache(reference, sh
     rows = mesh.shape["data"] * mesh.shape["fsdp"]
     kv_spec = PartitionSpec(("data", "fsdp"), "tensor" if heads_split else None, None, None)
     assert len(caches) >= 3 * 3  # three calls, each a prefill + at least 2 chunks
-    for kv, ids in caches:  # prefill's and every chunk's output
+    assert any(shared for _, _, shared in caches)
+    for kv, ids, shared in caches:  # prefill's and every chunk's output
+        # a fork's shared prefix: one row on every device, its KV heads split as the cache's
+        for (one, K, P, H), sharding, pieces in shared:
+            assert one == 1 and sharding.is_equivalent_to(
+                NamedSharding(mesh, PartitionSpec(None, "tensor" if heads_split else None)), 4)
+            assert pieces == {(1, K // tensor, P, H)}
         for (B, K, S, H), sharding, pieces in kv:
             assert sharding.is_equivalent_to(NamedSharding(mesh, kv_spec), 4)
             assert pieces == {(B // rows, K // tensor, S, H)}
