@@ -27,8 +27,9 @@ Every row decodes exactly --new-tokens tokens (no EOS: ours has an end id outsid
 vocabulary, transformers min_new_tokens), sampling at temperature 1 without top-k / top-p.
 Our sides are warmed up once on the same shapes (compilation excluded; the warm-up time is in
 the JSON); transformers gets a short warm-up.  The sides are timed alternately within each of
---repeats rounds and the median is reported.  Transformers runs with --torch-threads threads
-(default: torch's default).  The setup line gives the machine's load average at the start and
+--repeats rounds and the median is reported.  Transformers is timed with each of --torch-threads
+(default: torch's default) as a side of its own and its better median is compared (on a loaded
+machine torch's thread pool can be many times slower than one thread).  The setup line gives the machine's load average at the start and
 at the end: the machine may be shared.
 
 --positions, --samples, --new-tokens, --trajectory-tokens, --repeats and --csr-repeats scale the workload down
@@ -175,7 +176,9 @@ def main() -> None:
     parser.add_argument("--csr-repeats", type=int, default=0, help="rounds on csr (default: --repeats; it is the long one)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--torch-threads", type=int, default=0, help="0: torch's default")
+    parser.add_argument("--torch-threads", type=int, nargs="+", default=[0],
+                        help="thread counts transformers is timed with, each a side of its own; the best median is "
+                             "compared (0: torch's default)")
     parser.add_argument("--out", help="write OUT.json and OUT.md")
     args = parser.parse_args()
     if args.trajectory_tokens % args.positions:
@@ -183,15 +186,15 @@ def main() -> None:
 
     import torch
 
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
+    default_threads = torch.get_num_threads()
+    thread_counts = sorted({t or default_threads for t in args.torch_threads}, reverse=True)
     cfg = model_config(args.model, args.dtype)
     model = init_decoder(cfg)
     reference = _transformers_model(model) if "transformers" in args.sides else None
     load_start = _load()
     setup = dict(
         machine=f"{platform.node()}: {os.cpu_count()} CPUs", load_start=load_start,
-        jax=f"{jax.__version__} ({jax.devices()[0].device_kind})", torch=torch.__version__, torch_threads=torch.get_num_threads(),
+        jax=f"{jax.__version__} ({jax.devices()[0].device_kind})", torch=torch.__version__, torch_threads=thread_counts,
         model=args.model, params=cfg.num_params(), dtype=args.dtype, args=vars(args),
     )
     results: dict = {"setup": setup, "complete": False, "workloads": {}}
@@ -199,13 +202,16 @@ def main() -> None:
     makers = dict(decode=DecodeWorkload, intervention=InterventionWorkload, csr=CSRWorkload)
     for name in args.workloads:
         work = makers[name](model, cfg, args, rng)
-        sides = [s for s in args.sides if hasattr(work, s)]
+        sides = [s for s in args.sides if hasattr(work, s) and s != "transformers"]
+        if "transformers" in args.sides:
+            sides += [f"transformers@{t}" for t in thread_counts]
         entry = results["workloads"].setdefault(name, dict(new_tokens=work.tokens, seconds={s: [] for s in sides}, warmup_seconds={}))
         print(f"\n{name}: {work.tokens} new tokens per run; sides {sides}; load {_load()}", flush=True)
         outputs = {}
         for side in sides:  # warm-up: ours compiles on the timed shapes; transformers a short call
             start = time.perf_counter()
-            if side == "transformers":
+            if side.startswith("transformers"):
+                torch.set_num_threads(int(side.split("@")[1]))
                 _hf_generate(reference, torch.tensor([[5] * 64] * 2), 8)
             else:
                 outputs[side] = getattr(work, side)()
@@ -220,7 +226,11 @@ def main() -> None:
         for repeat in range(rounds):
             for side in sides:
                 start = time.perf_counter()
-                getattr(work, side)(reference) if side == "transformers" else getattr(work, side)()
+                if side.startswith("transformers"):
+                    torch.set_num_threads(int(side.split("@")[1]))
+                    work.transformers(reference)
+                else:
+                    getattr(work, side)()
                 seconds = time.perf_counter() - start
                 entry["seconds"][side].append(seconds)
                 entry["load_after"][side].append(_load())
@@ -251,6 +261,12 @@ def _summarise(entry: dict) -> None:
     medians = {s: statistics.median(v) for s, v in entry["seconds"].items() if v}
     entry["median_seconds"] = medians
     entry["tokens_per_s"] = {s: entry["new_tokens"] / m for s, m in medians.items()}
+    theirs = {s: m for s, m in medians.items() if s.startswith("transformers@")}
+    if theirs:  # transformers at its best thread count
+        best = min(theirs, key=theirs.get)
+        medians["transformers"] = theirs[best]
+        entry["tokens_per_s"]["transformers"] = entry["new_tokens"] / theirs[best]
+        entry["transformers_threads"] = int(best.split("@")[1])
     ours = medians.get("fork", medians.get("reprefill"))
     if "fork" in medians and "reprefill" in medians:
         entry["speedup_vs_reprefill"] = medians["reprefill"] / medians["fork"]
@@ -268,7 +284,7 @@ def _write(out: str, results: dict) -> None:
     path.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     s, a = results["setup"], results["setup"]["args"]
     header = (f"{s['machine']}, load average (1/5/15 min) {s['load_start']} at start, {s.get('load_end', '-')} at end; "
-              f"jax {s['jax']}, torch {s['torch']} ({s['torch_threads']} threads); {s['model']} "
+              f"jax {s['jax']}, torch {s['torch']} (threads tried: {s['torch_threads']}, the better median kept); {s['model']} "
               f"({s['params'] / 1e6:.1f}M, random weights, {s['dtype']}); {a['new_tokens']} new tokens per row, "
               f"temperature 1, no top-k/top-p; median of the alternating rounds ("
               + ", ".join(f"{n} {e.get('rounds', '-')}" for n, e in results["workloads"].items()) + ")"
@@ -284,8 +300,9 @@ def _write(out: str, results: dict) -> None:
     for name, entry in results["workloads"].items():
         t = entry.get("tokens_per_s", {})
         cell = lambda side: f"{t[side]:.0f}" if side in t else "-"  # noqa: E731
+        threads = f" ({entry['transformers_threads']} thr)" if "transformers_threads" in entry else ""
         ratio = lambda key: f"{entry[key]:.1f}x" if key in entry else "-"  # noqa: E731
-        lines.append(f"| {titles[name]} | {cell('fork')} | {cell('reprefill')} | {cell('transformers')} | "
+        lines.append(f"| {titles[name]} | {cell('fork')} | {cell('reprefill')} | {cell('transformers')}{threads} | "
                      f"{ratio('speedup_vs_reprefill')} | {ratio('speedup_vs_transformers')} |")
     compared = [f"{n}: {e['rows_compared']['rows_equal']} of {e['rows_compared']['rows']} rows identical"
                 for n, e in results["workloads"].items() if "rows_compared" in e]
