@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # 8 simulated CPU devices so the sharding tests run on one CPU.
 TEST_XLA_FLAGS := --xla_force_host_platform_device_count=8
 
-.PHONY: demo test venv clean bench-venvs bench-train bench-sampler memory-plan
+.PHONY: demo test venv clean bench-venvs bench-train bench-sampler bench-rollout memory-plan
 
 venv: $(STAMP)
 
@@ -50,6 +50,10 @@ bench-train: $(STAMP) bench-venvs
 
 bench-sampler: $(STAMP)
 	$(BIN)/python tools/bench_sampler.py --out tools/results/sampler
+
+# The fork's CSR batch of 128 rows is the fastest measured on the 2-core CPU (tools/README.md).
+bench-rollout: $(STAMP)
+	$(BIN)/python tools/bench_rollout.py --csr-batch 128 --csr-repeats 1 --out tools/results/rollout
 
 memory-plan: $(STAMP)
 	$(BIN)/python tools/memory_plan.py --out tools/results/memory_plan

@@ -9,7 +9,8 @@ transformers gets the same model exported to HF format):
 * csr: one --trajectory-token trajectory (random ids), --samples continuations of --new-tokens
   new tokens after each of --positions sentence positions (cuts evenly spaced, the last at the
   trajectory's end), as `ipo_jax.pipeline.csr` samples them.
-  - fork: ONE ``Sampler.generate_forks`` call, ``Fork(cut, n=samples)`` per position;
+  - fork: ONE ``Sampler.generate_forks`` call, ``Fork(cut, n=samples)`` per position, batch
+    --csr-batch (rows of different positions share a batch);
   - reprefill: one ``Sampler.generate`` call per position on ``samples`` copies of
     ``prefix[:cut]``, with the row seeds the fork gives those rows (so both sample the same
     tokens: checked, `tokens_equal` in the JSON); its prompt buckets are the exact cut lengths
@@ -76,8 +77,12 @@ class CSRWorkload:
         step = args.trajectory_tokens // args.positions
         self.cuts = [args.trajectory_tokens - step * (args.positions - 1 - i) for i in range(args.positions)]
         self.config = SamplingConfig(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=args.new_tokens, seed=args.seed)
-        self.sampler = Sampler(model, eos_ids=[cfg.vocab_size + 1], batch_size=args.csr_batch or args.samples,
-                               prompt_buckets=sorted(set(self.cuts)), chunk_tokens=args.chunk_tokens)
+        make = lambda batch: Sampler(model, eos_ids=[cfg.vocab_size + 1], batch_size=batch,  # noqa: E731
+                                     prompt_buckets=sorted(set(self.cuts)), chunk_tokens=args.chunk_tokens)
+        # The fork batches rows of any positions together (--csr-batch); re-prefilling runs one
+        # position per call, so its batch is the position's --samples copies (no padding rows).
+        self.sampler = make(args.csr_batch or args.samples)
+        self.reprefill_sampler = self.sampler if (args.csr_batch or args.samples) == args.samples else make(args.samples)
         self.tokens = args.positions * args.samples * args.new_tokens
 
     def fork(self):
@@ -88,7 +93,8 @@ class CSRWorkload:
         out = []
         for i, cut in enumerate(self.cuts):  # the fork's default row seeds: flattened row i * n + j
             seeds = [row_seed(self.config.seed, i * self.n + j) for j in range(self.n)]
-            out.append([g.tokens for g in self.sampler.generate([self.prefix[:cut]] * self.n, self.config, row_seeds=seeds)])
+            out.append([g.tokens for g in self.reprefill_sampler.generate([self.prefix[:cut]] * self.n, self.config,
+                                                                     row_seeds=seeds)])
         return out
 
     def transformers(self, reference):
@@ -170,7 +176,9 @@ def main() -> None:
     parser.add_argument("--trigger-tokens", type=int, default=16)
     parser.add_argument("--decode-batch", type=int, default=32)
     parser.add_argument("--decode-prompt", type=int, default=64)
-    parser.add_argument("--csr-batch", type=int, default=0, help="our sampler's batch size on csr (default: --samples)")
+    parser.add_argument("--csr-batch", type=int, default=0,
+                        help="the fork's batch size on csr (default: --samples); re-prefill always runs a position's "
+                             "--samples rows per call")
     parser.add_argument("--chunk-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--csr-repeats", type=int, default=0, help="rounds on csr (default: --repeats; it is the long one)")
@@ -290,7 +298,8 @@ def _write(out: str, results: dict) -> None:
               + ", ".join(f"{n} {e.get('rounds', '-')}" for n, e in results["workloads"].items()) + ")"
               + ("" if results["complete"] else "; INCOMPLETE run"))
     titles = dict(
-        csr=f"CSR: {a['samples']} continuations after each of {a['positions']} positions of a {a['trajectory_tokens']}-token trajectory",
+        csr=f"CSR: {a['samples']} continuations after each of {a['positions']} positions of a {a['trajectory_tokens']}-token "
+            f"trajectory (fork batch {a['csr_batch'] or a['samples']}, re-prefill batch {a['samples']})",
         intervention=f"intervention: {a['triggers']} triggers ({a['trigger_tokens']} tokens) after a {a['trajectory_tokens']}-token prefix",
         decode=f"plain decode: batch {a['decode_batch']}, prompt {a['decode_prompt']}",
     )
