@@ -207,16 +207,12 @@ def _network_failure(exc: BaseException, timeout: float) -> _Failure:
     return _Failure(f"request failed ({type(reason).__name__}: {reason})", retryable=False)
 
 
-def reply_content(body: bytes) -> tuple[str, str | None, str | None]:
-    """(``choices[0].message.content``, finish_reason, the separate reasoning text or None) of a
-    chat-completions response body; raises `_Failure` (not retryable) when the body is not such
-    a response.  A reasoning server (vLLM with a reasoning parser, DeepSeek's API) returns the
-    thinking in ``message.reasoning_content`` (or ``reasoning``) and only the answer in
-    ``content``; a ``content`` of null after reasoning alone is a judge cut off before it
-    answered."""
+def response_object(body: bytes) -> dict:
+    """An OpenAI-compatible response body as a JSON object; raises `_Failure` (not retried) for
+    a body that is not JSON, not an object, or a server error without choices."""
     try:
         data = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError):  # JSONDecodeError is a ValueError
         raise _Failure(f"response is not JSON: {_snippet(body.decode('utf-8', 'replace'))}", retryable=False) from None
     if not isinstance(data, dict):
         raise _Failure(f"response is JSON {type(data).__name__}, not an object", retryable=False)
@@ -224,6 +220,17 @@ def reply_content(body: bytes) -> tuple[str, str | None, str | None]:
         error = data["error"]
         message = error.get("message", error) if isinstance(error, Mapping) else error
         raise _Failure(f"server returned an error: {_snippet(str(message))}", retryable=False)
+    return data
+
+
+def reply_content(body: bytes) -> tuple[str, str | None, str | None]:
+    """(``choices[0].message.content``, finish_reason, the separate reasoning text or None) of a
+    chat-completions response body; raises `_Failure` (not retryable) when the body is not such
+    a response.  A reasoning server (vLLM with a reasoning parser, DeepSeek's API) returns the
+    thinking in ``message.reasoning_content`` (or ``reasoning``) and only the answer in
+    ``content``; a ``content`` of null after reasoning alone is a judge cut off before it
+    answered."""
+    data = response_object(body)
     choices = data.get("choices")
     if not isinstance(choices, list) or not choices:
         raise _Failure(f"response has no choices: {_snippet(json.dumps(data)[:1000])}", retryable=False)

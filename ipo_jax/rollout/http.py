@@ -60,7 +60,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ipo_jax.judging.chat import HttpTransport, _Failure, _snippet
+from ipo_jax.judging.chat import HttpTransport, _Failure, _snippet, response_object
 from ipo_jax.rollout.policy import Completion, Policy
 
 # Request fields HttpPolicy sets itself: extra_body may not override them.
@@ -76,16 +76,7 @@ class PolicyBackendError(ConnectionError):
 def completion_ids(body: bytes) -> tuple[list[int], str]:
     """(sampled token ids, finish_reason) of a ``/v1/completions`` response with one choice;
     raises `_Failure` (not retried) when the body is not such a response."""
-    try:
-        data = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise _Failure(f"response is not JSON: {_snippet(body.decode('utf-8', 'replace'))}", retryable=False) from None
-    if not isinstance(data, dict):
-        raise _Failure(f"response is JSON {type(data).__name__}, not an object", retryable=False)
-    if "error" in data and not data.get("choices"):
-        error = data["error"]
-        message = error.get("message", error) if isinstance(error, Mapping) else error
-        raise _Failure(f"server returned an error: {_snippet(str(message))}", retryable=False)
+    data = response_object(body)
     choices = data.get("choices")
     if not isinstance(choices, list) or len(choices) != 1 or not isinstance(choices[0], Mapping):
         raise _Failure(f"expected one choice, got: {_snippet(json.dumps(choices)[:1000])}", retryable=False)
