@@ -85,6 +85,14 @@ class CSRWorkload:
         self.reprefill_sampler = self.sampler if (args.csr_batch or args.samples) == args.samples else make(args.samples)
         self.tokens = args.positions * args.samples * args.new_tokens
 
+    def decode_batches(self, side: str) -> list[tuple[int, list[int]]]:
+        """(shared prefix slots, each row's own slots at its first decode step) per decode batch."""
+        if side == "fork":  # rows in order of cut, the batch sharing the prefix up to its largest cut
+            cuts = sorted(c for c in self.cuts for _ in range(self.n))
+            size = self.args.csr_batch or self.n
+            return [(max(cuts[i : i + size]), [1] * len(cuts[i : i + size])) for i in range(0, len(cuts), size)]
+        return [(0, [cut] * self.n) for cut in self.cuts]
+
     def fork(self):
         forks = [Fork(cut=c, n=self.n) for c in self.cuts]
         return [[g.tokens for g in group] for group in self.sampler.generate_forks(self.prefix, forks, self.config)]
@@ -116,6 +124,12 @@ class InterventionWorkload:
                                prompt_buckets=sorted({args.trajectory_tokens, length}), chunk_tokens=args.chunk_tokens)
         self.tokens = args.triggers * args.new_tokens
 
+    def decode_batches(self, side: str) -> list[tuple[int, list[int]]]:
+        own = 1 + self.args.trigger_tokens  # the last prefix token and the trigger
+        if side == "fork":
+            return [(len(self.prefix), [own] * self.args.triggers)]
+        return [(0, [len(self.prefix) + self.args.trigger_tokens] * self.args.triggers)]
+
     def fork(self):
         forks = [Fork(cut=len(self.prefix), suffix=tuple(t)) for t in self.triggers]
         return [[g.tokens for g in group] for group in self.sampler.generate_forks(self.prefix, forks, self.config)]
@@ -139,6 +153,9 @@ class DecodeWorkload:
                                prompt_buckets=[args.decode_prompt], chunk_tokens=args.chunk_tokens)
         self.tokens = args.decode_batch * args.new_tokens
 
+    def decode_batches(self, side: str) -> list[tuple[int, list[int]]]:
+        return [(0, [self.args.decode_prompt] * self.args.decode_batch)]
+
     def reprefill(self):  # plain decoding: ours
         return [[g.tokens] for g in self.sampler.generate(self.prompts, self.config)]
 
@@ -146,6 +163,28 @@ class DecodeWorkload:
         import torch
 
         _hf_generate(reference, torch.tensor(self.prompts, dtype=torch.long), self.args.new_tokens)
+
+
+def decode_roofline(cfg, dtype: str, batches, new_tokens: int, bandwidth_gbs: float) -> dict:
+    """The memory-bandwidth bound of decoding: each step reads the weights (the layers, the final
+    norm and the output projection: the input embedding only for its rows) and every key / value
+    slot the batch attends to (a fork's shared prefix once per batch, each row's own slots).
+    `batches`: (shared slots, [row's own slots at its first decode step]) per decode batch; each
+    row decodes `new_tokens` - 1 steps after the token its prefill draws. Prefill is left out (it
+    is compute-bound), so this is an upper bound on decode tokens/s at that bandwidth."""
+    size = np.dtype(dtype).itemsize
+    weights = cfg.num_params() - (0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size)
+    slot = cfg.num_layers * 2 * cfg.num_kv_heads * cfg.head_dim * size  # bytes of one token's keys and values
+    steps = new_tokens - 1
+    total = 0
+    for shared, own in batches:
+        # step t reads shared + sum(own_r + t) slots (the new token's slot written, then read)
+        slots = steps * (shared + sum(own)) + len(own) * steps * (steps + 1) // 2
+        total += steps * weights * size + slots * slot
+    tokens = sum(len(own) for _, own in batches) * new_tokens
+    seconds = total / (bandwidth_gbs * 1e9)
+    return dict(bytes_read=total, weight_bytes_per_step=weights * size, kv_bytes_per_slot=slot,
+                decode_steps=steps * len(batches), tokens_per_s=tokens / seconds if seconds else None)
 
 
 def _hf_generate(reference, ids, new_tokens: int, num_return_sequences: int = 1):
@@ -187,6 +226,9 @@ def main() -> None:
     parser.add_argument("--torch-threads", type=int, nargs="+", default=[0],
                         help="thread counts transformers is timed with, each a side of its own; the best median is "
                              "compared (0: torch's default)")
+    parser.add_argument("--bandwidth-gbs", type=float, default=0.0,
+                        help="the device's memory bandwidth in GB/s (e.g. 4800 for an H200): adds each side's "
+                             "decode roofline (weights + KV bytes read per step) to the JSON and the table")
     parser.add_argument("--out", help="write OUT.json and OUT.md")
     args = parser.parse_args()
     if args.trajectory_tokens % args.positions:
@@ -214,6 +256,11 @@ def main() -> None:
         if "transformers" in args.sides:
             sides += [f"transformers@{t}" for t in thread_counts]
         entry = results["workloads"].setdefault(name, dict(new_tokens=work.tokens, seconds={s: [] for s in sides}, warmup_seconds={}))
+        if args.bandwidth_gbs:
+            entry["roofline"] = {side: decode_roofline(cfg, args.dtype, work.decode_batches(side), args.new_tokens,
+                                                       args.bandwidth_gbs)
+                                 for side in ("fork", "reprefill") if side in sides}
+            entry["roofline_bandwidth_gbs"] = args.bandwidth_gbs
         print(f"\n{name}: {work.tokens} new tokens per run; sides {sides}; load {_load()}", flush=True)
         outputs = {}
         for side in sides:  # warm-up: ours compiles on the timed shapes; transformers a short call
@@ -315,6 +362,12 @@ def _write(out: str, results: dict) -> None:
                      f"{ratio('speedup_vs_reprefill')} | {ratio('speedup_vs_transformers')} |")
     compared = [f"{n}: {e['rows_compared']['rows_equal']} of {e['rows_compared']['rows']} rows identical"
                 for n, e in results["workloads"].items() if "rows_compared" in e]
+    roofs = [f"{n} {side} {r['tokens_per_s']:.0f}" for n, e in results["workloads"].items()
+             for side, r in e.get("roofline", {}).items()]
+    if roofs:
+        bandwidth = next(e["roofline_bandwidth_gbs"] for e in results["workloads"].values() if "roofline" in e)
+        lines += ["", f"Decode bandwidth roofline at {bandwidth:g} GB/s (weights + KV bytes read per step, prefill "
+                  "left out; tokens/s): " + ", ".join(roofs) + "."]
     lines += ["", "Ours vs transformers compares the fork where there is one (plain decode: our `generate`). "
               "Fork and re-prefill draw from the same row seeds (" + ("; ".join(compared) or "not compared") + ")."]
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
