@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # 8 simulated CPU devices so the sharding tests run on one CPU.
 TEST_XLA_FLAGS := --xla_force_host_platform_device_count=8
 
-.PHONY: demo test venv clean bench-venvs bench-train bench-sampler bench-rollout memory-plan
+.PHONY: demo test venv clean bench-venvs bench-train bench-sampler bench-rollout bench-continuous memory-plan
 
 venv: $(STAMP)
 
@@ -54,6 +54,9 @@ bench-sampler: $(STAMP)
 # The fork's CSR batch of 128 rows is the fastest measured on the 2-core CPU (tools/README.md).
 bench-rollout: $(STAMP)
 	$(BIN)/python tools/bench_rollout.py --csr-batch 128 --csr-repeats 1 --out tools/results/rollout
+
+bench-continuous: $(STAMP)
+	$(BIN)/python tools/bench_continuous.py --out tools/results/continuous
 
 memory-plan: $(STAMP)
 	$(BIN)/python tools/memory_plan.py --out tools/results/memory_plan

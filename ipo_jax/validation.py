@@ -211,6 +211,7 @@ _SAMPLING = {
     "sampling.max_new_tokens": int_at_least(1),
     "sampler.batch_size": int_at_least(1),
     "sampler.chunk_tokens": int_at_least(1),
+    "sampler.continuous_batching": boolean,
     "sampler.max_prompt_length": int_at_least(1),
 }
 _POLICY = {  # ipo_jax/rollout/config.py; policy.base_url / policy.model are checked with the backend below

@@ -100,10 +100,15 @@ def backend_compiles():
     jax.monitoring.unregister_event_duration_listener(listener)
 
 
-def test_compilations_stay_fixed_across_batches_of_one_bucket(qwen2, backend_compiles):
+@pytest.mark.parametrize("continuous", [False, True])
+def test_compilations_stay_fixed_across_batches_of_one_bucket(qwen2, backend_compiles, continuous):
+    """Static batches, or continuous batching (3 prompts on 2 rows: the third joins when a row
+    ends, prefilled apart and inserted): after the first call, calls with other prompts of the same
+    bucket and other settings compile nothing."""
     model, _ = qwen2
-    sampler = Sampler(model, eos_ids=[10_000], batch_size=2, prompt_buckets=[16, 32], chunk_tokens=4)
-    sampler.generate(_prompts(0, (4, 7)), GREEDY)
+    sampler = Sampler(model, eos_ids=[10_000], batch_size=2, prompt_buckets=[16, 32], chunk_tokens=4,
+                      continuous_batching=continuous)
+    sampler.generate(_prompts(0, (4, 7, 5)), GREEDY)
     first = len(backend_compiles)
     assert first >= 2  # at least the prefill and the decode programs
     for seed in range(1, 4):  # other prompts, other lengths, other settings, same bucket

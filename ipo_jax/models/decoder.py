@@ -120,7 +120,10 @@ class KVCache:
 
     k, v: one [B,K,S,H] array per layer (a tuple of L; heads before slots, so attention reads
     them without a transpose); segment_ids, branch_ids: [B,S] (segment 0 = empty slot);
-    index: the next free slot (rows are left-padded, so one index serves the batch).
+    index: the next free slot (rows are left-padded, so one index serves the batch). An index
+    of max_len or more makes the cache a ring (the sampler's continuous batching): the next write
+    goes to slot index mod max_len, and as a query's slot (index) exceeds every slot, a decoding
+    row attends to all its filled slots, whatever their order; its segment ids say which.
 
     One buffer per layer, not one stacked [L,...] array: a step writes its new entries into a
     layer's buffer in place and attention then reads that whole buffer, which XLA does without
@@ -181,7 +184,7 @@ class Attention(nnx.Module):
             new_kv = None
         else:
             cache_k, cache_v, index = cache_kv  # [B,K,S,H]
-            start = (0, 0, index, 0)
+            start = (0, 0, index % cache_k.shape[2], 0)  # a ring past max_len (KVCache)
             cache_k = jax.lax.dynamic_update_slice(cache_k, k.transpose(0, 2, 1, 3).astype(cache_k.dtype), start)
             cache_v = jax.lax.dynamic_update_slice(cache_v, v.transpose(0, 2, 1, 3).astype(cache_v.dtype), start)
             new_kv = (cache_k, cache_v)
@@ -282,8 +285,9 @@ class Decoder(nnx.Module):
             return self.final_norm(x), None
 
         index = cache.index
-        seg = jax.lax.dynamic_update_slice_in_dim(cache.segment_ids, segment_ids.astype(jnp.int32), index, axis=1)
-        br = jax.lax.dynamic_update_slice_in_dim(cache.branch_ids, branch_ids.astype(jnp.int32), index, axis=1)
+        slot = index % cache.max_len  # the write position (a ring past max_len)
+        seg = jax.lax.dynamic_update_slice_in_dim(cache.segment_ids, segment_ids.astype(jnp.int32), slot, axis=1)
+        br = jax.lax.dynamic_update_slice_in_dim(cache.branch_ids, branch_ids.astype(jnp.int32), slot, axis=1)
         k_slot = jnp.broadcast_to(jnp.arange(cache.max_len, dtype=jnp.int32), (B, cache.max_len))
         mask = attention_inputs(cfg, MaskIds(segment_ids, branch_ids, q_slot + index, seg, br, k_slot))
         if layers is None:

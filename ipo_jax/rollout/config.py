@@ -43,6 +43,9 @@ def add_policy_sections(c: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     c.sampler.batch_size = 8
     c.sampler.chunk_tokens = 32
     c.sampler.max_prompt_length = 4096
+    # a row that finishes takes the next prompt at the next chunk (instead of idling until its
+    # batch's longest row ends); the same tokens per prompt either way
+    c.sampler.continuous_batching = True
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1

@@ -171,7 +171,8 @@ def build_policy(config) -> Policy:
                        vocab_needed=len(tokenizer))
     sampler = Sampler(model, eos_ids=stop_token_ids(tokenizer), pad_id=tokenizer.pad_token_id or 0,
                       batch_size=config.sampler.batch_size, max_prompt_length=config.sampler.max_prompt_length,
-                      chunk_tokens=config.sampler.chunk_tokens, mesh=mesh)
+                      chunk_tokens=config.sampler.chunk_tokens, mesh=mesh,
+                      continuous_batching=config.sampler.get("continuous_batching", True))
     return Policy(sampler, tokenizer, sampling, policy_id=config.model.init)
 
 

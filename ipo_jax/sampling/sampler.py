@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from typing import Callable, Sequence
 
@@ -192,8 +193,9 @@ def _row_keys(seeds: jax.Array) -> jax.Array:
 
 
 def _step_keys(keys: jax.Array, step) -> jax.Array:
-    """The keys of draw `step` (0 = the token sampled after the prompt): fold_in(row key, step)."""
-    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, step)
+    """The keys of draw `step` (0 = the token sampled after the prompt; a scalar or one per row):
+    fold_in(row key, step)."""
+    return jax.vmap(jax.random.fold_in)(keys, jnp.broadcast_to(step, keys.shape[:1]))
 
 
 class Sampler:
@@ -218,10 +220,16 @@ class Sampler:
         mesh: Mesh | None = None,
         decode: Callable[[list[int]], str] | None = None,
         unstack_layers: bool | None = None,
+        continuous_batching: bool = True,
     ):
         """unstack_layers: keep a per-layer copy of the block weights for decoding (one more copy
         of the weights in memory), so a decode step reads each weight once instead of slicing it
-        out of the stacked array. Default: on CPU, where XLA copies such slices every step."""
+        out of the stacked array. Default: on CPU, where XLA copies such slices every step.
+
+        continuous_batching: when `generate` has more prompts than `batch_size`, a row that
+        finishes takes the next prompt at the next chunk boundary (its prompt prefilled apart and
+        written into the row's part of the cache, `_insert_fn`) instead of idling until the
+        batch's longest row ends; the cache then runs as a ring (`KVCache`)."""
         self.cfg = model.cfg
         self.graphdef, self.state = nnx.split(model)
         if unstack_layers is None:
@@ -236,10 +244,11 @@ class Sampler:
         self.suffix_buckets = [b for b in (1 << i for i in range(32)) if b < max(self.buckets)] + [max(self.buckets)]
         self.decode = decode
         self.mesh = mesh
+        self._row_count = 1  # devices the rows are split over: a batch must be a multiple
         if mesh is not None:
             row_axes = logical_to_spec(("batch",))[0]
             row_axes = (row_axes,) if isinstance(row_axes, str) else tuple(row_axes or ())
-            rows = int(np.prod([mesh.shape[a] for a in row_axes]))
+            rows = self._row_count = int(np.prod([mesh.shape[a] for a in row_axes]))
             if batch_size % rows:
                 raise SamplerShardingError(
                     f"sampler batch_size {batch_size} is not divisible by the mesh's row axes {row_axes} "
@@ -255,6 +264,8 @@ class Sampler:
         self._prefill_prefix = jax.jit(self._prefill_prefix_fn, static_argnames=("max_len",))
         self._fork = jax.jit(self._fork_fn, static_argnames=("shared", "max_len"))
         self._decode_chunk = jax.jit(self._decode_fn, static_argnames=("steps",), donate_argnums=(2,))
+        self._insert = jax.jit(self._insert_fn, donate_argnums=(0,))
+        self.continuous_batching = continuous_batching
 
     # ------------------------------------------------------------------ shardings
 
@@ -325,7 +336,7 @@ class Sampler:
         first = sample_logits(model.logits(hidden[:, -1]), _step_keys(keys, 0), *settings)
         done = jnp.isin(first, jnp.asarray(self.eos_ids)) | ~live
         carry = dict(cache=cache, token=first, position=positions[:, -1] + 1, done=done, keys=keys,
-                     count=jnp.zeros((), jnp.int32), **(shared or {}))
+                     count=jnp.zeros(tokens.shape[:1], jnp.int32), **(shared or {}))
         return self._pin(carry)
 
     def _prefill_fn(self, state, layers, tokens, positions, segment_ids, seeds, live, settings, max_len: int):
@@ -357,7 +368,8 @@ class Sampler:
                            settings, shared=view)
 
     def _decode_fn(self, state, layers, carry, settings, steps: int):
-        """Run up to `steps` decode steps; carry = (cache, last token, position, done, keys, count)."""
+        """Run up to `steps` decode steps; carry = (cache, last token, position, done, keys, count:
+        each row's draws so far after its first)."""
         model = nnx.merge(self.graphdef, state)
         eos_ids = jnp.asarray(self.eos_ids)
 
@@ -383,6 +395,33 @@ class Sampler:
         carry["count"] = carry["count"] + end["i"]
         return self._pin(carry), end["out"]
 
+    def _insert_fn(self, carry, new, rows):
+        """Write the prefilled carry `new` (R rows, a cache of L slots) into rows `rows` [R] of the
+        running ring carry (an out-of-range row is a padding row, dropped). A new row's L prompt
+        slots go to the ring slots just behind the write position, so its decoding continues from
+        there; every other slot of the row is emptied (segment 0)."""
+        cache, fresh = carry["cache"], new["cache"]
+        S, L = cache.max_len, fresh.max_len
+        shift = (cache.index % S - L) % S
+
+        def place(old, part, slot_axis):
+            pad = [(0, 0)] * part.ndim
+            pad[slot_axis] = (0, S - L)
+            part = jnp.roll(jnp.pad(part, pad), shift, axis=slot_axis)
+            return old.at[rows].set(part.astype(old.dtype), mode="drop")
+
+        cache = KVCache(
+            tuple(place(o, n, 2) for o, n in zip(cache.k, fresh.k)),
+            tuple(place(o, n, 2) for o, n in zip(cache.v, fresh.v)),
+            place(cache.segment_ids, fresh.segment_ids, 1),
+            place(cache.branch_ids, fresh.branch_ids, 1),
+            cache.index,
+        )
+        out = dict(carry, cache=cache)
+        for name in ("token", "position", "done", "keys", "count"):
+            out[name] = carry[name].at[rows].set(new[name], mode="drop")
+        return self._pin(out)
+
     # ------------------------------------------------------------------ host side
 
     def generate(
@@ -402,6 +441,8 @@ class Sampler:
         row_seeds = self._row_seeds(row_seeds, len(prompts), config.seed, "generate: row_seeds")
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt: every prompt needs at least one token")
+        if self.continuous_batching and len(prompts) > self.batch_size:
+            return self._generate_continuous(prompts, row_seeds, config, stop_strings)
         results: list[Generation] = []
         for start in range(0, len(prompts), self.batch_size):
             stop = start + self.batch_size
@@ -562,15 +603,111 @@ class Sampler:
             if stop_strings:  # rows stopped on the host stop decoding on the device too
                 stopped = np.array([f == "stop" for f in finish])
                 carry["done"] = carry["done"] | self._put(stopped)
-        results = []
-        for i in range(n):
-            ids = generated[i][: config.max_new_tokens]
-            reason, end_id = finish[i] or "length", None
-            if reason == "eos":
-                cut = next(j for j, t in enumerate(ids) if t in eos_set)
-                ids, end_id, reason = ids[:cut], ids[cut], "stop"
-            elif reason == "stop":  # keep tokens up to the one that completes the first stop string
-                ids = ids[: next(k for k in range(1, len(ids) + 1) if any(s in self.decode(ids[:k]) for s in stop_strings))]
-            text = self.decode(ids) if self.decode else None
-            results.append(Generation(ids, reason, text, end_id))
+        return [self._generation(generated[i], finish[i], config, stop_strings) for i in range(n)]
+
+    def _generation(self, generated: list[int], finish: str | None, config, stop_strings) -> Generation:
+        """A row's Generation from the ids it drew and why it ended (None: the token limit)."""
+        ids = generated[: config.max_new_tokens]
+        reason, end_id = finish or "length", None
+        if reason == "eos":
+            eos_set = set(self.eos_ids.tolist())
+            cut = next(j for j, t in enumerate(ids) if t in eos_set)
+            ids, end_id, reason = ids[:cut], ids[cut], "stop"
+        elif reason == "stop":  # keep tokens up to the one that completes the first stop string
+            ids = ids[: next(k for k in range(1, len(ids) + 1) if any(s in self.decode(ids[:k]) for s in stop_strings))]
+        text = self.decode(ids) if self.decode else None
+        return Generation(ids, reason, text, end_id)
+
+    # ------------------------------------------------------------------ continuous batching
+
+    def _prefill_jobs(self, prompts, seeds, jobs: list[int], rows: int, config, max_len: int | None = None):
+        """Prefill prompts[jobs] as a `rows`-row batch (left-padded to their bucket; padding rows
+        repeat the first and are dead) into a cache of `max_len` slots (default: the bucket)."""
+        length = bucket_length(max(len(prompts[j]) for j in jobs), self.buckets)
+        tokens = np.full((rows, length), self.pad_id, np.int32)
+        segment_ids = np.zeros((rows, length), np.int32)
+        for i in range(rows):
+            ids = np.asarray(prompts[jobs[i] if i < len(jobs) else jobs[0]], np.int32)
+            tokens[i, length - len(ids) :] = ids
+            segment_ids[i, length - len(ids) :] = 1
+        positions = np.maximum(np.cumsum(segment_ids, axis=1) - 1, 0).astype(np.int32)
+        row_seeds = np.asarray([seeds[j] for j in jobs] + [0] * (rows - len(jobs)), np.int32)
+        return self._prefill(
+            self.state, self.layers, self._put(tokens), self._put(positions), self._put(segment_ids),
+            self._put(row_seeds), self._put(np.arange(rows) < len(jobs)), self._settings(config),
+            max_len=max_len or length,
+        )
+
+    def _refill_rows(self, count: int) -> int:
+        """The batch a refill of `count` prompts is prefilled in: a power of two (few programs to
+        compile) that the mesh's row devices divide, at most the batch size."""
+        for size in (1 << i for i in range(self.batch_size.bit_length() + 1)):
+            if count <= size < self.batch_size and size % self._row_count == 0:
+                return size
+        return self.batch_size
+
+    def _generate_continuous(self, prompts, seeds, config, stop_strings) -> list[Generation]:
+        """`generate` with continuous batching: the first `batch_size` prompts are prefilled
+        together; from then on, at every chunk boundary, rows whose generation ended take the
+        next prompts (prefilled apart, then written into those rows: `_insert_fn`). Every row
+        keeps its own seed, draw count and token budget, so it samples what `_generate_batch`
+        samples (up to float rounding: its keys and values sit at other cache slots)."""
+        B, n = self.batch_size, len(prompts)
+        settings = self._settings(config)
+        eos_set = set(self.eos_ids.tolist())
+        # room for the longest prompt's bucket plus a whole row's decoding, so a row never
+        # overwrites its own prompt while the ring turns
+        max_len = bucket_length(max(len(p) for p in prompts), self.buckets) + self._decode_slots(config)
+        queue = collections.deque(range(n))
+        job: list[int | None] = [None] * B
+        ids: list[list[int]] = [[] for _ in range(B)]
+        finish: list[str | None] = [None] * B
+        left = [0] * B  # tokens a row may still draw
+        results: list[Generation | None] = [None] * n
+
+        def start(rows: list[int], jobs: list[int], carry) -> None:
+            first, done = np.asarray(carry["token"]), np.asarray(carry["done"])
+            for k, (r, j) in enumerate(zip(rows, jobs)):
+                job[r], ids[r], left[r] = j, [int(first[k])], config.max_new_tokens - 1
+                finish[r] = "eos" if bool(done[k]) else (None if left[r] > 0 else "length")
+
+        first = [queue.popleft() for _ in range(B)]
+        carry = self._prefill_jobs(prompts, seeds, first, B, config, max_len=max_len)
+        start(list(range(B)), first, carry)
+        carry["cache"] = carry["cache"].replace(index=carry["cache"].index + max_len)  # a ring from here on
+        while True:
+            for r in range(B):  # rows that ended hand in their generation
+                if job[r] is not None and finish[r] is not None:
+                    results[job[r]] = self._generation(ids[r], finish[r], config, stop_strings)
+                    job[r] = None
+            free = [r for r in range(B) if job[r] is None]
+            if free and queue:
+                jobs = [queue.popleft() for _ in range(min(len(free), len(queue)))]
+                size = self._refill_rows(len(jobs))
+                new = self._prefill_jobs(prompts, seeds, jobs, size, config)
+                rows = np.full(size, B, np.int32)  # B: out of range, a padding row dropped
+                rows[: len(jobs)] = free[: len(jobs)]
+                carry = self._insert(carry, new, jax.device_put(jnp.asarray(rows), self.replicated))
+                start(free[: len(jobs)], jobs, new)
+                continue  # a refilled row may have ended on its first token
+            if all(j is None for j in job):
+                break
+            idle = np.array([job[r] is None or finish[r] is not None for r in range(B)])
+            carry["done"] = carry["done"] | self._put(idle)
+            carry, out = self._decode_chunk(self.state, self.layers, carry, settings, steps=self.chunk_tokens)
+            out, done = np.asarray(out), np.asarray(carry["done"])
+            for r in range(B):
+                if job[r] is None or finish[r] is not None:
+                    continue
+                steps = min(self.chunk_tokens, left[r])
+                new_ids = [int(t) for t in out[r, :steps] if t >= 0]
+                ids[r].extend(new_ids)
+                left[r] -= steps
+                # an EOS past the row's budget (the chunk runs whole) does not count
+                if done[r] and eos_set.intersection(new_ids):
+                    finish[r] = "eos"
+                elif stop_strings and any(s in self.decode(ids[r]) for s in stop_strings):
+                    finish[r] = "stop"
+                elif left[r] == 0:
+                    finish[r] = "length"
         return results
