@@ -559,23 +559,9 @@ class Sampler:
         return jax.device_put(x, self._sharding(("batch",) + (None,) * (x.ndim - 1), x.shape))
 
     def _generate_batch(self, prompts, seeds, config, stop_strings) -> list[Generation]:
-        n = len(prompts)
-        length = bucket_length(max(len(p) for p in prompts), self.buckets)
-        B = self.batch_size
-        tokens = np.full((B, length), self.pad_id, np.int32)
-        segment_ids = np.zeros((B, length), np.int32)
-        for i in range(B):
-            ids = np.asarray(prompts[i] if i < n else prompts[0], np.int32)  # padding rows repeat a prompt
-            tokens[i, length - len(ids) :] = ids
-            segment_ids[i, length - len(ids) :] = 1
-        positions = np.maximum(np.cumsum(segment_ids, axis=1) - 1, 0).astype(np.int32)
-        seeds = np.asarray(list(seeds) + [0] * (B - n), np.int32)
-        carry = self._prefill(
-            self.state, self.layers, self._put(tokens), self._put(positions), self._put(segment_ids),
-            self._put(seeds), self._put(np.arange(B) < n), self._settings(config),
-            max_len=length + self._decode_slots(config),
-        )
-        return self._decode_rows(carry, n, config, stop_strings)
+        carry = self._prefill_jobs(prompts, seeds, list(range(len(prompts))), self.batch_size, config,
+                                   extra_slots=self._decode_slots(config))
+        return self._decode_rows(carry, len(prompts), config, stop_strings)
 
     def _decode_rows(self, carry, n: int, config, stop_strings) -> list[Generation]:
         """Decode in chunks from a prefilled carry until the first `n` rows end; their Generations."""
@@ -618,11 +604,11 @@ class Sampler:
         text = self.decode(ids) if self.decode else None
         return Generation(ids, reason, text, end_id)
 
-    # ------------------------------------------------------------------ continuous batching
-
-    def _prefill_jobs(self, prompts, seeds, jobs: list[int], rows: int, config, max_len: int | None = None):
+    def _prefill_jobs(self, prompts, seeds, jobs: list[int], rows: int, config, max_len: int | None = None,
+                      extra_slots: int = 0):
         """Prefill prompts[jobs] as a `rows`-row batch (left-padded to their bucket; padding rows
-        repeat the first and are dead) into a cache of `max_len` slots (default: the bucket)."""
+        repeat the first and are dead) into a cache of `max_len` slots (default: the bucket plus
+        `extra_slots`); returns the decode carry."""
         length = bucket_length(max(len(prompts[j]) for j in jobs), self.buckets)
         tokens = np.full((rows, length), self.pad_id, np.int32)
         segment_ids = np.zeros((rows, length), np.int32)
@@ -635,8 +621,10 @@ class Sampler:
         return self._prefill(
             self.state, self.layers, self._put(tokens), self._put(positions), self._put(segment_ids),
             self._put(row_seeds), self._put(np.arange(rows) < len(jobs)), self._settings(config),
-            max_len=max_len or length,
+            max_len=max_len or length + extra_slots,
         )
+
+    # ------------------------------------------------------------------ continuous batching
 
     def _refill_rows(self, count: int) -> int:
         """The batch a refill of `count` prompts is prefilled in: a power of two (few programs to
