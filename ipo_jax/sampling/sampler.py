@@ -577,19 +577,24 @@ class Sampler:
             remaining -= steps
             done = np.asarray(carry["done"])
             for i in range(n):
-                if finish[i] is not None:
-                    continue
-                new = [int(t) for t in out[i] if t >= 0]
-                generated[i].extend(new)
-                # an EOS past max_new_tokens (the last chunk runs whole) does not count
-                if done[i] and eos_set.intersection(new):
-                    finish[i] = "eos"
-                elif stop_strings and any(s in self.decode(generated[i]) for s in stop_strings):
-                    finish[i] = "stop"
+                if finish[i] is None:
+                    finish[i] = self._extend_row(generated[i], out[i], bool(done[i]), eos_set, stop_strings)
             if stop_strings:  # rows stopped on the host stop decoding on the device too
                 stopped = np.array([f == "stop" for f in finish])
                 carry["done"] = carry["done"] | self._put(stopped)
         return [self._generation(generated[i], finish[i], config, stop_strings) for i in range(n)]
+
+    def _extend_row(self, ids: list[int], chunk, device_done: bool, eos_set: set, stop_strings) -> str | None:
+        """Append a row's drawn ids of one chunk (within its budget; -1 = none) to `ids`; 'eos' or
+        'stop' when the row ended in them, else None. An EOS past the budget (the chunk runs whole)
+        is not in `chunk`, so it does not count."""
+        new = [int(t) for t in chunk if t >= 0]
+        ids.extend(new)
+        if device_done and eos_set.intersection(new):
+            return "eos"
+        if stop_strings and any(s in self.decode(ids) for s in stop_strings):
+            return "stop"
+        return None
 
     def _generation(self, generated: list[int], finish: str | None, config, stop_strings) -> Generation:
         """A row's Generation from the ids it drew and why it ended (None: the token limit)."""
@@ -688,14 +693,8 @@ class Sampler:
                 if job[r] is None or finish[r] is not None:
                     continue
                 steps = min(self.chunk_tokens, left[r])
-                new_ids = [int(t) for t in out[r, :steps] if t >= 0]
-                ids[r].extend(new_ids)
                 left[r] -= steps
-                # an EOS past the row's budget (the chunk runs whole) does not count
-                if done[r] and eos_set.intersection(new_ids):
-                    finish[r] = "eos"
-                elif stop_strings and any(s in self.decode(ids[r]) for s in stop_strings):
-                    finish[r] = "stop"
-                elif left[r] == 0:
+                finish[r] = self._extend_row(ids[r], out[r, :steps], bool(done[r]), eos_set, stop_strings)
+                if finish[r] is None and left[r] == 0:
                     finish[r] = "length"
         return results
