@@ -12,7 +12,9 @@ For each harmful prompt:
      continue again, up to `rounds` rounds and `max_generations_per_prompt` generations;
   5. every safe intervened trajectory z~ gives a pair: prefix z[<h], chosen z~[>=h], rejected z[>=h].
 For each benign prompt (kind "benign", the over-refusal set) several completions are sampled;
-a helpful one is preferred over a refusal when both occur (prefix empty).
+a helpful one is preferred over a refusal when both occur (prefix empty); a refusal is decided by
+the project's one refusal rule, `ipo_jax.rollout.is_refusal` (a refusal phrase at the START of
+the answer, as the evaluation decides it), so a helpful answer that mentions legality is helpful.
 
 Work is split into chunks of prompts (file order). A chunk's files are written atomically
 (temporary name, fsync, rename) and its progress record last, holding the sha256 of each file;
