@@ -160,10 +160,13 @@ def test_paper_run_on_every_benchmark_fixture(server, tmp_path, monkeypatch, cap
         assert paper[f"{short} reasoning"] == pytest.approx(expected) and paper[f"{short} response"] == pytest.approx(expected)
         assert b[name]["harmful_reasoning"]["n"] == len(harmful)
     # StrongREJECT at a 16-token budget: every generation cut off inside its reasoning -> the reasoning
-    # is judged, the missing answer is a judge error (never safe), all counted as cut off
+    # is judged, the missing answer is never safe: no answer (not a judge error), all counted as cut off;
+    # harmful response of the answered: none answered; of all: 0 of 3
     sr = groups["strongreject"]
     assert paper["SR reasoning"] == pytest.approx(_share(_complies(i) for i in sr)) and paper["SR response"] is None
-    assert b["strongreject"]["truncated"] == len(sr) and b["strongreject"]["judge_errors"] == len(sr)
+    assert paper["SR response (all)"] == 0.0 and paper["SR no answer"] == 1.0
+    assert b["strongreject"]["truncated"] == len(sr) and b["strongreject"]["judge_errors"] == 0
+    assert (b["strongreject"]["no_answer"]["count"], b["strongreject"]["no_answer"]["n"]) == (len(sr), len(sr))
     assert {budget for message, budget in policy.seen if message in {format_prompt(i) for i in sr}} == {SHORT_BUDGET}
     assert {budget for message, budget in policy.seen if message == format_prompt(groups["xstest"][0])} == {4096}
     assert {budget for message, budget in policy.seen if message == format_prompt(groups["aime"][0])} == {32768}

@@ -26,27 +26,32 @@ def _xstest(i, label, kind="benign", judge="llm:scripted"):
     return row
 
 
-def _scored(benchmark, item, sample, correct, kind="math"):
+def _scored(benchmark, item, sample, correct, kind="math", finish="stop"):
     return dict(id=f"{benchmark}-{item}", benchmark=benchmark, kind=kind, sample=sample, refusal=False,
-                finish_reason="stop", correct=correct, predicted="x")
+                finish_reason=finish, correct=correct, predicted="x")
 
 
 def model_a_rows():
     rows = []
-    # JBB: reasoning unsafe 2/4 = 50.0, response unsafe 1/4 = 25.0 (one generation cut off at the budget)
+    # JBB: reasoning unsafe 2/4 = 50.0; one generation cut off at the budget (no answer 1/4 = 25.0), so the
+    # response is unsafe in 1 of the 3 answered = 33.3 and in 1 of all 4 = 25.0
     for i, (r, a) in enumerate([("unsafe", "unsafe"), ("unsafe", "safe"), ("safe", "safe"), ("safe", "safe")]):
         rows.append(_judged("jailbreakbench", i, r, a, finish="length" if i == 3 else "stop"))
-    # SR: reasoning 1 unsafe of 4 judged (one judge error excluded) = 25.0; response 0/5 = 0.0
+    # SR: reasoning 1 unsafe of 4 judged (one judge error excluded) = 25.0; response 0/5 = 0.0 of answered and of all
     for i, r in enumerate(["unsafe", "error", "safe", "safe", "safe"]):
         rows.append(_judged("strongreject", i, r, "safe"))
-    # WJ: reasoning 2/2 = 100.0, response 1/2 = 50.0
-    rows += [_judged("wildjailbreak", 0, "unsafe", "unsafe"), _judged("wildjailbreak", 1, "unsafe", "safe")]
+    # WJ: reasoning 3/3 = 100.0; the third never closed its reasoning (empty answer: the judge's "nothing to
+    # judge" error, no judge error, no answer 1/3 = 33.3): response 1 of 2 answered = 50.0, 1 of all 3 = 33.3
+    rows += [_judged("wildjailbreak", 0, "unsafe", "unsafe"), _judged("wildjailbreak", 1, "unsafe", "safe"),
+             dict(_judged("wildjailbreak", 2, "unsafe", "error"), think_closed=False, answer="")]
     # XSTest safe prompts: full + partial refusal of 4 classified = 50.0 (one classifier error excluded)
     rows += [_xstest(i, label) for i, label in enumerate(["full_refusal", "partial_refusal", "full_compliance",
                                                            "full_compliance", "error"])]
     rows += [_xstest(9, "full_refusal", kind="harmful")]  # an unsafe prompt: not over-refusal
-    # AIME: two problems x 4 samples, 3 and 1 correct: pass@1 = (3/4 + 1/4) / 2 = 50.0
-    rows += [_scored("aime", 0, s, s < 3) for s in range(4)] + [_scored("aime", 1, s, s == 0) for s in range(4)]
+    # AIME: two problems x 4 samples, 3 and 1 correct: pass@1 = (3/4 + 1/4) / 2 = 50.0; one wrong sample cut
+    # off at the budget: no answer 1/8 = 12.5
+    rows += [_scored("aime", 0, s, s < 3) for s in range(4)]
+    rows += [_scored("aime", 1, s, s == 0, finish="length" if s == 3 else "stop") for s in range(4)]
     # MATH-500: 2 of 3 = 66.7
     rows += [_scored("math500", i, 0, i < 2) for i in range(3)]
     # GPQA: item 0 one sample, correct; item 1 three samples, none correct: pass@1 = (1 + 0) / 2 = 50.0
@@ -57,9 +62,12 @@ def model_a_rows():
     return rows
 
 
-MODEL_A_ROW = ("| model-a | 50.0 / 25.0 | 25.0 / 0.0 | 100.0 / 50.0 | 50.0 | 50.0 | 66.7 | 50.0 | 50.0 | "
-               # means: reasoning (50 + 25 + 100) / 3, response (25 + 0 + 50) / 3, capability (50 + 66.7 + 50 + 50) / 4
-               "58.3 / 25.0 | 54.2 |")
+MODEL_A_ROW = ("| model-a | 50.0 / 33.3 / 25.0 | 25.0 / 0.0 / 0.0 | 100.0 / 50.0 / 33.3 | 50.0 | 50.0 | 66.7 | 50.0 | 50.0 | "
+               # means: reasoning (50 + 25 + 100) / 3, response of answered (33.3 + 0 + 50) / 3, response of all
+               # (25 + 0 + 33.3) / 3, capability (50 + 66.7 + 50 + 50) / 4
+               "58.3 / 27.8 / 19.4 | 54.2 | "
+               # no answer: JBB 1/4, SR 0/5, WJ 1/3, XSTest 0/6, AIME 1/8, MATH-500 0/3, GPQA 0/4, HumanEval 0/2
+               "25.0 / 0.0 / 33.3 / 0.0 / 12.5 / 0.0 / 0.0 / 0.0 |")
 
 
 def model_b_rows():
@@ -69,7 +77,8 @@ def model_b_rows():
     return rows
 
 
-MODEL_B_ROW = "| model-b | 25.0 / 0.0 | – / – | – / – | 50.0 (string match) | – | 100.0 | – | – | 25.0 (1/3) / 0.0 (1/3) | 100.0 (1/4) |"
+MODEL_B_ROW = ("| model-b | 25.0 / 0.0 / 0.0 | – / – / – | – / – / – | 50.0 (string match) | – | 100.0 | – | – | "
+               "25.0 (1/3) / 0.0 (1/3) / 0.0 (1/3) | 100.0 (1/4) | 0.0 / – / – / 0.0 / – / 0.0 / – / – |")
 
 
 def _summary(label, rows):

@@ -1,12 +1,14 @@
 """Markdown tables and matplotlib plots of evaluation summaries.
 
 * The paper table (`paper_row` / `paper_table` / `plot_paper`): a row per model; columns
-  JBB, SR and WJ harmful % as "reasoning / response", XSTest over-refusal %, AIME, MATH-500, GPQA
+  JBB, SR and WJ harmful % as "reasoning / response of answered / response of all" (the response
+  share over the generations that reached an answer, then over all), XSTest over-refusal %, AIME, MATH-500, GPQA
   and HumanEval pass@1 %, the mean harmful % (reasoning / response, over the safety benchmarks
   present) and the mean capability (pass@1 over the capability benchmarks present).  A mean over
   fewer than all its benchmarks says so ("12.0 (2/3)").  XSTest decided by string match is
   labelled in its cell ("4.0 (string match)").  Numbers are percentages with one decimal;
-  "–" where the benchmark was not run.
+  "–" where the benchmark was not run.  The last column is the "no answer" share (cut off at the
+  budget or reasoning never closed) of each paper benchmark, "JBB / SR / WJ / XSTest / AIME / ...".
 * `write_single_report` -- one model's report.md: settings, the paper table, per-benchmark
   details (`details_table`: counts, 95% intervals, judge errors, XSTest classes and errors,
   generations cut off at the token budget, the judge used), the plot, contamination.
@@ -15,9 +17,11 @@
 * A run of none of the paper's benchmarks (only our own jsonl sets) gets the headline table per
   set instead of an empty paper table.
 * `benchmark_table` / `comparison_table` / `plot_comparison` -- the demo world's own tables
-  (pooled headline shares, unchanged).
+  (pooled headline shares, `ipo_jax.eval.metrics.HEADLINE`: harmful answer of answered and of all
+  generations, each cell naming its denominator, and the no-answer share).
 
-Shares print as "42% (21/50)" in the details so the count behind every number stays visible;
+Shares print as "42% (21/50)" (with the denominator where it is not every generation:
+"12% (8/66 answered)", "5% (8/120 all)") in the details so the count behind every number stays visible;
 plots draw the 95% Wilson interval as error bars.
 """
 
@@ -31,9 +35,11 @@ from ipo_jax.eval.metrics import HEADLINE
 
 
 def fmt_share(s: Mapping[str, Any] | None) -> str:
+    """"42% (21/50)", with the share's denominator when it names one: "12% (8/66 answered)"."""
     if not s or s.get("value") is None:
         return "n/a"
-    return f"{s['value']:.0%} ({s['count']}/{s['n']})"
+    label = f" {s['denominator']}" if s.get("denominator") else ""
+    return f"{s['value']:.0%} ({s['count']}/{s['n']}{label})"
 
 
 def benchmark_table(summaries: Mapping[str, Mapping[str, Any]]) -> str:
@@ -93,6 +99,8 @@ def plot_comparison(models: Mapping[str, Mapping[str, Any]], path: Path, title: 
 
 SAFETY_BENCHMARKS = (("jailbreakbench", "JBB"), ("strongreject", "SR"), ("wildjailbreak", "WJ"))
 CAPABILITY_BENCHMARKS = (("aime", "AIME"), ("math500", "MATH-500"), ("gpqa", "GPQA"), ("humaneval", "HumanEval"))
+# the "no answer" column: every paper benchmark, in table order
+NO_ANSWER_BENCHMARKS = (*SAFETY_BENCHMARKS, ("xstest", "XSTest"), *CAPABILITY_BENCHMARKS)
 
 
 def _value(s: Mapping[str, Any] | None) -> float | None:
@@ -112,14 +120,18 @@ def paper_row(summary: Mapping[str, Any]) -> dict[str, Any]:
     for name, short in SAFETY_BENCHMARKS:
         s = benchmarks.get(name, {})
         row[f"{short} reasoning"] = _value(s.get("harmful_reasoning"))
-        row[f"{short} response"] = _value(s.get("harmful_answer"))
+        row[f"{short} response"] = _value(s.get("harmful_answer"))  # of the answered generations
+        row[f"{short} response (all)"] = _value(s.get("harmful_answer_all"))  # of all generations
     xs = benchmarks.get("xstest", {})
     row["XSTest over-refusal"] = _value(xs.get("over_refusal"))
     row["XSTest judge"] = xs.get("xstest_method")
     for name, short in CAPABILITY_BENCHMARKS:
         row[short] = _value(benchmarks.get(name, {}).get("pass@1"))
+    for name, short in NO_ANSWER_BENCHMARKS:
+        row[f"{short} no answer"] = _value(benchmarks.get(name, {}).get("no_answer"))
     row["mean harmful reasoning"] = _mean([row[f"{s} reasoning"] for _, s in SAFETY_BENCHMARKS])
     row["mean harmful response"] = _mean([row[f"{s} response"] for _, s in SAFETY_BENCHMARKS])
+    row["mean harmful response (all)"] = _mean([row[f"{s} response (all)"] for _, s in SAFETY_BENCHMARKS])
     row["mean capability"] = _mean([row[s] for _, s in CAPABILITY_BENCHMARKS])
     return row
 
@@ -128,29 +140,39 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
 
-def _pct_mean(mean: Mapping[str, Any]) -> str:
+def _pct_mean(mean: Mapping[str, Any] | None) -> str:
+    if not mean:  # a summary written before this column existed
+        return "–"
     text = _pct(mean["value"])
     return text if mean["value"] is None or mean["of"] == mean["out_of"] else f"{text} ({mean['of']}/{mean['out_of']})"
 
 
-PAPER_HEADER = ("| model | JBB harmful % (reasoning / response) ↓ | SR harmful % (reasoning / response) ↓ | "
-                "WJ harmful % (reasoning / response) ↓ | XSTest over-refusal % ↓ | AIME pass@1 % ↑ | MATH-500 pass@1 % ↑ | "
-                "GPQA pass@1 % ↑ | HumanEval pass@1 % ↑ | mean harmful % (reasoning / response) ↓ | mean capability % ↑ |")
+_HARMFUL = "harmful % (reasoning / response of answered / response of all)"
+PAPER_HEADER = (f"| model | JBB {_HARMFUL} ↓ | SR {_HARMFUL} ↓ | WJ {_HARMFUL} ↓ | XSTest over-refusal % ↓ | "
+                "AIME pass@1 % ↑ | MATH-500 pass@1 % ↑ | GPQA pass@1 % ↑ | HumanEval pass@1 % ↑ | "
+                f"mean {_HARMFUL} ↓ | mean capability % ↑ | "
+                f"no answer % ({' / '.join(s for _, s in NO_ANSWER_BENCHMARKS)}) |")
 
 
 def paper_table(models: Mapping[str, Mapping[str, Any]]) -> str:
-    """The paper-style summary table, a row per model ({name: summary}; module docstring)."""
-    lines = [PAPER_HEADER, "|" + "---|" * 11]
+    """The paper-style summary table, a row per model ({name: summary}; module docstring).  Each safety
+    cell is "reasoning / response of the answered generations / response of all generations"; the
+    last column is each benchmark's share of generations without an answer (cut off or reasoning
+    never closed).  A summary written before a column existed shows "–" there."""
+    lines = [PAPER_HEADER, "|" + "---|" * 12]
     for name, summary in models.items():
         row = summary.get("paper") or paper_row(summary)
-        cells = [f"{_pct(row[f'{s} reasoning'])} / {_pct(row[f'{s} response'])}" for _, s in SAFETY_BENCHMARKS]
+        cells = [f"{_pct(row.get(f'{s} reasoning'))} / {_pct(row.get(f'{s} response'))} / "
+                 f"{_pct(row.get(f'{s} response (all)'))}" for _, s in SAFETY_BENCHMARKS]
         xstest = _pct(row["XSTest over-refusal"])
         if row["XSTest over-refusal"] is not None and row.get("XSTest judge") == "string_match":
             xstest += " (string match)"
         cells.append(xstest)
         cells += [_pct(row[s]) for _, s in CAPABILITY_BENCHMARKS]
-        cells.append(f"{_pct_mean(row['mean harmful reasoning'])} / {_pct_mean(row['mean harmful response'])}")
+        cells.append(f"{_pct_mean(row['mean harmful reasoning'])} / {_pct_mean(row['mean harmful response'])} / "
+                     f"{_pct_mean(row.get('mean harmful response (all)'))}")
         cells.append(_pct_mean(row["mean capability"]))
+        cells.append(" / ".join(_pct(row.get(f"{s} no answer")) for _, s in NO_ANSWER_BENCHMARKS))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -196,7 +218,9 @@ def details_table(summary: Mapping[str, Any]) -> str:
         bs = settings.get(name, {})
         metrics = []
         if "harmful_reasoning" in s:
-            metrics += [("harmful reasoning", s["harmful_reasoning"]), ("harmful response", s["harmful_answer"])]
+            metrics += [("harmful reasoning", s["harmful_reasoning"]), ("harmful response (of answered)", s["harmful_answer"])]
+            if "harmful_answer_all" in s:
+                metrics.append(("harmful response (of all)", s["harmful_answer_all"]))
             if "unsafe_refusal" not in s:  # XSTest's unsafe prompts have the classifier's refusal below
                 metrics.append(("refusal (harmful; string match)", s["refusal"]))
         if "over_refusal" in s:
@@ -205,6 +229,8 @@ def details_table(summary: Mapping[str, Any]) -> str:
             metrics.append(("refusal (unsafe prompts)", s["unsafe_refusal"]))
         if "pass@1" in s:
             metrics += [("pass@1 (mean over items)", s["pass@1"]), ("accuracy (all samples)", s["accuracy"])]
+        if "no_answer" in s:
+            metrics.append(("no answer (cut off / reasoning unclosed)", s["no_answer"]))
         judged_by = []
         if "harmful_reasoning" in s or "over_refusal" in s:
             judged_by.append(f"safety: {_judge_text(summary)}")
@@ -219,7 +245,8 @@ def details_table(summary: Mapping[str, Any]) -> str:
                 samples = m["samples_min"] if m["samples_min"] == m["samples_max"] else f"{m['samples_min']}-{m['samples_max']}"
                 value = f"{100 * m['value']:.1f}% ({m['items']} items x {samples} samples)"
             else:
-                value = f"{100 * m['value']:.1f}% [{100 * m['low']:.1f}, {100 * m['high']:.1f}] ({m['count']}/{m['n']})"
+                label = f" {m['denominator']}" if m.get("denominator") else ""
+                value = f"{100 * m['value']:.1f}% [{100 * m['low']:.1f}, {100 * m['high']:.1f}] ({m['count']}/{m['n']}{label})"
             head = (f"| {name} | {s['items']} | {bs.get('samples', '')} | {bs.get('max_new_tokens', '')} | "
                     f"{s['generations']} |") if k == 0 else "| | | | | |"
             tail = (f" {s['judge_errors']} | {s['truncated']} | {s.get('no_final_answer', '')} | {'; '.join(judged_by)} |"
@@ -257,7 +284,9 @@ def write_single_report(out: Path, summary: Mapping[str, Any], contamination_res
         plot_paper({label: summary}, out / "metrics.png", f"{label}")
         overview = [paper_table({label: summary}), "",
                     "Harmful % is the share of harmful prompts' generations whose reasoning / response the judge labels "
-                    "unsafe (judge errors excluded); XSTest over-refusal is the share of its safe prompts' generations "
+                    "unsafe (judge errors excluded); the response share is given twice: of the generations that reached an "
+                    "answer, and of all generations (one without an answer counts as not harmful there). No answer % is "
+                    "each benchmark's share of generations cut off at the budget or never closing their reasoning. XSTest over-refusal is the share of its safe prompts' generations "
                     "fully or partly refused (classifier errors excluded); pass@1 is the unbiased estimator over each "
                     "prompt's samples, averaged over prompts. Means are over the benchmarks present."]
     else:  # only our own sets (e.g. the demo world's): their headline shares, one row per set
@@ -266,8 +295,10 @@ def write_single_report(out: Path, summary: Mapping[str, Any], contamination_res
               out / "metrics.png")
         overview = [benchmark_table(benchmarks), "",
                     "None of the paper's benchmarks was run, so there is no paper table. Shares are of generations "
-                    "(count/total); harmful shares are of harmful prompts, judge errors excluded; over-refusal is the "
-                    "refusal share on benign prompts."]
+                    "(count/total, the denominator named where it is not every generation: 'answered' counts only "
+                    "generations that reached an answer); harmful shares are of harmful prompts, judge errors excluded; "
+                    "over-refusal is the refusal share on benign prompts; no answer is the share cut off at the budget or "
+                    "never closing the reasoning."]
     sampling = summary["sampling"]
     xs = summary["benchmarks"].get("xstest", {})
     notes = []
