@@ -18,7 +18,11 @@ Stages that take a config use ml_collections config files with dotted overrides:
 
 Errors: bad input (a config, a setting out of range, a record file, a path that is missing, of
 the wrong kind or not writable, a full disk) is one line on stderr and exit code 2; anything
-else is one line and exit code 1 (-v shows the traceback). A closed output pipe
+else is one line and exit code 1 (-v shows the traceback). A judge or cue detector that cannot
+do the work (sample, build-pairs, csr, eval: its probe request fails, its context is too short
+for the stage's requests, the first batch fails entirely, or more than judge.max_error_share of a
+chunk's requests fail) is one line naming the endpoint, model, HTTP status and the server's
+message, and exit code 5 (ipo_jax/judging/guard.py). A closed output pipe
 (`ipo-jax presets | head -1`) ends the command quietly with exit code 0.
 """
 
@@ -44,6 +48,7 @@ CONFIG_STAGES = {
 STAGES = ("convert", "presets", "plan", "serve", *CONFIG_STAGES)
 EXIT_BAD_INPUT = 2
 EXIT_UNEXPECTED = 1
+EXIT_JUDGE_FAILED = 5  # the judge / cue detector failed (ipo_jax/judging/guard.py); 3 and 4 are training's
 _WRITE_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
@@ -549,6 +554,9 @@ def _is_bad_input(e: Exception) -> bool:
 
 def error_line(e: Exception, output: str | None = None) -> tuple[str, int]:
     """(one-line message, exit code) for an error that ends a command."""
+    records = sys.modules.get("ipo_jax.judging.records")
+    if records is not None and isinstance(e, records.JudgeFailedError):
+        return " ".join(str(e).split()), EXIT_JUDGE_FAILED
     if isinstance(e, OSError) and e.errno is not None:  # raised by the OS: name the path and the reason
         return _os_error_line(e, output), EXIT_BAD_INPUT
     if _is_bad_input(e):

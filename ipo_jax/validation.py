@@ -230,6 +230,7 @@ _JUDGE = {
     "judge.timeout": number_in(0, low_open=True),
     "judge.max_retries": int_at_least(0),
     "judge.concurrency": int_at_least(1),
+    "judge.max_error_share": number_in(0, 1),
 }
 
 RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {

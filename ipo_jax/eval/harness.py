@@ -102,12 +102,16 @@ def generation_seed(seed: int, benchmark: str, item_id: str, sample: int) -> int
 def generate_and_score(policy: Policy, judge: Judge, items: Sequence[EvalItem], *, samples_per_prompt: int = 1,
                        seed: int = 0, batch: int = 64, desc: str = "eval", max_new_tokens: int | None = None,
                        xstest_judge=None, indices: Sequence[int] | None = None, code_workers: int = 4,
-                       code_timeout: float = 10.0) -> list[dict[str, Any]]:
+                       code_timeout: float = 10.0, judge_budget=None,
+                       provenance: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Sample `samples_per_prompt` completions per item with at most `max_new_tokens` new tokens
     (None: the policy's setting), then per chunk of `batch` generations: judge the harmful /
     benign ones (one batched judge call), classify them with `xstest_judge` when given, score
     the math / choice / code ones (`scoring.score_answers`).  `indices` are the items' positions
-    in their benchmark (default 0, 1, ...): rows carry them so split runs merge in order."""
+    in their benchmark (default 0, 1, ...): rows carry them so split runs merge in order.
+    `judge_budget` (`ipo_jax.judging.guard.ErrorBudget`): each chunk's judge failures are checked
+    after its judge call (over ``max_error_share``: `JudgeFailedError`); `provenance`: each row
+    carries it (``ipo_jax.provenance.record_provenance``)."""
     from ipo_jax.eval.scoring import format_prompt, score_answers
 
     positions = list(indices) if indices is not None else list(range(len(items)))
@@ -124,7 +128,11 @@ def generate_and_score(policy: Policy, judge: Judge, items: Sequence[EvalItem], 
                                                                 for _, item, s in chunk])
             parts = [split_completion(c.text) for c in completions]
             judged_at = [k for k, (_, item, _) in enumerate(chunk) if item.kind in JUDGED_KINDS]
+            if judge_budget is not None:
+                judge_budget.start_chunk(f"{desc} generations {start}-{start + len(chunk) - 1}")
             judged = judge_trajectories(judge, [(chunk[k][1].prompt, *parts[k][:2]) for k in judged_at])
+            if judge_budget is not None:
+                judge_budget.end_chunk()
             verdicts_at = dict(zip(judged_at, judged))
             classes_at = {}
             if xstest_judge is not None and judged_at:
@@ -137,6 +145,8 @@ def generate_and_score(policy: Policy, judge: Judge, items: Sequence[EvalItem], 
             for k, ((pos, item, sample), completion) in enumerate(zip(chunk, completions)):
                 rows.append(score_generation(item, sample, completion.text, completion.finish_reason, verdicts_at.get(k),
                                              score=scores_at.get(k), xstest=classes_at.get(k), index=pos))
+                if provenance is not None:
+                    rows[-1]["provenance"] = provenance
             bar.update(len(chunk))
     return rows
 
@@ -236,6 +246,9 @@ def write_outputs(out: Path, rows: list[dict], meta: dict[str, Any], contaminati
                    contamination=_contamination_dicts(contamination_results))
     summary["paper"] = paper_row(summary)
     atomic_write_json(out / "summary.json", summary)
+    if meta.get("provenance") is not None:  # what produced the rows (ipo_jax/provenance.py)
+        atomic_write_json(out / "run.json", dict(stage="eval", provenance=meta["provenance"],
+                                                 **{k: v for k, v in meta.items() if k != "provenance"}))
     write_single_report(out, summary, contamination_results)
     return summary
 
@@ -390,9 +403,28 @@ def run_eval(config) -> int:
     judged = [item.prompt for items in groups.values() for item in items if item.kind in JUDGED_KINDS]
     check_judge_fits(config, judged, f"benchmarks {config.benchmarks}", roles=("judge",))  # before any model loads
     judge, _ = build_judges(config)
+    # probed and context-checked before the policy loads (the longest judged text: the largest budget of a
+    # judged benchmark); a failing judge stops the stage with exit code 5 (ipo_jax/judging/guard.py)
+    from ipo_jax.judging.guard import prepare_judges
+    from ipo_jax.provenance import prompts_sha256, record_provenance, stage_provenance
+
+    judged_budgets = {label: settings[label].max_new_tokens for label, items in groups.items()
+                      if any(item.kind in JUDGED_KINDS for item in items)}
+    if judged:  # nothing to judge (capability benchmarks only): the judge is never asked, so not probed
+        judge, _, budget, servers = prepare_judges(
+            config, judge, None, prompts=judged, trajectory_tokens=max(judged_budgets.values(), default=0),
+            trajectory_setting="the largest token budget of a judged benchmark (sampling.max_new_tokens / "
+            "max_new_tokens_per_benchmark)")
+    else:
+        from ipo_jax.judging.guard import ErrorBudget
+
+        budget, servers = ErrorBudget(config.judge.get("max_error_share", 0.05)), {}
     xstest_judge = build_xstest_judge(xstest_method, getattr(judge, "chat", None)) if "xstest" in groups else None
     mine = take_shard(groups, shard, num_shards)
     policy = build_policy(config)
+    provenance = stage_provenance("eval", policy=policy, judge=judge, judge_servers=servers, prompts_digest=prompts_sha256(
+        [dict(benchmark=i.benchmark, id=i.id, prompt=i.prompt) for items in groups.values() for i in items]))
+    stamp = record_provenance(provenance)
     start = time.time()
     rows = []
     for label, pairs in mine.items():
@@ -403,8 +435,12 @@ def run_eval(config) -> int:
                                    samples_per_prompt=s.samples, max_new_tokens=s.max_new_tokens, seed=config.seed,
                                    batch=config.sampler.batch_size * 4, desc=label,
                                    xstest_judge=xstest_judge if label == "xstest" else None,
-                                   code_workers=config.code.workers, code_timeout=config.code.timeout)
+                                   code_workers=config.code.workers, code_timeout=config.code.timeout,
+                                   judge_budget=budget, provenance=stamp)
+    if budget.requests:  # an LLM judge was asked
+        print(budget.line())
     meta = dict(model=config.model.init, label=config.label or config.model.init, judge=config.judge.backend,
+                provenance=provenance,
                 judge_settings=_judge_settings(judge),
                 xstest_judge=xstest_judge.settings() if xstest_judge is not None else None,
                 sampling=dataclasses.asdict(policy.sampling), samples_per_prompt=config.samples_per_prompt,

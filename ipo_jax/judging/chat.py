@@ -141,6 +141,31 @@ def _snippet(text: str, n: int = _SNIPPET) -> str:
     return repr(text if len(text) <= n else text[:n] + "...")
 
 
+def server_message(text: str) -> str:
+    """The message of an OpenAI-style error body (``{"error": {"message": ...}}``, vLLM's
+    ``{"message": ...}``, FastAPI's ``{"detail": ...}``), else the body as it is."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(data, Mapping):
+        error = data.get("error")
+        if isinstance(error, Mapping) and isinstance(error.get("message"), str):
+            return error["message"]
+        for key in ("message", "detail", "error"):
+            if isinstance(data.get(key), str):
+                return data[key]
+    return text
+
+
+def api_base(url: str) -> str:
+    """``http://host/v1`` of a ``.../v1/chat/completions`` or ``.../v1/completions`` URL."""
+    for suffix in ("/chat/completions", "/completions"):
+        if url.endswith(suffix):
+            return url[: -len(suffix)]
+    return url
+
+
 def _redact_url(url: str) -> str:
     """`url` without any ``user:password@`` part."""
     try:
@@ -360,7 +385,7 @@ class HttpTransport:
             finally:
                 e.close()
             message = f"HTTP {status} {e.reason or ''}".rstrip()
-            detail = _snippet(text) if text.strip() else ""
+            detail = _snippet(server_message(text)) if text.strip() else ""
             retry_after = parse_retry_after(e.headers.get("Retry-After")) if e.headers is not None else None
             if status == 429 or 500 <= status <= 599:
                 honour = retry_after if status in (429, 503) else None
@@ -426,6 +451,67 @@ class HttpTransport:
                            self.max_retries, delay)
             if delay > 0:
                 self._sleep(delay)
+
+    def get_json(self, url: str) -> tuple[Any, str | None]:
+        """One GET of `url` (no retries; the request timeout): ``(JSON body, None)`` or
+        ``(None, error)``, never raising; the error is redacted and names the URL and status."""
+        headers = {"Accept": "application/json"}
+        key = self._api_key()
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        shown = _redact_url(url)
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers, method="GET"),
+                                        timeout=self.timeout) as response:
+                body = response.read(MAX_BODY_BYTES + 1)
+        except urllib.error.HTTPError as e:
+            try:
+                text = e.read(4096).decode("utf-8", "replace")
+            except Exception:  # noqa: BLE001 - the body is only for the reason
+                text = ""
+            finally:
+                e.close()
+            detail = f": {_snippet(server_message(text))}" if text.strip() else ""
+            return None, self._redact(f"HTTP {e.code} {e.reason or ''}".rstrip() + f" ({shown}){detail}")
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            return None, self._redact(f"{_network_failure(e, self.timeout).message} ({shown})")
+        except ValueError as e:
+            return None, self._redact(f"request could not be sent ({type(e).__name__}: {e})")
+        try:
+            return json.loads(body.decode("utf-8")), None
+        except (UnicodeDecodeError, ValueError):
+            return None, self._redact(f"bad response from {shown}: not JSON")
+
+    def server_info(self, model: str) -> dict[str, Any]:
+        """What the server says about itself and `model`, from ``GET {base}/models`` (and vLLM's
+        ``GET /version`` when the server has one): ``models`` (the served ids, None when the
+        listing failed), ``served`` (whether `model` is among them), ``max_model_len``, ``root``
+        and ``version`` (None when not given), and ``models_error``.  Never raises."""
+        base = api_base(self.url)
+        info: dict[str, Any] = dict(models=None, served=None, max_model_len=None, root=None, version=None,
+                                    models_error=None)
+        data, error = self.get_json(base + "/models")
+        if error is not None:
+            info["models_error"] = error
+        else:
+            entries = data.get("data") if isinstance(data, Mapping) else None
+            if isinstance(entries, list):
+                entries = [e for e in entries if isinstance(e, Mapping) and isinstance(e.get("id"), str)]
+                info["models"] = [e["id"] for e in entries]
+                mine = next((e for e in entries if e["id"] == model), None)
+                info["served"] = mine is not None
+                if mine is not None:
+                    length = mine.get("max_model_len")
+                    info["max_model_len"] = length if isinstance(length, int) and not isinstance(length, bool) else None
+                    info["root"] = mine.get("root") if isinstance(mine.get("root"), str) else None
+                    info["version"] = next((str(mine[k]) for k in ("version", "revision") if mine.get(k)), None)
+            else:
+                info["models_error"] = f"bad response from {_redact_url(base)}/models: no data list"
+        if info["version"] is None and base.endswith("/v1"):
+            data, error = self.get_json(base[: -len("/v1")] + "/version")  # vLLM: {"version": "0.8.5"}
+            if error is None and isinstance(data, Mapping) and isinstance(data.get("version"), (str, int, float)):
+                info["version"] = str(data["version"])
+        return info
 
     def map_concurrently(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         """``[fn(item) for item in items]``, in order, on a pool of ``min(concurrency, n)`` threads
@@ -501,6 +587,23 @@ class HttpChat(HttpTransport):
         """One `Reply` per conversation, in order; the requests run on a thread pool with at most
         `concurrency` in flight (the semaphore keeps that limit across callers' threads too)."""
         return self.map_concurrently(self.complete_one, conversations)
+
+    def probe(self) -> tuple[str | None, str | None]:
+        """One short request (one user word, ``max_tokens`` 1) with the usual retries: ``(None,
+        system_fingerprint or None)`` when the endpoint answers with a chat completion, whatever
+        its text, else ``(error, None)``."""
+        payload = {**self.extra_body, "model": self.model, "messages": [{"role": "user", "content": "ping"}],
+                   "temperature": 0, "max_tokens": 1}
+
+        def parse(body: bytes):
+            data = response_object(body)
+            if not isinstance(data.get("choices"), list) or not data["choices"]:
+                raise _Failure(f"response has no choices: {_snippet(json.dumps(data)[:1000])}", retryable=False)
+            fingerprint = data.get("system_fingerprint")
+            return fingerprint if isinstance(fingerprint, str) and fingerprint else None
+
+        result, error = self.post(payload, parse)
+        return (error, None) if error is not None else (None, result)
 
     def settings(self) -> dict[str, Any]:
         """What the replies depend on (no key, no credentials): for a run's record."""
@@ -622,6 +725,8 @@ __all__ = [
     "HttpTransport",
     "LocalChat",
     "Reply",
+    "api_base",
     "parse_retry_after",
     "reply_content",
+    "server_message",
 ]

@@ -16,7 +16,9 @@ def add_judge_sections(c: ml_collections.ConfigDict, *, detector: bool = True) -
     c.judge.backend = "pattern"  # pattern (the demo world's), llm (a local checkpoint) or http (an OpenAI-compatible endpoint)
     c.judge.patterns_file = ""  # pattern: JSON with pattern lists overriding the defaults
     c.judge.model = ""  # llm: 'hf:<dir>' / 'orbax:<dir>' / 'preset:<name>'; http: the served model's name
-    c.judge.tokenizer = ""  # llm: tokenizer directory ('' = the HF model directory)
+    # llm: tokenizer directory ('' = the HF model directory); http: optional, the served judge's tokenizer,
+    # used only to count judge prompt tokens for the context check ('' = estimated at 3 characters per token)
+    c.judge.tokenizer = ""
     c.judge.base_url = ""  # http: e.g. http://localhost:8000/v1
     c.judge.api_key_env = "OPENAI_API_KEY"  # http: the variable holding the key (never logged)
     c.judge.timeout = 30.0  # http: seconds per attempt
@@ -35,6 +37,9 @@ def add_judge_sections(c: ml_collections.ConfigDict, *, detector: bool = True) -
     if detector:
         c.detector = ml_collections.ConfigDict(c.judge.to_dict())
         c.detector.backend = ""  # '' = the judge's settings (llm / http: the same model, shared); else as judge.*
+    # llm / http: the stage stops (exit 5) when more than this share of one chunk's judge and cue-detector
+    # requests fail, or when the first batch fails entirely (ipo_jax/judging/guard.py)
+    c.judge.max_error_share = 0.05
     return c
 
 

@@ -40,6 +40,13 @@ LABELS = ("safe", "unsafe", "error")
 PARTS = ("reasoning", "answer")
 
 
+class JudgeFailedError(RuntimeError):
+    """The judge or cue detector cannot do the stage's work (its endpoint refuses every request,
+    too many of a chunk's requests failed, or its context is too short): one line naming the
+    backend, endpoint, model, HTTP status and the server's message (`ipo_jax.judging.guard`).
+    `judge_all` / `detect_all` let it through; the CLI ends with exit code 5."""
+
+
 @dataclasses.dataclass(frozen=True)
 class JudgeRequest:
     """One text to judge, with the request it answers and the trajectory part it is."""
@@ -180,6 +187,8 @@ def judge_all(judge: Judge, requests: Sequence[JudgeRequest]) -> list[Verdict]:
     name = name_of(judge)
     try:
         verdicts = list(judge.judge(requests))
+    except JudgeFailedError:
+        raise  # the stage stops (ipo_jax/judging/guard.py)
     except Exception as e:  # noqa: BLE001 - any backend failure becomes error verdicts
         return [Verdict.error(name, f"judge raised {type(e).__name__}: {e}")] * len(requests)
     if len(verdicts) != len(requests):
@@ -218,6 +227,8 @@ def detect_all(detector: CueDetector, requests: Sequence[CueRequest]) -> list[Cu
     name = name_of(detector)
     try:
         results = list(detector.detect(requests))
+    except JudgeFailedError:
+        raise  # the stage stops (ipo_jax/judging/guard.py)
     except Exception as e:  # noqa: BLE001
         return [CueResult(None, name, "", f"detect raised {type(e).__name__}: {e}")] * len(requests)
     if len(results) != len(requests):
@@ -244,6 +255,7 @@ __all__ = [
     "CueRequest",
     "CueResult",
     "Judge",
+    "JudgeFailedError",
     "JudgeRequest",
     "Verdict",
     "detect_all",

@@ -392,7 +392,11 @@ def run_manifest(records, policy, judge, detector, triggers, cfg: InterventionCo
     }
 
 
-def _check_or_write_manifest(out: Path, manifest: dict[str, Any], chunks: list, process_index: int) -> None:
+def _check_or_write_manifest(out: Path, manifest: dict[str, Any], chunks: list, process_index: int,
+                             provenance: dict[str, Any] | None = None) -> None:
+    """Check a resumed run's run.json against `manifest` (every field but ``provenance``), or
+    write it.  ``provenance`` maps each provenance id to its block (ipo_jax/provenance.py): a
+    resume with another code version or policy endpoint adds its block, and its records name it."""
     path = out / "run.json"
     if path.is_file():
         try:
@@ -405,7 +409,13 @@ def _check_or_write_manifest(out: Path, manifest: dict[str, Any], chunks: list, 
                 f"{out} holds pairs of another build-pairs run (see {path}); resuming would mix the two:\n  "
                 + "\n  ".join(changed) + "\nrerun with the same settings, or choose a new out directory"
             )
+        known = previous.get("provenance") if isinstance(previous.get("provenance"), dict) else {}
+        if provenance is not None and provenance["id"] not in known and process_index == 0:
+            previous["provenance"] = {**known, provenance["id"]: provenance}
+            atomic_write_bytes(path, (json.dumps(previous, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
         return
+    if provenance is not None:
+        manifest = {**manifest, "provenance": {provenance["id"]: provenance}}
     # A run from before run.json existed: its progress records name their prompts.
     for progress in sorted((out / "chunks").glob("progress-*.json")):
         try:
@@ -465,8 +475,16 @@ def build_pairs(
     on_chunk_done: Callable[[int], None] | None = None,
     kind: str = "ipo",
     samples: int = 8,
+    judge_budget=None,
+    provenance: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the intervention over all prompts; returns the summary.
+
+    `judge_budget` (an `ipo_jax.judging.guard.ErrorBudget` shared by the guarded judge and
+    detector): each chunk's judge failures are checked before the chunk is written, and a chunk
+    over ``max_error_share`` stops the run (`JudgeFailedError`) without being marked done; the
+    chunk's request counts join its stats.  `provenance` (``ipo_jax.provenance.stage_provenance``):
+    kept in run.json, and each pair and trajectory record names it (``provenance`` key).
 
     Writes <out>/run.json, <out>/chunks/{pairs,trajectories}-NNNNN.jsonl and progress-NNNNN.json
     per chunk, then <out>/pairs.jsonl (all pairs, prompt-file order) and <out>/summary.json.
@@ -483,7 +501,11 @@ def build_pairs(
         raise ValueError(f"build_pairs.samples {samples!r}: expected an integer >= 1")
     build_kind = kind  # (the file loop below reuses the name `kind`)
     manifest = run_manifest(records, policy, judge, detector, triggers, cfg, kind=build_kind, samples=samples)
-    _check_or_write_manifest(out, manifest, chunks, process_index)
+    _check_or_write_manifest(out, manifest, chunks, process_index, provenance)
+    if provenance is not None:
+        from ipo_jax.provenance import record_provenance
+
+        stamp = record_provenance(provenance)
     mine = [i for i in range(len(chunks)) if i % process_count == process_index]
     # temporary files of a killed run are never read; each process removes only its own ones
     stale = [p for i in mine for p in chunks_dir.glob(f".*-{i:05d}.*.tmp-*")]
@@ -501,6 +523,8 @@ def build_pairs(
     if done:
         print(f"resuming: {len(done)} of {len(mine)} chunks already done")
     for i in tqdm([i for i in mine if i not in done], desc="build pairs", unit="chunk", disable=None):
+        if judge_budget is not None:
+            judge_budget.start_chunk(f"chunk {i}")
         if build_kind == "ipo":
             pairs, trajectories, stats = process_chunk(chunks[i], i, policy, judge, detector, triggers, cfg)
         else:
@@ -509,6 +533,11 @@ def build_pairs(
             # seeds depend on (seed, chunk) only, as the intervention's, so a resumed chunk samples the same
             seed = (cfg.seed * 1_000_003 + i) * 101 + 77
             pairs, trajectories, stats = process_full_trajectory_chunk(chunks[i], policy, judge, samples=samples, seed=seed)
+        if judge_budget is not None:  # raises before the chunk is written: a rerun redoes it
+            stats.update(judge_budget.end_chunk())
+        if provenance is not None:
+            for row in (*pairs, *trajectories):
+                row["provenance"] = stamp
         files = {}
         for kind, rows in (("pairs", pairs), ("trajectories", trajectories)):
             data = jsonl_bytes(rows)

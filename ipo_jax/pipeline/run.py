@@ -20,9 +20,31 @@ from ipo_jax.pipeline.intervene import (
     prompt_text,
 )
 from ipo_jax.pipeline.triggers import DEFAULT_TRIGGERS, load_triggers
+from ipo_jax.provenance import prompts_sha256, record_provenance, stage_provenance
 from ipo_jax.rollout import build_policy, split_completion
 
 __all__ = ["build_judges", "build_policy", "run_build_pairs", "run_csr", "run_sample"]  # build_*: the demo's
+
+
+def _judges_for(config, prompts, roles=("judge", "detector"), trajectory_tokens=None, trajectory_setting=None):
+    """The stage's judge (and detector), probed and context-checked before any sampling and
+    guarded while it runs (ipo_jax/judging/guard.py): (judge, detector, budget, servers)."""
+    from ipo_jax.judging.guard import prepare_judges
+
+    judge, detector = build_judges(config)
+    if "detector" not in roles:
+        detector = None
+    tokens = config.sampling.max_new_tokens if trajectory_tokens is None else trajectory_tokens
+    return prepare_judges(config, judge, detector, prompts=prompts, trajectory_tokens=tokens,
+                          trajectory_setting=trajectory_setting or "sampling.max_new_tokens")
+
+
+def _write_run_json(path: Path, stage: str, provenance: dict, **settings) -> None:
+    from ipo_jax.io import atomic_write_bytes
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = dict(stage=stage, provenance=provenance, **settings)
+    atomic_write_bytes(path, (json.dumps(body, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8"))
 
 
 def _require_prompts(config) -> None:
@@ -36,19 +58,26 @@ def run_build_pairs(config) -> int:
         raise ValueError(f"config.build_pairs.kind is {config.build_pairs.kind!r}; expected one of {', '.join(BUILD_KINDS)}")
     records = prompt_records_from_config(config)  # every record checked before any model loads
     check_judge_fits(config, [prompt_text(r) for r in records], config.prompts)  # before any model loads
-    judge, detector = build_judges(config)
+    # probed and context-checked before the policy loads; a failing judge stops the stage (exit 5)
+    judge, detector, budget, servers = _judges_for(config, [prompt_text(r) for r in records])
     triggers = load_triggers(config.triggers_file) if config.triggers_file else DEFAULT_TRIGGERS
     policy = build_policy(config)
     cfg = InterventionConfig(**config.intervention)
     kind, samples = config.build_pairs.kind, config.build_pairs.samples
+    provenance = stage_provenance("build-pairs", policy=policy, judge=judge, detector=detector,
+                                  prompts_digest=prompts_sha256(records), judge_servers=servers)
     summary = build_pairs(records, config.out, policy, judge, detector, triggers, cfg,
-                          process_index=jax.process_index(), process_count=jax.process_count(), kind=kind, samples=samples)
+                          process_index=jax.process_index(), process_count=jax.process_count(), kind=kind, samples=samples,
+                          judge_budget=budget, provenance=provenance)
+    if budget.requests:  # an LLM judge was asked
+        print(budget.line())
     if "pending_chunks" in summary:
         print(f"this process is done; chunks {summary['pending_chunks']} are still with other processes")
         return 0
     shown = (("prompts", "unsafe_share", "cue_found_share", "success_per_round", "generations_per_prompt", "pairs",
               "over_refusal_pairs", "judge_errors", "cut_off_rejected", "cut_off_chosen") if kind == "ipo"
              else ("prompts", "samples", "unsafe_share", "cut_off", "no_safe_sample", "no_unsafe_sample", "pairs", "judge_errors"))
+    shown += ("judge_requests", "judge_failed_requests")
     print(json.dumps({k: summary.get(k) for k in shown}, indent=2))
     print(f"pairs: {Path(config.out) / 'pairs.jsonl'}; summary: {Path(config.out) / 'summary.json'}")
     return 0
@@ -59,11 +88,16 @@ def run_sample(config) -> int:
     _require_prompts(config)
     records = prompt_records_from_config(config)  # every record checked before any model loads
     check_judge_fits(config, [prompt_text(r) for r in records], config.prompts, roles=("judge",))
-    judge, _ = build_judges(config)
+    judge, _, budget, servers = _judges_for(config, [prompt_text(r) for r in records], roles=("judge",))
     policy = build_policy(config)
+    provenance = stage_provenance("sample", policy=policy, judge=judge, prompts_digest=prompts_sha256(records),
+                                  judge_servers=servers)
+    stamp = record_provenance(provenance)
     completions = policy.complete([(prompt_messages(r), "") for r in records], seed=config.intervention.seed)
     parts = [split_completion(c.text) for c in completions]
+    budget.start_chunk("the sampled trajectories")
     judged = judge_trajectories(judge, [(prompt_text(r), reasoning, answer) for r, (reasoning, answer, _) in zip(records, parts)])
+    budget.end_chunk()
     rows, counts = [], {"safe": 0, "unsafe": 0, "error": 0}
     for record, completion, (reasoning, answer, closed), verdicts in zip(records, completions, parts, judged):
         label = trajectory_label(verdicts)
@@ -71,10 +105,15 @@ def run_sample(config) -> int:
         rows.append(dict(id=record["id"], kind=record["kind"], prompt=record["prompt"], completion=completion.text, completion_ids=list(completion.ids),
                          reasoning=reasoning, answer=answer, think_closed=closed, finish_reason=completion.finish_reason,
                          label=label, verdicts={k: v.to_dict() for k, v in verdicts.items()}, policy=policy.policy_id,
-                         sampling=dataclasses.asdict(policy.sampling)))
+                         sampling=dataclasses.asdict(policy.sampling), provenance=stamp))
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    _write_run_json(out / "sample_run.json", "sample", provenance, prompts=config.prompts, trajectories=len(rows),
+                    sampling=dataclasses.asdict(policy.sampling), seed=config.intervention.seed, judge=judge.settings()
+                    if callable(getattr(judge, "settings", None)) else getattr(judge, "name", None))
     atomic_write_jsonl(out / "trajectories.jsonl", rows)
+    if budget.requests:  # an LLM judge was asked
+        print(budget.line())
     print(f"{len(rows)} trajectories: {counts['unsafe']} unsafe, {counts['safe']} safe, {counts['error']} judge errors "
           f"-> {out / 'trajectories.jsonl'}")
     return 0
@@ -96,11 +135,21 @@ def run_csr(config) -> int:
     rows = read_jsonl_records(c.trajectories, {"id": str, "prompt": (str, list), "reasoning": str}, kind="trajectory")
     rows = [r for r in rows if not c.kind or r.get("kind", "harmful") == c.kind]
     check_judge_fits(config, [prompt_text(r) for r in rows], c.trajectories, roles=("judge",))
-    judge, _ = build_judges(config)
+    # a judged continuation is a trajectory prefix (up to the whole reasoning) + one generation
+    longest = max((len(r["completion_ids"]) if isinstance(r.get("completion_ids"), list) else -(-len(r["reasoning"]) // 3)
+                   for r in rows), default=0)
+    judge, _, budget, servers = _judges_for(
+        config, [prompt_text(r) for r in rows], roles=("judge",), trajectory_tokens=longest + config.sampling.max_new_tokens,
+        trajectory_setting="the longest trajectory + sampling.max_new_tokens")
     policy = build_policy(config)
     out = Path(config.out)
+    provenance = stage_provenance("csr", policy=policy, judge=judge, prompts_digest=prompts_sha256(rows),
+                                  judge_servers=servers)
+    _write_run_json(out / "csr" / "run.json", "csr", provenance, trajectories=c.trajectories, rows=len(rows),
+                    csr={k: c[k] for k in c.keys()}, sampling=dataclasses.asdict(policy.sampling))
     results, table = [], []
     for row in rows:
+        budget.start_chunk(f"trajectory {row['id']!r}")
         completion_ids = row.get("completion_ids")  # the ids as sampled (ipo-jax sample writes them)
         if completion_ids is not None and (
             not isinstance(completion_ids, list)
@@ -116,14 +165,17 @@ def run_csr(config) -> int:
             )
         except ValueError as e:
             raise ValueError(f"{c.trajectories}: trajectory {row['id']!r}: {e}") from None
+        budget.end_chunk()  # over judge.max_error_share: stop before this trajectory's outputs are written
         write_csr_outputs(result, out / "csr", row["id"])
         results.append(result)
         table.append(dict(id=row["id"], sentences=len(result.sentences), triggers=list(result.trigger_indices),
-                          cues=list(result.cue_indices)))
+                          cues=list(result.cue_indices), provenance=record_provenance(provenance)))
     candidates = collect_trigger_candidates(results)
     if candidates:
         write_trigger_candidates(out / "trigger_candidates.txt", candidates)
     atomic_write_jsonl(out / "csr_summary.jsonl", table)
+    if budget.requests:  # an LLM judge was asked
+        print(budget.line())
     print(f"{len(rows)} trajectories analysed; {sum(len(r['cues']) for r in table)} compliance cues, "
           f"{len(candidates)} trigger candidates; CSV and PNG per trajectory in {out / 'csr'}")
     return 0
