@@ -302,6 +302,9 @@ RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "csr.mu": number_in(0, 1),
         "csr.eta": number_in(0, 1),
         "csr.window": int_at_least(1),
+        "csr.granularity": one_of("token", "sentence"),
+        "csr.token_stride": int_at_least(1),
+        "csr.seed": int_at_least(0),
     },
     "eval": {
         **_MODEL, **_MESH, **_SAMPLING, **_POLICY, **_JUDGE,

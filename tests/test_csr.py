@@ -251,6 +251,7 @@ def world():
 
 def _csr(world, judge, reasoning=REASONING, *, sampling=SAMPLING, judge_prompt=JUDGE_PROMPT, **kwargs):
     tokenizer, sampler = world
+    kwargs.setdefault("granularity", "sentence")  # these tests pin the per-sentence option; token CSR: test_csr_tokens.py
     return continuation_safety_ratio(
         sampler, tokenizer, judge, MESSAGES, reasoning,
         num_samples=NUM_SAMPLES, sampling=sampling, judge_prompt=judge_prompt, **kwargs,
@@ -495,7 +496,7 @@ def test_forks_and_re_prefilling_give_the_same_samples_and_csr(world):
         judge, spies[fork] = HashJudge(errors=False), SpySampler(sampler, forks=fork)
         results[fork] = continuation_safety_ratio(
             spies[fork], tokenizer, judge, MESSAGES, REASONING, num_samples=NUM_SAMPLES, sampling=SAMPLING,
-            judge_prompt=JUDGE_PROMPT)
+            judge_prompt=JUDGE_PROMPT, granularity="sentence")
         logs[fork] = judge.log
     points = continuation_points(tokenizer, MESSAGES, REASONING)
     # forks: ONE call, the trajectory prefilled once, a fork of NUM_SAMPLES rows cut at each sentence end

@@ -718,7 +718,8 @@ def test_csr_judges_all_continuations_of_a_trace_in_one_call(server):
 
     judge = LLMJudge(_judge_server(server))
     result = continuation_safety_ratio(FixedSampler(), tokenizer, judge, [{"role": "user", "content": REQUEST}],
-                                       "Okay. I refuse.", num_samples=2, sampling=SamplingConfig(), judge_prompt=REQUEST)
+                                       "Okay. I refuse.", num_samples=2, sampling=SamplingConfig(), judge_prompt=REQUEST,
+                                       granularity="sentence")
     assert list(result.n_safe) == [1, 1] and list(result.n_unsafe) == [1, 1]
     assert len(server.requests) == 8 and server.max_active == CONCURRENCY
 

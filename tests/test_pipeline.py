@@ -319,13 +319,20 @@ def test_sample_and_build_pairs_run_through_the_cli(tiny_world, tmp_path):
     # CSR over the sampled harmful trajectories: a CSV and a PNG for each
     trajectories = tmp_path / "sample" / "trajectories.jsonl"
     args = _pipeline_args("csr", tiny_world, tmp_path / "csr", f"--config.csr.trajectories={trajectories}",
-                          "--config.csr.num_samples=2", "--config.csr.window=1")
+                          "--config.csr.num_samples=2", "--config.csr.window=1", "--config.csr.seed=5")
     assert main(args) == 0
     harmful = [r["id"] for r in rows if r["kind"] == "harmful" and r["reasoning"].strip()]
     assert harmful
     for trajectory_id in harmful:
         assert (tmp_path / "csr" / "csr" / f"{trajectory_id}.csr.csv").is_file()
         assert (tmp_path / "csr" / "csr" / f"{trajectory_id}.csr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (tmp_path / "csr" / "csr" / f"{trajectory_id}.csr_tokens.csv").is_file()  # the default: per token
+    # each trace samples under its own seed, derived from the base seed and its id
+    from ipo_jax.pipeline.csr import trace_seed
+
+    table = [json.loads(l) for l in (tmp_path / "csr" / "csr_summary.jsonl").read_text().splitlines()]
+    assert {r["granularity"] for r in table} == {"token"}
+    assert [r["seed"] for r in table] == [trace_seed(5, r["id"]) for r in table] and len({r["seed"] for r in table}) == len(table)
 
 
 def test_cli_reports_a_bad_prompt_file(tiny_world, tmp_path, capsys):

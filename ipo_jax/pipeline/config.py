@@ -45,7 +45,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.csr.num_samples = 32  # continuations per sentence (paper: 32)
     c.csr.mu = 0.9  # safety trigger: CSR rises above mu and stays there for `window` sentences
     c.csr.eta = 0.1  # compliance cue: CSR falls below eta and stays there
-    c.csr.window = 15
+    c.csr.window = 15  # in tokens with granularity 'token' (the paper's K), in sentences with 'sentence'
+    # token: CSR after every token of the reasoning (the paper; transitions mapped back to sentences);
+    # sentence: only at sentence ends, the window in sentences (coarser, not the paper's)
+    c.csr.granularity = "token"
+    c.csr.token_stride = 1  # token granularity: measure every n-th token (plus every sentence end); 1 = every token
+    c.csr.seed = 0  # the base seed: each trace samples under a seed hashed from it and the trace's id
     c.csr.kind = "harmful"  # analyse only trajectories of this kind ('' = all)
 
     return c

@@ -120,7 +120,8 @@ def run_sample(config) -> int:
 
 
 def run_csr(config) -> int:
-    """Continuation safety ratio per sentence for each trajectory; CSV + PNG each, trigger candidates."""
+    """Continuation safety ratio of each trajectory (per token position or per sentence: csr.granularity), each
+    with its own seed; CSV + PNG each, trigger candidates."""
     from ipo_jax.data.records import read_jsonl_records
     from ipo_jax.pipeline.csr import (
         collect_trigger_candidates,
@@ -160,8 +161,9 @@ def run_csr(config) -> int:
         try:
             result = continuation_safety_ratio(
                 policy.sampler, policy.tokenizer, judge, prompt_messages(row), row["reasoning"], num_samples=c.num_samples,
-                sampling=policy.sampling, judge_prompt=prompt_text(row), mu=c.mu, eta=c.eta, window=c.window,
-                completion_ids=completion_ids,
+                sampling=dataclasses.replace(policy.sampling, seed=c.get("seed", 0)), judge_prompt=prompt_text(row),
+                mu=c.mu, eta=c.eta, window=c.window, completion_ids=completion_ids, granularity=c.get("granularity", "token"),
+                token_stride=c.get("token_stride", 1), trace_id=row["id"],  # each trace its own seed
             )
         except ValueError as e:
             raise ValueError(f"{c.trajectories}: trajectory {row['id']!r}: {e}") from None
@@ -169,7 +171,8 @@ def run_csr(config) -> int:
         write_csr_outputs(result, out / "csr", row["id"])
         results.append(result)
         table.append(dict(id=row["id"], sentences=len(result.sentences), triggers=list(result.trigger_indices),
-                          cues=list(result.cue_indices), provenance=record_provenance(provenance)))
+                          cues=list(result.cue_indices), granularity=result.granularity, seed=result.seed,
+                          trigger_tokens=list(result.trigger_positions), cue_tokens=list(result.cue_positions), provenance=record_provenance(provenance)))
     candidates = collect_trigger_candidates(results)
     if candidates:
         write_trigger_candidates(out / "trigger_candidates.txt", candidates)
