@@ -243,6 +243,7 @@ RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "data.layout": one_of(*LAYOUTS),
         "data.mask_from": one_of(*MASK_FROM),
         "data.max_length": int_at_least(2),
+        "data.max_dropped_share": number_in(0, 1),
         "data.buckets": positive_int_tuple,
         "data.pairs_per_micro": int_at_least(1),
         "data.micro_batches": int_at_least(1),

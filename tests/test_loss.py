@@ -15,6 +15,8 @@ from ipo_jax.data.pairs import (
     bucket_length,
     default_buckets,
     fit_to_length,
+    length_problem,
+    pair_length,
     pack_pairs,
     read_pair_records,
     tokenize_pair,
@@ -275,14 +277,15 @@ def test_prefix_shared_layout_saves_tokens():
     assert shared < dup
 
 
-def test_fit_to_length_truncates_suffix_tails_or_gives_up():
+def test_fit_to_length_keeps_a_pair_whole_or_drops_it():
+    """prompt + prefix + chosen + rejected = 31 tokens: kept whole at 31 and above, dropped below
+    (never cut), whatever the layout; the reason says whether prompt + prefix alone leave no room."""
     pair = TokenizedPair("x", np.arange(10), np.arange(10), np.arange(8), np.arange(3))
-    fitted = fit_to_length(pair, 26, "prefix_shared")
-    assert fitted.row_length("prefix_shared") == 26 and len(fitted.rejected) == 3 and len(fitted.chosen) == 3
-    assert np.array_equal(fitted.chosen, pair.chosen[:3])
-    assert fit_to_length(pair, 25, "duplicated").row_length("duplicated") == 25
-    assert fit_to_length(pair, 21, "prefix_shared") is None  # only one token left for two suffixes
-    assert fit_to_length(pair, 100, "duplicated") is pair
+    assert pair_length(pair) == pair.row_length("prefix_shared") == 31 and pair.row_length("duplicated") == 28
+    assert fit_to_length(pair, 31) is pair and fit_to_length(pair, 100) is pair and length_problem(pair, 31) is None
+    for max_length in (30, 28, 26, 22):  # 28: its duplicated rows would fit, the pair does not
+        assert fit_to_length(pair, max_length) is None and length_problem(pair, max_length) == "pair_too_long"
+    assert length_problem(pair, 21) == "trunk_too_long"  # 20 trunk tokens + one of each side do not fit
 
 
 def test_bucketing_bounds_the_number_of_shapes():

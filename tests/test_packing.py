@@ -39,7 +39,7 @@ def realistic_pairs(n=600, max_length=8192, seed=0):
     trunk, chosen, rejected = draw(200, 6000, 1200), draw(100, 2000, 400), draw(100, 2000, 400)
     zeros = lambda k: np.zeros(k, np.int32)  # noqa: E731
     pairs = [TokenizedPair(str(i), zeros(64), zeros(t - 64), zeros(c), zeros(r)) for i, (t, c, r) in enumerate(zip(trunk, chosen, rejected))]
-    return [f for f in (fit_to_length(p, max_length, "prefix_shared") for p in pairs) if f is not None]
+    return [f for f in (fit_to_length(p, max_length) for p in pairs) if f is not None]  # longer pairs dropped
 
 
 # ----------------------------------------------------------------------------- bin packing

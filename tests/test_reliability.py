@@ -653,29 +653,36 @@ def test_bad_pair_records_are_named_with_file_line_id_and_field(tmp_path, capsys
     assert re.search(message, capsys.readouterr().err)
 
 
-def test_the_length_rule_truncates_suffix_tails_counts_and_reports_what_cannot_fit(tmp_path):
-    """Rows longer than max_length keep prompt + prefix whole and lose suffix tail tokens (counted);
-    a pair whose prompt + prefix leave no room is skipped, counted and listed with the reason."""
+def test_the_length_rule_drops_whole_pairs_counts_and_reports_each_reason(tmp_path):
+    """A pair longer than max_length is dropped whole (never cut), listed with its reason and lengths;
+    within data.max_dropped_share the rest train."""
     from ipo_jax.data.pairs import TokenizedPair
 
     ids = lambda n: np.arange(3, 3 + n, dtype=np.int32)
     pairs = [TokenizedPair("fits", ids(4), ids(4), ids(6), ids(6)),            # 20 tokens
-             TokenizedPair("long", ids(4), ids(4), ids(20), ids(5)),           # 33: chosen loses its tail
+             TokenizedPair("long", ids(4), ids(4), ids(20), ids(5)),           # 33: dropped, not cut
              TokenizedPair("hopeless", ids(10), ids(20), ids(3), ids(3))]      # trunk 30 > 24
-    config = ml_collections.ConfigDict({"data": {"max_length": 24, "layout": "prefix_shared"}})
-    kept, truncated, skipped = loop._fit_pairs(pairs, config, tmp_path)
-    assert [p.id for p in kept] == ["fits", "long"] and (truncated, skipped) == (1, 1)
-    long = kept[1]
-    assert long.row_length("prefix_shared") == 24 and len(long.rejected) == 5 and len(long.chosen) == 11
-    np.testing.assert_array_equal(long.chosen, ids(11))  # the head of the suffix is kept
-    (line,) = (tmp_path / "skipped_pairs.jsonl").read_text().splitlines()
-    assert json.loads(line) == {"id": "hopeless", "reason": "prompt + prefix of 30 tokens leave no room in max_length 24"}
+    config = ml_collections.ConfigDict({"data": {"max_length": 24, "layout": "prefix_shared", "max_dropped_share": 0.7}})
+    kept, dropped = loop._fit_pairs(pairs, config, tmp_path, where={"long": "p.jsonl:2"})
+    assert kept == pairs[:1] and [d["id"] for d in dropped] == ["long", "hopeless"]
+    lines = [json.loads(line) for line in (tmp_path / "skipped_pairs.jsonl").read_text().splitlines()]
+    assert lines == [
+        {"id": "long", "reason": "pair_too_long", "at": "p.jsonl:2", "tokens": 33, "max_length": 24,
+         "prompt": 4, "prefix": 4, "chosen": 20, "rejected": 5},
+        {"id": "hopeless", "reason": "trunk_too_long", "tokens": 36, "max_length": 24,
+         "prompt": 10, "prefix": 20, "chosen": 3, "rejected": 3},
+    ]
+    config.data.max_dropped_share = 0.6  # 2 of 3 is more than that
+    with pytest.raises(loop.TrainingError, match=r"2 of 3 pairs \(66.7%\) are longer than data.max_length 24 .*"
+                                                 r"the longest, 'hopeless', has 36 tokens"):
+        loop._fit_pairs(pairs, config, tmp_path)
 
 
 def test_no_pair_fitting_max_length_is_a_clear_error(tmp_path, capsys):
-    assert main(_train_args(tmp_path / "out", "--config.data.max_length=16")) == 2
+    assert main(_train_args(tmp_path / "out", "--config.data.max_length=16", "--config.data.max_dropped_share=1.0")) == 2
     err = capsys.readouterr().err
-    assert "no pair fits max_length 16; see" in err and "skipped_pairs.jsonl" in err
+    assert "16 of 16 pairs (100.0%) are longer than data.max_length 16 and would be dropped (every pair would be dropped)" in err
+    assert "raise data.max_length" in err and "skipped_pairs.jsonl" in err
     assert len((tmp_path / "out" / "skipped_pairs.jsonl").read_text().splitlines()) == 16
 
 

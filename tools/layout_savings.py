@@ -9,7 +9,7 @@ python tools/layout_savings.py --pairs configs/sample_pairs.jsonl --tokenizer qw
   that holds no pair's token (so the epoch's last, part-empty step counts too).
   --realistic N: also N generated pairs (lengths only; seed 0): prompt + prefix 200-6000 tokens,
   chosen and rejected 100-2000 each, log-normal around 1200 / 400 / 400, rows of --realistic-length
-  (8192) tokens, pairs longer than that cut by the training rule (fit_to_length).
+  (8192) tokens, pairs longer than that dropped by the training rule (fit_to_length: never cut).
 Prints markdown tables; --json writes the numbers too.
 """
 
@@ -42,7 +42,7 @@ def realistic_pairs(n: int, max_length: int, seed: int = 0) -> list[TokenizedPai
     trunk, chosen, rejected = draw(200, 6000, 1200), draw(100, 2000, 400), draw(100, 2000, 400)
     zeros = lambda k: np.zeros(k, np.int32)  # noqa: E731
     pairs = [TokenizedPair(str(i), zeros(64), zeros(t - 64), zeros(c), zeros(r)) for i, (t, c, r) in enumerate(zip(trunk, chosen, rejected))]
-    return [f for f in (fit_to_length(p, max_length, "prefix_shared") for p in pairs) if f is not None]
+    return [f for f in (fit_to_length(p, max_length) for p in pairs) if f is not None]
 
 
 def measure(pairs, *, pairs_per_batch: int, max_length: int, pack_lengths, rows_per_micro) -> dict:
@@ -64,7 +64,7 @@ def measure(pairs, *, pairs_per_batch: int, max_length: int, pack_lengths, rows_
     packed = []
     for length in pack_lengths:
         if any(p.row_length("prefix_shared") > length for p in pairs):
-            continue  # a pair longer than the row: fit_to_length would cut it first
+            continue  # a pair longer than the row: training would drop it (fit_to_length)
         for rows in rows_per_micro:
             batches = PairBatches(pairs, rows, 1, "prefix_shared", "cue", default_buckets(length, steps_per_octave=2), packing=True)
             packed.append({"row_length": length, "rows_per_micro": rows, "rows": len(batches.rows), "pair_slots": batches.pair_slots,

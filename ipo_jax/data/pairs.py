@@ -297,30 +297,29 @@ def tokenize_pair(tokenizer, record: dict[str, Any]) -> TokenizedPair:
     )
 
 
-def fit_to_length(pair: TokenizedPair, max_length: int, layout: str) -> TokenizedPair | None:
-    """Truncation rule: keep the trunk, cut the suffix tails until the row fits.
+def pair_length(pair: TokenizedPair) -> int:
+    """The pair's length for the length rule: prompt + prefix + chosen + rejected tokens (its
+    prefix-shared row; each duplicated row, trunk + one side, is no longer)."""
+    return len(pair.prompt) + len(pair.prefix) + len(pair.chosen) + len(pair.rejected)
 
-    In the prefix-shared layout the budget after the trunk is split between the suffixes,
-    the shorter one kept whole if it fits in half. Returns None when the trunk leaves no room
-    for at least one token of each suffix (the caller counts and reports such pairs).
-    """
-    if pair.row_length(layout) <= max_length:
-        return pair
-    budget = max_length - len(pair.prompt) - len(pair.prefix)
-    c, r = len(pair.chosen), len(pair.rejected)
-    if layout == "duplicated":
-        c, r = min(c, budget), min(r, budget)
-    else:
-        half = budget // 2
-        if c <= half:
-            r = budget - c
-        elif r <= half:
-            c = budget - r
-        else:
-            c, r = half, budget - half
-    if c < 1 or r < 1:
+
+def length_problem(pair: TokenizedPair, max_length: int) -> str | None:
+    """Why the pair does not fit `max_length` (None when it fits): 'trunk_too_long' when prompt +
+    prefix alone leave no room for a token of each side, else 'pair_too_long'."""
+    if pair_length(pair) <= max_length:
         return None
-    return dataclasses.replace(pair, chosen=pair.chosen[:c], rejected=pair.rejected[:r])
+    return "trunk_too_long" if len(pair.prompt) + len(pair.prefix) + 2 > max_length else "pair_too_long"
+
+
+def fit_to_length(pair: TokenizedPair, max_length: int) -> TokenizedPair | None:
+    """The length rule, the same for every layout: the pair itself when prompt + prefix + chosen +
+    rejected fit in `max_length` tokens, else None (the caller drops it and counts the reason,
+    `length_problem`). A pair is never cut: a chosen side without its answer and end of turn would
+    be trained as a complete answer. One rule for both layouts keeps the set of trained pairs, hence
+    the numbers, the same: the prefix-shared row is the whole pair, and each duplicated row (trunk +
+    one side) is shorter than it, so a pair that fits one layout's rows fits the other's.
+    """
+    return pair if pair_length(pair) <= max_length else None
 
 
 def bucket_length(n: int, buckets: Sequence[int]) -> int:

@@ -61,11 +61,15 @@ def paper_pipeline_config(hf_name: str, run_name: str) -> ml_collections.ConfigD
 
     Paper: 1,000 harmful prompts from STAR-1, the 6-trigger pool, at most 14 generations per
     prompt, CSR with N = 32 continuations, decoding at temperature 0.6 / top-p 0.95. Ours: up to
-    3 intervention rounds; 16,384 new tokens per generation (R1-style traces run to thousands of
-    tokens, and a cut-off generation never becomes a pair side, so a short limit only wastes
-    samples); prompts up to 20,480 tokens, since an intervention continues from the prompt plus a
-    prefix of up to one generation plus the trigger (a later round that would need more is dropped
-    and counted as prompt_too_long); bfloat16 weights (sampling only). The judge
+    3 intervention rounds; 5,120 new tokens per generation and prompts up to 6,144 tokens, so that
+    every pair fits the training configs' data.max_length of 16,384 (`longest_pair_tokens`: 6,144 +
+    2 x 5,120; training drops a longer pair, never cuts it). R1-style traces run to thousands of
+    tokens; a cut-off generation never becomes a pair side (counted as cut_off_*), and an
+    intervention prompt (the prompt, a prefix of up to one generation, the trigger) over 6,144 tokens
+    is dropped and counted as prompt_too_long. To keep longer traces raise both sides together, e.g.
+    8,192 new tokens, prompts up to 16,384 and the train config's data.max_length 32,768 (ipo-jax
+    plan: fits 8xh100 with 8 rows per micro-batch; v5p-8 needs data.pairs_per_micro=4,
+    data.micro_batches=8). bfloat16 weights (sampling only). The judge
     and cue detector: an OpenAI-compatible endpoint (e.g. a vLLM server), set judge.base_url and
     judge.model.
     """
@@ -77,10 +81,10 @@ def paper_pipeline_config(hf_name: str, run_name: str) -> ml_collections.ConfigD
     c.out = f"pairs/{run_name}"
     c.sampling.temperature = 0.6
     c.sampling.top_p = 0.95
-    c.sampling.max_new_tokens = 16384
+    c.sampling.max_new_tokens = 5120
     c.sampler.batch_size = 32
     c.sampler.chunk_tokens = 64
-    c.sampler.max_prompt_length = 20480
+    c.sampler.max_prompt_length = 6144  # + 2 x max_new_tokens = 16384, the train configs' max_length
     c.judge.backend = "http"
     c.judge.base_url = "http://localhost:8000/v1"
     c.judge.model = "judge"
@@ -93,3 +97,15 @@ def paper_pipeline_config(hf_name: str, run_name: str) -> ml_collections.ConfigD
     c.intervention.chunk_prompts = 32
     c.csr.num_samples = 32
     return c
+
+
+def longest_pair_tokens(config: ml_collections.ConfigDict) -> int:
+    """The most tokens (prompt + prefix + chosen + rejected, the training length rule's count) a pair
+    built with `config` can have. An IPO pair's prompt + prefix + chosen-so-far is one intervention
+    prompt (at most sampler.max_prompt_length, or it is dropped as prompt_too_long), the last
+    continuation adds at most sampling.max_new_tokens, and prefix + rejected is the original
+    generation (at most sampling.max_new_tokens); an over-refusal or full-trajectory pair is a prompt
+    and two generations (the in-process sampler refuses a prompt over sampler.max_prompt_length; an
+    HTTP policy does not check it, and training drops such a pair). A train config whose data.max_length is at least this never drops a pair
+    for length."""
+    return config.sampler.max_prompt_length + 2 * config.sampling.max_new_tokens

@@ -42,7 +42,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.pairs = ""
     c.data.layout = "prefix_shared"  # prefix_shared | duplicated (same numbers; shared saves the prefix compute)
     c.data.mask_from = "cue"  # cue: loss on the suffix only (IPO); reasoning: the whole completion
-    c.data.max_length = 4096  # longer pairs lose suffix tail tokens (counted); see fit_to_length
+    # a pair (prompt + prefix + chosen + rejected tokens, whatever the layout) longer than this is dropped,
+    # never cut; dropped pairs are listed in train.out/skipped_pairs.jsonl (ipo_jax/data/pairs.py fit_to_length)
+    c.data.max_length = 4096
+    c.data.max_dropped_share = 0.05  # more than this share of the pairs dropped for length: train refuses (exit 2)
     c.data.buckets = ()  # row lengths compiled; () = 64, 96, 128, 192, ... (2^k and 1.5 * 2^k) up to max_length
     c.data.pairs_per_micro = 8  # pairs per micro-batch (one row each in prefix_shared); with packing: rows
     c.data.micro_batches = 1  # gradient accumulation: pairs per step = pairs_per_micro * micro_batches
@@ -92,14 +95,16 @@ def paper_model_config(hf_name: str, run_name: str) -> ml_collections.ConfigDict
     c.model.init = f"hf:/models/{hf_name}"
     c.model.param_dtype = "float32"
     c.model.dtype = "bfloat16"
-    # remat full: on a v5p-8 host (4 chips) the 8 rows of a micro-batch are 2 per chip, and
-    # dots_saveable then needs 137 GiB a chip for the 8B (ipo-jax plan); full plans at 53-55 GiB
-    # of 95 on v5p-8 and 29-31 GiB of 80 on 8xh100. On 8 GPUs dots_saveable (faster) fits the
-    # Llama-8B: 69 GiB, 14% headroom.
+    # remat full: on a v5p-8 host (4 chips) the 8 rows of a micro-batch are 2 per chip; at 16384
+    # tokens full plans at 64-71 GiB of 95 on v5p-8 and 33-36 GiB of 80 on 8xh100 (ipo-jax plan).
+    # dots_saveable (faster) fit the Llama-8B on 8 GPUs at 8192 tokens (69 GiB), not at 16384 (118 GiB).
     c.model.remat = "full"
     c.model.attention = "blockwise"
     c.data.pairs = f"pairs/{run_name}/pairs.jsonl"  # where configs/pipeline_<run>.py writes them
-    c.data.max_length = 8192
+    # 16384: the longest pair configs/pipeline_<run>.py can produce (ipo_jax/pipeline/config.py,
+    # longest_pair_tokens: sampler.max_prompt_length + 2 x sampling.max_new_tokens); longer pairs
+    # would be dropped, never cut. ipo-jax plan: fits v5p-8 and 8xh100 with 8 rows per micro-batch
+    c.data.max_length = 16384
     c.data.pairs_per_micro = 8  # 8 rows over 8 devices (prefix-shared: one row per pair)
     c.data.micro_batches = 4  # 32 pairs per update
     c.train.out = f"runs/{run_name}"

@@ -10,7 +10,8 @@ Output directory (config.train.out):
                         values are null: every line is strict JSON)
   unreadable_checkpoints/<step>/   damaged checkpoints moved out of the way (see below)
   tensorboard/          event files (tensorboard --logdir <out>/tensorboard)
-  skipped_pairs.jsonl   pairs that could not fit max_length, with the reason
+  skipped_pairs.jsonl   pairs dropped as longer than data.max_length (prompt + prefix + chosen +
+                        rejected; never cut), one line each: id, reason, file:line, lengths
   final/                the trained policy as an ipo-jax model directory (convert it to HF
                         with `ipo-jax convert --from orbax --to hf <out>/final <dir>`)
 
@@ -39,6 +40,7 @@ TrainingError or a SettingsError (bad input).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -64,8 +66,9 @@ from ipo_jax.data.pairs import (
     PairBatches,
     TokenizedPair,
     default_buckets,
-    fit_to_length,
     has_token_ids,
+    length_problem,
+    pair_length,
     prompt_messages,
     read_pair_sources,
 )
@@ -171,23 +174,43 @@ def _tokenize(records, tokenizer) -> list[TokenizedPair]:
     ]
 
 
-def _fit_pairs(pairs, config, out: Path):
+def _fit_pairs(pairs, config, out: Path, where: dict[str, str] | None = None):
+    """(kept pairs, dropped pairs) under the length rule (ipo_jax/data/pairs.py `fit_to_length`, one
+    rule for every layout): a pair whose prompt + prefix + chosen + rejected exceed data.max_length
+    is dropped, never cut. Each dropped pair is listed in <out>/skipped_pairs.jsonl with its reason (`length_problem`), its
+    lengths and `where` it was read (file:line, by id). More than data.max_dropped_share of the pairs
+    dropped, or none left, is a TrainingError naming the longest pair and the setting to raise."""
     if config.data.get("packing") and config.data.layout != "prefix_shared":  # checked before the model loads
         raise TrainingError(f"data.packing needs data.layout 'prefix_shared', got {config.data.layout!r}")
-    kept, truncated, skipped = [], 0, []
+    max_length = config.data.max_length
+    limit = config.data.get("max_dropped_share", base_config().data.max_dropped_share)
+    kept, dropped = [], []
     for pair in pairs:
-        fitted = fit_to_length(pair, config.data.max_length, config.data.layout)
-        if fitted is None:
-            skipped.append({"id": pair.id, "reason": f"prompt + prefix of {len(pair.trunk)} tokens leave no room in max_length {config.data.max_length}"})
+        reason = length_problem(pair, max_length)
+        if reason is None:
+            kept.append(pair)
             continue
-        truncated += fitted is not pair
-        kept.append(fitted)
-    if skipped and jax.process_index() == 0:
-        with open(out / "skipped_pairs.jsonl", "w") as f:
-            f.writelines(json.dumps(s) + "\n" for s in skipped)
-    if not kept:
-        raise TrainingError(f"no pair fits max_length {config.data.max_length}; see {out / 'skipped_pairs.jsonl'}")
-    return kept, truncated, len(skipped)
+        dropped.append({"id": pair.id, "reason": reason, **({"at": where[pair.id]} if where and pair.id in where else {}),
+                        "tokens": pair_length(pair), "max_length": max_length, "prompt": len(pair.prompt),
+                        "prefix": len(pair.prefix), "chosen": len(pair.chosen), "rejected": len(pair.rejected)})
+    path = out / "skipped_pairs.jsonl"
+    if jax.process_index() == 0:
+        if dropped:
+            atomic_write_text(path, "".join(json.dumps(s) + "\n" for s in dropped))
+        else:
+            path.unlink(missing_ok=True)  # left by an earlier start with a shorter max_length
+    share = len(dropped) / len(pairs) if pairs else 0.0
+    if dropped and (not kept or share > limit):
+        longest = max(dropped, key=lambda s: s["tokens"])
+        at = f" ({longest['at']})" if "at" in longest else ""
+        why = "every pair would be dropped" if not kept else f"more than data.max_dropped_share {limit:g}"
+        raise TrainingError(
+            f"{len(dropped)} of {len(pairs)} pairs ({share:.1%}) are longer than data.max_length {max_length} "
+            f"and would be dropped ({why}); the longest, {longest['id']!r}{at}, has {longest['tokens']} tokens "
+            f"(prompt + prefix + chosen + rejected); raise data.max_length to at least {longest['tokens']} "
+            f"(`ipo-jax plan` checks the memory) or data.max_dropped_share; the dropped pairs are listed in {path}"
+        )
+    return kept, dropped
 
 
 def _reference_params(spec: str, config, mesh, vocab_needed: int, policy_params):
@@ -484,10 +507,13 @@ def train(config) -> int:
 
     tokenizer = _tokenizer(config, records, out)
     # the data is checked before the model is loaded: a bad pair file fails in seconds, not after a 70B load
-    pairs, truncated, skipped = _fit_pairs(_tokenize(records, tokenizer), config, out)
+    where = {r["id"]: f"{r['_file']}:{r['_line']}" for r in records if "_file" in r and "_line" in r}
+    pairs, dropped = _fit_pairs(_tokenize(records, tokenizer), config, out, where)
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(collections.Counter(s["reason"] for s in dropped).items()))
     print(
-        f"pairs: {len(records)} read, {len(pairs)} used, {truncated} truncated to max_length "
-        f"{config.data.max_length}, {skipped} skipped" + (f" (see {out / 'skipped_pairs.jsonl'})" if skipped else "")
+        f"pairs: {len(records)} read, {len(pairs)} used, {len(dropped)} dropped as longer than data.max_length "
+        f"{config.data.max_length} (never cut)"
+        + (f": {reasons}, {len(dropped) / len(records):.1%} (see {out / 'skipped_pairs.jsonl'})" if dropped else "")
     )
     m = config.model
     model = load_model(m.init, mesh=mesh, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,

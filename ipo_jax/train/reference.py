@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 def fingerprint(init: str, pairs_file: str | Path | Sequence[str | Path], settings: dict) -> str:
     """sha256 over the reference checkpoint's files (name, size, mtime), the bytes of every pair
     file (one path or several, in order) and the settings that change the numbers (mask start,
-    truncation, dtype, tokenizer, packing)."""
+    max_length: which pairs are kept, dtype, tokenizer, packing)."""
     files = [pairs_file] if isinstance(pairs_file, (str, Path)) else list(pairs_file)
     h = hashlib.sha256()
     h.update(json.dumps({"init": init, **settings}, sort_keys=True, default=str).encode())
