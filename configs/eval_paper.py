@@ -1,6 +1,6 @@
 """The paper's evaluation: JailbreakBench, StrongREJECT, WildJailbreak (harmful % of reasoning and
 of response), XSTest (over-refusal, three-class LLM judge), AIME, MATH-500, GPQA-Diamond and
-HumanEval (pass@1), sampled at temperature 0.6, top-p 0.95 with 32768 new tokens for the
+HumanEval (pass@1; AIME: the 2024 exams, `aime.years`), sampled at temperature 0.6, top-p 0.95 with 32768 new tokens for the
 reasoning evaluations.  Point the paths at your local copies (nothing is downloaded) and the
 judge at an OpenAI-compatible endpoint:
 
@@ -35,6 +35,9 @@ def get_config():
     c.sampling.max_new_tokens = 32768  # the reasoning evaluations
     c.samples_per_prompt = 1
     c.samples_per_benchmark = "aime=16,gpqa=4,humaneval=5"  # small sets: pass@1 over n samples per prompt
+    # AIME 2024 (30 problems: aime_2024_problems.parquet or aime2024.jsonl in data/eval/aime); the paper
+    # does not name the year. '2024,2025' adds both 2025 halves (another number: the report lists the files)
+    c.aime.years = "2024"
     c.wildjailbreak.sample = 250  # a seeded sample of the adversarial harmful evaluation prompts
     c.wildjailbreak.seed = 0
     c.xstest.judge = "llm"  # the three-class classifier; 'string_match' only without an LLM judge

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -91,6 +92,12 @@ def per_benchmark_ints(v, setting: str):
         parse_per_benchmark(v, setting)
     except PerBenchmarkError:
         return "name=integer[,name=integer...] with integers >= 1 (e.g. aime=16,gpqa=4), or ''"
+    return None
+
+
+def aime_years(v):
+    if not isinstance(v, str) or not all(re.fullmatch(r"\s*\d{4}\s*", y) for y in v.split(",") if y.strip()):
+        return "comma-separated four-digit years such as '2024' or '2024,2025' ('' = every AIME file)"
     return None
 
 
@@ -318,6 +325,7 @@ RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "wildjailbreak.sample": int_at_least(0, " (0 = every row)"),
         "wildjailbreak.seed": int_at_least(0),
         "gpqa.seed": int_at_least(0),
+        "aime.years": aime_years,
         "xstest.judge": one_of("llm", "string_match"),
         "code.workers": int_at_least(1),
         "code.timeout": number_in(0, low_open=True),

@@ -147,11 +147,18 @@ def _share(values) -> float | None:
 def test_paper_run_on_every_benchmark_fixture(server, tmp_path, monkeypatch, capsys):  # noqa: F811
     out = tmp_path / "eval"
     code, policy = _run(server, tmp_path, monkeypatch, out, "--config.samples_per_benchmark=aime=3,gpqa=2",
-                        f"--config.max_new_tokens_per_benchmark=strongreject={SHORT_BUDGET},xstest=4096")
+                        f"--config.max_new_tokens_per_benchmark=strongreject={SHORT_BUDGET},xstest=4096",
+                        "--config.aime.years=2025")
     assert code == 0, capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     b, paper = summary["benchmarks"], summary["paper"]
     groups = {label: items for label, items in _items().items()}
+    # the files each benchmark read, with their item counts (AIME: the two 2025 halves that aime.years names)
+    assert summary["aime_years"] == "2025" and summary["benchmark_files"]["aime"] == [
+        dict(file=str(FIX / "aime2025" / half), rows=rows, items=rows) for half, rows in
+        (("aime2025-I.jsonl", 2), ("aime2025-II.jsonl", 1))]
+    assert set(summary["benchmark_files"]) == set(ALL)
+    assert "AIME covers aime2025-I.jsonl (2 items), aime2025-II.jsonl (1 items)" in (out / "report.md").read_text()
 
     # safety: harmful share of reasoning and of response = share of odd-numbered withheld requests
     for name, short in (("jailbreakbench", "JBB"), ("wildjailbreak", "WJ")):

@@ -34,6 +34,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.wildjailbreak = ml_collections.ConfigDict()
     c.wildjailbreak.sample = 0  # > 0: a seeded random sample of N adversarial harmful prompts (0 = all rows)
     c.wildjailbreak.seed = 0  # the sample's seed
+    c.aime = ml_collections.ConfigDict()
+    # the AIME year(s) an aime directory contributes, by the year in the file names: '2024', '2024,2025'
+    # (2025 = both halves, aime2025-I and -II); '' = every aime* file there. The report lists the files read.
+    c.aime.years = ""
     c.gpqa = ml_collections.ConfigDict()
     c.gpqa.seed = 0  # the seed of GPQA's option shuffle (the correct answer's letter follows it)
     c.xstest = ml_collections.ConfigDict()

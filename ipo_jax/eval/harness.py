@@ -171,21 +171,26 @@ def _loader_options(config, name: str) -> dict[str, Any]:
         return dict(sample=sample or None, seed=config.get("wildjailbreak", {}).get("seed", 0))
     if name == "gpqa":
         return dict(seed=config.get("gpqa", {}).get("seed", 0))
+    if name == "aime":
+        return dict(years=config.get("aime", {}).get("years", ""))
     return {}
 
 
-def load_items(config) -> dict[str, list[EvalItem]]:
+def load_items(config, files: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, list[EvalItem]]:
     """{benchmark label: items} from config.benchmarks, each file's items capped at config.limit
     (WildJailbreak: a seeded sample of config.wildjailbreak.sample; GPQA: options shuffled with
-    config.gpqa.seed)."""
-    from ipo_jax.eval.loaders import load_benchmark
+    config.gpqa.seed; AIME: the files of config.aime.years).  `files`, when given, is filled with
+    {label: [{"file", "rows", "items"}]}: every file each benchmark read and the items it gave."""
+    from ipo_jax.eval.loaders import load_benchmark_files
 
     groups: dict[str, list[EvalItem]] = {}
     for name, path in parse_benchmarks(config.benchmarks):
-        items = load_benchmark(name, path, limit=config.limit or None, **_loader_options(config, name))
+        items, read = load_benchmark_files(name, path, limit=config.limit or None, **_loader_options(config, name))
         # our own jsonl files may mix kinds; label them by file so the report keeps them apart
         label = Path(path).stem if name == "jsonl" else name
         groups.setdefault(label, []).extend(dataclasses.replace(i, benchmark=label) for i in items)
+        if files is not None:
+            files.setdefault(label, []).extend(read)
     return groups
 
 
@@ -391,7 +396,8 @@ def run_eval(config) -> int:
     if xstest_method not in XSTEST_JUDGES:
         raise EvalConfigError(f"config.xstest.judge is {xstest_method!r}; expected one of {', '.join(map(repr, XSTEST_JUDGES))}")
     shard, num_shards = resolve_shard(config)
-    groups = load_items(config)  # every benchmark file read and checked before any model loads
+    files: dict[str, list[dict[str, Any]]] = {}
+    groups = load_items(config, files)  # every benchmark file read and checked before any model loads
     settings = benchmark_settings(config, groups)
     if "xstest" in groups and xstest_method == "llm" and config.judge.backend == "pattern":
         build_xstest_judge("llm", None)  # raises: says to give an LLM judge or string_match
@@ -445,6 +451,7 @@ def run_eval(config) -> int:
                 xstest_judge=xstest_judge.settings() if xstest_judge is not None else None,
                 sampling=dataclasses.asdict(policy.sampling), samples_per_prompt=config.samples_per_prompt,
                 benchmark_settings={label: s.to_dict() for label, s in settings.items()},
+                benchmark_files=files, aime_years=config.get("aime", {}).get("years", ""),
                 seconds=round(time.time() - start, 1), shards=num_shards)
     if num_shards == 1:
         summary = write_outputs(out, rows, meta, found)

@@ -27,8 +27,11 @@ Benchmark: published file(s) / hub id -> columns read -> kind
 `path` is one of
   * the file itself: .csv, .tsv, .json, .jsonl, .jsonl.gz or .parquet;
   * a directory holding one of the published file names (jailbreakbench: `split="benign"` picks
-    benign-behaviors.csv; aime: every aime* published file there -- aime_2024_problems.parquet,
-    aime2025-I.jsonl, aime2025-II.jsonl, aime2024.jsonl, aime2025.jsonl -- read as one benchmark);
+    benign-behaviors.csv; aime: the aime* published files there -- aime_2024_problems.parquet,
+    aime2025-I.jsonl, aime2025-II.jsonl, aime2024.jsonl, aime2025.jsonl -- read as one benchmark,
+    only those of the `years` given (the year in the file name: ``years="2024"`` reads the 2024
+    file alone, ``"2024,2025"`` both years and both 2025 halves; empty: every aime* file there);
+    `load_benchmark_files` also says which files were read and how many items each gave);
   * a directory written by `datasets` ``save_to_disk``, or a local copy of a hub dataset repository
     (read with `datasets.load_dataset(dir)`); a dataset with several splits takes `split`, else the
     benchmark's usual split (JBB harmful, MATH-500 / HumanEval test, else train), else its only one;
@@ -257,8 +260,39 @@ def _is_data_file(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(_DATA_SUFFIXES)
 
 
-def _resolve(name: str, path: str | Path, split: str | None) -> list[_Table]:
+_AIME_YEAR = re.compile(r"(?<!\d)(20\d\d)(?!\d)")
+
+
+def aime_year(name: str) -> int | None:
+    """The year an AIME file or dataset name carries ("aime_2024_problems.parquet" -> 2024,
+    "aime2025-II.jsonl" -> 2025, "hf:opencompass/AIME2025:AIME2025-I" -> 2025); None without one."""
+    years = {int(y) for y in _AIME_YEAR.findall(str(name))}
+    return years.pop() if len(years) == 1 else None
+
+
+def parse_years(spec: str | Sequence[int] | None) -> frozenset[int]:
+    """'2024' / '2024,2025' (or a sequence of ints) -> the set; '' / None -> empty (every year)."""
+    if spec is None:
+        return frozenset()
+    parts = [str(y).strip() for y in ([spec] if isinstance(spec, (str, int)) else spec)]
+    parts = [q for part in parts for q in part.split(",") if q.strip()]
+    years = set()
+    for part in parts:
+        if not re.fullmatch(r"\d{4}", part.strip()):
+            raise EvalDataError(f"config.aime.years entry {part.strip()!r}: expected a four-digit year such as 2024 "
+                                "(comma-separated for several; '' for every AIME file found)")
+        years.add(int(part))
+    return frozenset(years)
+
+
+def _resolve(name: str, path: str | Path, split: str | None, years: frozenset[int] = frozenset()) -> list[_Table]:
     """The tables behind `path` (see the module docstring for what `path` may be)."""
+    is_hub = isinstance(path, str) and path.startswith(_HUB_PREFIX)
+    if years and (is_hub or not Path(path).is_dir()):  # one file or hub id: its name's year must be one of them
+        year = aime_year(str(path) if is_hub else Path(path).name)
+        if year is not None and year not in years:
+            raise EvalDataError(f"{name}: {path} is AIME {year}, not one of the year(s) "
+                                f"{', '.join(map(str, sorted(years)))} that config.aime.years names")
     if isinstance(path, str) and path.startswith(_HUB_PREFIX):
         return [_load_hub(name, path, split)]
     path = Path(path)
@@ -284,8 +318,16 @@ def _resolve(name: str, path: str | Path, split: str | None) -> list[_Table]:
             raise EvalDataError(f"{name}: {path} holds no {wanted}-behaviors.csv")
         return [_read_file(present[0])]
     if name == "aime":
-        # every AIME file there is one benchmark (opencompass/AIME2025 alone comes as two files, one per exam)
+        # the AIME files there are one benchmark (opencompass/AIME2025 alone comes as two files, one per
+        # exam); `years` keeps the files of those years (module docstring)
         specific = [p for p in present if p.name.lower().startswith("aime")]
+        if specific and years:
+            chosen = [p for p in specific if aime_year(p.name) in years]
+            if not chosen:
+                found = ", ".join(f"{p.name} ({aime_year(p.name) or 'year unknown'})" for p in specific)
+                raise EvalDataError(f"{name}: {path} holds no AIME file of year(s) {', '.join(map(str, sorted(years)))} "
+                                    f"(config.aime.years); found {found}")
+            specific = chosen
         if specific:
             return [_read_file(p) for p in specific]
     if present:
@@ -542,12 +584,25 @@ def _sample(name: str, tables: Sequence[_Table], found: list[tuple[_Table, str, 
 
 
 def load_benchmark(name: str, path: str | Path, limit: int | None = None, split: str | None = None, *,
-                   sample: int | None = None, seed: int = 0) -> list[EvalItem]:
+                   sample: int | None = None, seed: int = 0, years: str | Sequence[int] | None = None) -> list[EvalItem]:
     """The items of benchmark `name` read from `path` (see the module docstring)."""
+    return load_benchmark_files(name, path, limit, split, sample=sample, seed=seed, years=years)[0]
+
+
+def load_benchmark_files(name: str, path: str | Path, limit: int | None = None, split: str | None = None, *,
+                         sample: int | None = None, seed: int = 0, years: str | Sequence[int] | None = None,
+                         ) -> tuple[list[EvalItem], list[dict[str, Any]]]:
+    """(items, files): `load_benchmark`'s items and, per file or dataset split read, ``{"file",
+    "rows", "items"}`` -- its rows and how many of the returned items (after sample and limit) came
+    from it.  `years` (AIME only, e.g. "2024" or "2024,2025"; empty: every year) picks a directory's
+    AIME files by the year in their names and refuses a file or hub id of another year."""
     if name not in _PARSERS:
         raise EvalDataError(f"unknown benchmark {name!r}; expected one of {', '.join(BENCHMARKS)}")
     limit, sample = _check_count(limit, "limit"), _check_count(sample, "sample")
-    tables = _resolve(name, path, split)
+    wanted = parse_years(years)
+    if wanted and name != "aime":
+        raise EvalDataError(f"{name}: years={sorted(wanted)} applies to aime only")
+    tables = _resolve(name, path, split, wanted)
     found: list[tuple[_Table, str, dict, EvalItem]] = []
     for table in tables:
         if not table.rows:
@@ -563,5 +618,7 @@ def load_benchmark(name: str, path: str | Path, limit: int | None = None, split:
         seen[item.id] = table.at(location) if len(tables) > 1 else location
     if sample:
         found = _sample(name, tables, found, sample, seed)
-    items = [entry[3] for entry in found]
-    return items[:limit] if limit else items
+    if limit:
+        found = found[:limit]
+    files = [dict(file=t.source, rows=len(t.rows), items=sum(entry[0] is t for entry in found)) for t in tables]
+    return [entry[3] for entry in found], files

@@ -269,6 +269,30 @@ def xstest_classes_table(summary: Mapping[str, Any]) -> str | None:
     return "\n".join(lines)
 
 
+def files_table(summary: Mapping[str, Any]) -> str | None:
+    """Every file (or dataset split) each benchmark read, its rows and the items it gave to the run
+    (after sampling and limit); None for a summary that does not record them."""
+    files = summary.get("benchmark_files")
+    if not files:
+        return None
+    lines = ["| benchmark | file | rows | items used |", "|---|---|---|---|"]
+    for label, read in files.items():
+        for k, f in enumerate(read):
+            lines.append(f"| {label if k == 0 else ''} | `{f['file']}` | {f['rows']} | {f['items']} |")
+    return "\n".join(lines)
+
+
+def aime_note(summary: Mapping[str, Any]) -> str | None:
+    """Which AIME files (and so years) the AIME number covers, e.g. "AIME covers aime_2024_problems.parquet
+    (30 items; config.aime.years '2024')"; None when AIME was not run or its files are not recorded."""
+    read = (summary.get("benchmark_files") or {}).get("aime")
+    if not read:
+        return None
+    years = summary.get("aime_years", "")
+    return ("AIME covers " + ", ".join(f"{Path(f['file']).name} ({f['items']} items)" for f in read)
+            + f" (config.aime.years {years!r}" + (", every aime* file found" if not years else "") + ").")
+
+
 def has_paper_benchmarks(summary: Mapping[str, Any]) -> bool:
     names = {n for n, _ in SAFETY_BENCHMARKS} | {n for n, _ in CAPABILITY_BENCHMARKS} | {"xstest"}
     return bool(names & set(summary["benchmarks"]))
@@ -310,6 +334,10 @@ def write_single_report(out: Path, summary: Mapping[str, Any], contamination_res
         notes.append("Generations cut off at their token budget (finish reason length): "
                      + ", ".join(f"{name} {n}" for name, n in truncated.items()) + ".")
     classes = xstest_classes_table(summary)
+    aime = aime_note(summary)
+    if aime:
+        notes.append(aime)
+    files = files_table(summary)
     text = [
         f"# Evaluation: {label}",
         "",
@@ -329,6 +357,8 @@ def write_single_report(out: Path, summary: Mapping[str, Any], contamination_res
         "",
         details_table(summary),
         *(["", "XSTest classes:", "", classes] if classes else []),
+        *(["", "## Benchmark files", "", "Every file each benchmark read (rows in the file, items this run used):", "",
+           files] if files else []),
         "",
         "## Contamination against the training prompts",
         "",
@@ -375,6 +405,7 @@ def compare_dirs(dirs: Sequence[str | Path], out: Path) -> str:
     atomic_write_json(out / "comparison.json", {name: dict(dir=str(d), paper=s.get("paper") or paper_row(s))
                                                 for (name, s), d in zip(models.items(), dirs)})
     text = ["# Evaluation: comparison", "", table, "", "![comparison](comparison.png)", "", "## Runs", ""]
-    text += [f"- {name}: `{d}` (model `{s.get('model')}`, judge {_judge_text(s)})" for (name, s), d in zip(models.items(), dirs)]
+    text += [f"- {name}: `{d}` (model `{s.get('model')}`, judge {_judge_text(s)})" + (f"; {aime_note(s)}" if aime_note(s) else "")
+             for (name, s), d in zip(models.items(), dirs)]
     (out / "report.md").write_text("\n".join(text) + "\n")
     return table
