@@ -11,6 +11,10 @@ Stages:
   eval      harmful share of reasoning and answer, refusal, over-refusal, math accuracy, report
   demo      the main job on the embedded default (see ipo_jax/demo.py)
   serve     our sampler as an OpenAI-compatible /v1/completions endpoint (see ipo_jax/serve.py)
+  launch    run a stage as N JAX processes on this machine (CPU, loopback; see ipo_jax/launch.py)
+
+Several processes (a TPU slice, SLURM `srun`, or JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES +
+JAX_PROCESS_ID) join one run before a stage starts (ipo_jax/distributed.py).
 
 Stages that take a config use ml_collections config files with dotted overrides:
   ipo-jax demo --config configs/demo.py --config.presets="('tiny-qwen3',)"
@@ -45,7 +49,7 @@ CONFIG_STAGES = {
     "eval": ("evaluate a model on safety / over-refusal / math benchmarks", "eval*.py"),
     "demo": ("run the main job on the embedded default", "demo.py"),
 }
-STAGES = ("convert", "presets", "plan", "serve", *CONFIG_STAGES)
+STAGES = ("convert", "presets", "plan", "serve", "launch", *CONFIG_STAGES)
 EXIT_BAD_INPUT = 2
 EXIT_UNEXPECTED = 1
 EXIT_JUDGE_FAILED = 5  # the judge / cue detector failed (ipo_jax/judging/guard.py); 3 and 4 are training's
@@ -472,6 +476,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="dtype of the weights (default float32)")
     serve.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                        help="compute dtype (default float32)")
+    launch = sub.add_parser(
+        "launch",
+        help="run a stage as N JAX processes on this machine (CPU, loopback): ipo-jax launch --processes 2 -- train ...",
+        description="Start N processes of `ipo-jax STAGE ARGS...` joined as one multi-process JAX run on loopback\n"
+        "(CPU devices, gloo collectives), as a SLURM job or a TPU slice would start them. Output lines are\n"
+        "prefixed with the process index; SIGINT / SIGTERM go to every process; when one fails the others are\n"
+        "stopped and its exit code is returned.\n"
+        "  ipo-jax launch --processes 2 --devices-per-process 4 -- train --config configs/train_tiny_cpu.py",
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
+    launch.add_argument("--processes", type=int, required=True, help="number of JAX processes")
+    launch.add_argument("--devices-per-process", type=int, help="simulated CPU devices in each process (default: XLA_FLAGS, else 1)")
+    launch.add_argument("--port", type=int, help="coordinator port on 127.0.0.1 (default: a free one)")
+    launch.add_argument("command", nargs=argparse.REMAINDER, help="-- STAGE ARGS...: the stage and its arguments")
     for stage, (text, _) in CONFIG_STAGES.items():
         hint = _config_hint(stage).strip(" ()").replace("for example ", "")
         sub.add_parser(stage, help=f"{text} ({hint}; `ipo-jax {stage} --help` lists the fields)", add_help=False)
@@ -479,6 +497,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _dispatch(args, rest: list[str], parser) -> int:
+    if args.stage == "launch":
+        from ipo_jax.launch import launch
+
+        command = args.command[1:] if args.command[:1] == ["--"] else args.command
+        return launch(args.processes, args.devices_per_process, command + rest, port=args.port)
+    if args.stage not in ("presets", "plan") and not any(a in ("-h", "--help") for a in rest):
+        from ipo_jax.distributed import initialize_from_environment
+
+        initialize_from_environment()  # before the stage touches a device; a no-op in one process
     if args.stage in CONFIG_STAGES:
         if "--help" in rest or "-h" in rest:
             print(stage_help(args.stage, [a for a in rest if a not in ("--help", "-h")]))

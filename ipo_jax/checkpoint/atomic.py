@@ -4,7 +4,8 @@
 The finished directory gets ordinary modes (0666 / 0777 less the umask: 0644 files and 0755
 directories as usual) whatever the writers used (safetensors writes 0600). A process killed
 mid-write leaves `.<name>.tmp-<pid>` (and, between its two renames, `.<name>.old-<pid>`);
-`remove_stale_temporaries` clears those when the next run starts.
+`remove_stale_temporaries` clears those when the next run starts. In a run of several JAX
+processes the pid is process 0's, shared by all (`ipo_jax.distributed.agreed_token`).
 """
 
 from __future__ import annotations
@@ -16,44 +17,57 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
+from ipo_jax.distributed import agreed_token, all_processes, barrier, is_main_process
 from ipo_jax.io import fsync_dir
 
 
 @contextlib.contextmanager
-def atomic_output_dir(out_dir: Path, overwrite: bool = False, *, enabled: bool = True) -> Iterator[Path]:
+def atomic_output_dir(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that replaces `out_dir` only if the block finishes.
 
     A non-empty `out_dir` is refused unless `overwrite`; the old contents are removed only
-    after the new directory is in place. With enabled=False (non-writer processes) nothing
-    is touched and the yielded path must not be written.
+    after the new directory is in place.
+
+    Several JAX processes: every process calls this together and gets the same temporary path
+    (named by `agreed_token`, not by its own pid), so writers that coordinate among themselves
+    (orbax) write into one directory; process 0 alone checks, creates and renames, and the
+    others wait for it at barriers on the way in and out. Files only process 0 should write
+    are the caller's to guard (`ipo_jax.distributed.is_main_process`).
     """
     out_dir = Path(out_dir)
-    if not enabled:
-        yield out_dir
-        return
-    remove_stale_temporaries(out_dir.parent, out_dir.name)  # a killed earlier write of this same directory
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    main = is_main_process()
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{agreed_token()}"
+    refusal = None
+    if main:
+        remove_stale_temporaries(out_dir.parent, out_dir.name)  # a killed earlier write of this same directory
+        if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
+            refusal = f"{out_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it"
+        else:
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+    if not all_processes(refusal is None):  # every process stops, not only the one that checked
+        raise FileExistsError(refusal or f"{out_dir}: process 0 refused to write it (see its output)")
     try:
         yield tmp
+        barrier(f"written {out_dir}")  # every process's part is in tmp
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
-    set_ordinary_modes(tmp)
-    fsync_dir(tmp)  # the directory's entries are on disk before it becomes visible
-    old = None
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    fsync_dir(out_dir.parent)  # the rename itself survives a power loss
-    if old is not None:
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    if main:
+        set_ordinary_modes(tmp)
+        fsync_dir(tmp)  # the directory's entries are on disk before it becomes visible
+        old = None
+        if out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"  # process 0 alone renames
+            out_dir.rename(old)
+        tmp.rename(out_dir)
+        fsync_dir(out_dir.parent)  # the rename itself survives a power loss
+        if old is not None:
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+    barrier(f"committed {out_dir}")  # no process reads out_dir before it is in place
 
 
 def _umask() -> int:

@@ -340,7 +340,7 @@ def save_hf(
     dtype = dtype or cfg.param_dtype
     limit = parse_size(max_shard_size)
     is_writer = jax.process_index() == 0
-    with atomic_output_dir(out_dir, overwrite, enabled=is_writer) as tmp:
+    with atomic_output_dir(out_dir, overwrite) as tmp:
         _write_hf(model, tmp, dtype, limit, is_writer, tokenizer_dir, generation_config)
     return out_dir
 

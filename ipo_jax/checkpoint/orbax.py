@@ -94,7 +94,7 @@ def save_orbax(model: Decoder, out_dir: str | Path, *, overwrite: bool = False) 
     is_writer = jax.process_index() == 0
     checksums = array_checksums(params)  # every process: the computation spans all devices
     # orbax coordinates all processes itself; only the config file is ours to write.
-    with atomic_output_dir(out_dir, overwrite, enabled=is_writer) as tmp:
+    with atomic_output_dir(out_dir, overwrite) as tmp:
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(tmp / PARAMS_DIR, params)
             checkpointer.wait_until_finished()

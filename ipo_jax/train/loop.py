@@ -73,6 +73,7 @@ from ipo_jax.data.pairs import (
     read_pair_sources,
 )
 from ipo_jax.data.tokenizer import load_tokenizer
+from ipo_jax.distributed import all_processes, any_process, barrier, initialize_from_environment, is_main_process
 from ipo_jax.io import atomic_write_text
 from ipo_jax.loss import LossConfig
 from ipo_jax.sharding import make_mesh
@@ -102,19 +103,6 @@ EXIT_NOT_TRAINED = 4  # every update skipped, or non-finite parameters at the en
 
 class TrainingError(RuntimeError):
     pass
-
-
-def maybe_initialize_distributed() -> None:
-    """Multi-host: initialise jax.distributed when the environment describes several processes."""
-    if jax.distributed.is_initialized() if hasattr(jax.distributed, "is_initialized") else False:
-        return
-    multi = (
-        os.environ.get("JAX_COORDINATOR_ADDRESS")
-        or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-        or len([h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
-    )
-    if multi:
-        jax.distributed.initialize()
 
 
 def _tokenizer(config, records, out: Path):
@@ -335,31 +323,36 @@ def _restore_newest_readable(manager, state, state_shardings, position, out: Pat
                 f"checkpoint {where} holds a model of another shape than this run's (model.init {model_init!r}):\n  {shown}\n"
                 "resume with the config that wrote it, or choose a new train.out"
             )
+        # Several processes each read their own shards: a damaged file may fail on one of them only.
+        # Each stage's verdict is agreed before the next (the checksums are a computation over every
+        # process's arrays), so all processes restore the same step or all move on to the previous one.
+        restored, reason = None, None
         try:
             with _quiet_orbax():
                 restored = manager.restore(
                     step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
                 )
-            position = restored["meta"]["position"]
-            if int(restored["state"].step) != step or not {"epoch", "batch"} <= set(position):
-                raise ValueError(f"its contents contradict its step: state.step {int(restored['state'].step)}, position {position}")
-            recorded = restored["meta"].get(CHECKSUMS_KEY)
-            if recorded is not None:  # checkpoints written before checksums were recorded have none
-                bad = checksum_mismatches(recorded, restored["state"])
-                if bad:
-                    raise ValueError(f"{len(bad)} array(s) differ from the checksums recorded at save time: {'; '.join(bad[:3])}")
         except Exception as e:  # orbax / tensorstore raise many types for damaged files
             reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]  # one line
+        if all_processes(reason is None):
+            reason = _contents_problem(restored, step)
+            if not all_processes(reason is None) and reason is None:
+                reason = "another process found its contents damaged"
+        elif reason is None:
+            reason = "another process could not read its part of it"
+        if reason is not None:
             print(f"checkpoint {where} is unreadable ({reason}); trying the previous one")
             unreadable.append((step, reason))
             continue
-        for bad, _ in unreadable:
-            aside = _unused_path(out / "unreadable_checkpoints" / str(bad))
-            if jax.process_index() == 0:
+        position = restored["meta"]["position"]
+        if unreadable and is_main_process():
+            for bad, _ in unreadable:
+                aside = _unused_path(out / "unreadable_checkpoints" / str(bad))
                 aside.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(str(out / "checkpoints" / str(bad)), str(aside))
-            print(f"moved unreadable checkpoint {out / 'checkpoints' / str(bad)} to {aside} (kept for inspection)")
+                print(f"moved unreadable checkpoint {out / 'checkpoints' / str(bad)} to {aside} (kept for inspection)")
         if unreadable:
+            barrier("unreadable checkpoints moved")  # no process reloads the directory before they are moved
             manager.reload()
         print(f"resumed from {where} (step {step}, epoch {position['epoch']}, batch {position['batch']})")
         return restored["state"], position, step
@@ -371,6 +364,24 @@ def _restore_newest_readable(manager, state, state_shardings, position, out: Pat
             f"{out / 'checkpoints'} aside and rerun to start from step 0"
         )
     return state, position, None
+
+
+def _contents_problem(restored, step: int) -> str | None:
+    """Why a restored checkpoint cannot be trusted (its contents contradict its step, or an array's
+    checksum differs from the one recorded at save time), or None. Every process calls it."""
+    try:
+        position = restored["meta"]["position"]
+        if int(restored["state"].step) != step or not {"epoch", "batch"} <= set(position):
+            return f"ValueError: its contents contradict its step: state.step {int(restored['state'].step)}, position {position}"
+    except (KeyError, TypeError) as e:
+        return f"{type(e).__name__}: its meta item lacks the data position ({e})"
+    recorded = restored["meta"].get(CHECKSUMS_KEY)
+    if recorded is None:  # checkpoints written before checksums were recorded have none
+        return None
+    bad = checksum_mismatches(recorded, restored["state"])
+    if bad:
+        return f"ValueError: {len(bad)} array(s) differ from the checksums recorded at save time: {'; '.join(bad[:3])}"
+    return None
 
 
 def _unused_path(path: Path) -> Path:
@@ -492,7 +503,7 @@ def check_output_dir(out: Path, config) -> None:
 
 def train(config) -> int:
     """Run (or resume) a training run described by an ml_collections config. Returns the exit code."""
-    maybe_initialize_distributed()
+    initialize_from_environment()  # several processes (SLURM, TPU slice, JAX_* variables) or one
     validate_settings("train", config)  # before anything is read or written
     out = Path(config.train.out)
     check_output_dir(out, config)
@@ -628,7 +639,7 @@ def train(config) -> int:
                       f"{step + 1 - int(state.consecutive_skips)}, the last applied update); exit code {EXIT_TOO_MANY_SKIPS}")
                 exit_code = EXIT_TOO_MANY_SKIPS
                 break
-            if preemption.requested:
+            if any_process(preemption.requested):  # every process stops at the same step, whichever got SIGTERM
                 save(step + 1)
                 last_saved = step + 1
                 print(f"SIGTERM: checkpoint saved at step {step + 1}; exiting with {EXIT_PREEMPTED} (rerun to resume)")
