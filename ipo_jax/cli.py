@@ -447,7 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  ipo-jax plan --config configs/train_qwen3_8b.py --topology 8xh100 [--config.data.max_length=16384]",
         formatter_class=argparse.RawTextHelpFormatter,
     )
-    plan.add_argument("--topology", required=True, help="v5p-8 ... v5p-256, 8xh100, 8xh200, Nxa100-80 (Nxh100, Nxh200)")
+    plan.add_argument("--topology", required=True, help="v5p-8 ... v5p-256 (N/8 hosts of 4 chips), 8xh100, 8xh200, Nxa100-80 (Nxh100, Nxh200;\n"
+                      "N > 8: N/8 nodes of 8 GPUs); multi-host topologies also print the per-host view")
     plan.add_argument("--headroom", type=float, default=0.10, help="share of device memory kept free (default 0.10)")
     plan.add_argument("--device-memory", type=float, metavar="GIB", help="memory per device in GiB (default: the topology's)")
     plan.add_argument("--layers", metavar="A,B", help="compile A and B layers and extrapolate (default: full depth)")

@@ -157,3 +157,88 @@ def test_each_paper_config_fits_v5p_8_and_8xh100_at_its_max_length(run, topology
     stage2 = parse_config(["--config", f"configs/train_{run}_stage2.py"], "train")
     changed = {k for k, v in _flat(stage2).items() if _flat(config).get(k) != v}
     assert changed <= STAGE2_CHANGES, changed - STAGE2_CHANGES
+
+
+# ---------------------------------------------------------------------------------- multi-host (#23)
+TINY_CPU = ["--config", "configs/train_tiny_cpu.py"]  # 8 prefix-shared rows x 1 micro-batch
+
+
+def test_multi_host_topologies_have_hosts_and_devices_per_host():
+    expected = {  # name: (devices, hosts, devices per host)
+        "v5p-8": (4, 1, 4), "v5p-16": (8, 2, 4), "v5p-64": (32, 8, 4), "v5p-256": (128, 32, 4),
+        "4xh100": (4, 1, 4), "8xh100": (8, 1, 8), "16xh100": (16, 2, 8), "32xh200": (32, 4, 8),
+        "64xa100-80": (64, 8, 8),
+    }
+    for name, want in expected.items():
+        t = plan.parse_topology(name)
+        assert (t.devices, t.hosts, t.devices_per_host) == want, name
+    assert plan.parse_topology("16xh100").host_label == "GPU node"
+    assert plan.parse_topology("v5p-16").host_label == "TPU VM host"
+    with pytest.raises(plan.PlanError, match=r"multiple of 8 \(e.g. 16xh100\)"):
+        plan.parse_topology("12xh100")
+
+
+def test_host_view_of_a_mesh_over_two_gpu_nodes():
+    import numpy as np
+
+    config = parse_config([*TINY_CPU, "--config.data.pairs_per_micro=16", "--config.data.micro_batches=2"], "train")
+    t = plan.parse_topology("16xh100")
+    # fsdp=8 x tensor=2: devices 0-7 on node 0, 8-15 on node 1 (process-major, as make_mesh lays them out)
+    view = plan.host_view(config, t, {"data": 1, "fsdp": 8, "tensor": 2}, np.arange(16).reshape(1, 8, 2) // 8)
+    assert view.crossing == {"fsdp": 2, "tensor": 1} and view.batch_parts == 8 and view.rows_per_part == 2
+    assert [view.host_rows(h) for h in (0, 1)] == ["0-7", "8-15"]
+    out = "\n".join(view.lines(peak=2 * GIB))
+    assert "hosts: 2 processes (one per GPU node) x 8 devices each = 16 devices" in out
+    assert "fsdp=8 spans 2 hosts; tensor=2 within each host (fsdp collectives cross the host network" in out
+    assert "global batch 32 pairs per step (16 per micro-batch x 2); per host 16 pairs per step" in out
+    assert "per host: 8 x 2.0 GiB = 16.0 GiB of 637.2 GiB" in out and "warning" not in out
+    # a tensor axis across both nodes: warned; no batch axis crosses hosts, so each computes all of it
+    view = plan.host_view(config, t, {"data": 1, "fsdp": 1, "tensor": 16}, np.arange(16).reshape(1, 1, 16) // 8)
+    out = "\n".join(view.lines())
+    assert "warning: the tensor axis crosses hosts" in out and "keep mesh.tensor <= 8" in out
+    assert "per host 32 pairs per step (the batch axes do not cross hosts" in out
+    # rows that do not split over 16 shards: the hint keeps the pairs per step
+    hint = plan.batch_fit_hint(parse_config(["--config", "configs/train_qwen3_8b.py"], "train"), 16)
+    assert "--config.data.pairs_per_micro=16 --config.data.micro_batches=2 (the same 32 pairs per step)" in hint
+
+
+@pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (simulated) devices")
+def test_v5p_16_plan_prints_the_per_host_view(capsys):
+    assert main(["plan", *TINY_CPU, "--topology", "v5p-16"]) == 0
+    out = capsys.readouterr().out
+    assert "hosts: 2 processes (one per TPU VM host) x 4 devices each = 8 devices" in out
+    assert "mesh over hosts: fsdp=8 spans 2 hosts (fsdp collectives cross the host network, DCN)" in out
+    assert "batch: 8 rows per micro-batch split over the batch axes (fsdp=8) = 8 shards of 1 row" in out
+    assert "host 0 (process 0): rows 0-3 of each micro-batch, 4 pairs per step" in out
+    assert "host 1 (process 1): rows 4-7 of each micro-batch, 4 pairs per step" in out
+    assert "global batch 8 pairs per step (8 per micro-batch x 1); per host 4 pairs per step" in out
+    assert re.search(r"per host: 4 x [\d.]+ GiB = [\d.]+ GiB of 380\.0 GiB", out) and "fits (" in out
+    # HSDP: data across the hosts, fsdp within each
+    assert main(["plan", *TINY_CPU, "--topology", "v5p-16", "--config.mesh.data=2", "--config.mesh.fsdp=4"]) == 0
+    assert "data=2 spans 2 hosts; fsdp=4 within each host (data collectives" in capsys.readouterr().out
+    # one host: one line
+    assert main(["plan", *TINY_CPU, "--topology", "8xh100"]) == 0
+    out = capsys.readouterr().out
+    assert "hosts: 1 process (GPU node) x 8 devices; the whole batch (8 pairs per step) on this host" in out
+
+
+def test_16xh100_plans_16_devices_in_a_fresh_process():
+    """16 simulated devices: more than this test process started with, so `ipo-jax plan` runs as a
+    user runs it (a fresh process asks JAX for 16 CPU devices before it starts)."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "ipo_jax.cli", "plan", *TINY_CPU, "--topology", "16xh100"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    run = subprocess.run([*cmd, "--config.data.pairs_per_micro=16"], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "mesh fsdp=16;" in run.stdout
+    assert "hosts: 2 processes (one per GPU node) x 8 devices each = 16 devices" in run.stdout
+    assert "host 1 (process 1): rows 8-15 of each micro-batch, 8 pairs per step" in run.stdout
+    assert "global batch 16 pairs per step (16 per micro-batch x 1); per host 8 pairs per step" in run.stdout
+    # 8 rows do not split over 16 devices: exit 2, with what would
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 2 and "8 rows per micro-batch cannot be split" in run.stderr
+    assert "--config.data.pairs_per_micro=16 --config.data.micro_batches=1 (more pairs per step)" in run.stderr

@@ -13,11 +13,12 @@ topology. The compiled program's `memory_analysis()` gives the per-device bytes:
   peak       arguments + outputs - aliased + temps
 
 Topologies (`parse_topology`): TPU v5p slices `v5p-8` ... `v5p-256` (v5p-N has N/2 chips of
-95 GiB; compiled for the real TPU with libtpu when it is installed, else simulated with one CPU
-device per chip) and GPU nodes `8xh100`, `8xh200`, `Nxa100-80` (any N GPUs of that kind;
-simulated with N CPU devices). A simulated compile runs XLA's CPU compiler, whose fusion and
-buffer choices differ from a TPU's or GPU's by some percent; hence a run is said to fit only
-with `headroom` (default 10%) of the device's memory left free, also room for the runtime.
+95 GiB on N/8 hosts of 4 chips; compiled for the real TPU with libtpu when it is installed, else
+simulated with one CPU device per chip) and GPU nodes `8xh100`, `8xh200`, `Nxa100-80` (N GPUs of
+that kind: one node for N <= 8, N/8 nodes of 8 GPUs above; simulated with N CPU devices). A
+simulated compile runs XLA's CPU compiler, whose fusion and buffer choices differ from a TPU's or
+GPU's by some percent; hence a run is said to fit only with `headroom` (default 10%) of the
+device's memory left free, also room for the runtime.
 
 Layer extrapolation (`layers=(a, b)`): the step is compiled with a and b layers and every
 quantity extrapolated linearly to the real depth; tools/check_plan_extrapolation.py measures its
@@ -26,6 +27,13 @@ error against a full-depth compile.
 When a run does not fit, `suggest_change` plans alternatives in order of their cost to the run
 (remat policy, fewer rows per micro-batch with more micro-batches for the same pairs per update,
 a tensor-parallel axis, a shorter sequence) and reports the first that fits.
+
+The per-host view (`host_view`): a run on several hosts is one JAX process per host (TPU VM
+worker, GPU node), each driving its own devices. The plan says how many processes, which mesh
+axes cross hosts (their collectives go over the host network: DCN / InfiniBand, not ICI /
+NVLink), and which rows of each micro-batch each host's devices hold: the global batch is the
+config's pairs per update, each host computes its share (every process builds the same global
+batch and fills its own devices' rows, ipo_jax.train.step.put_batch).
 """
 
 from __future__ import annotations
@@ -53,6 +61,8 @@ GPU_LABEL = {"h100": "H100 80GB", "h200": "H200 141GB", "a100-80": "A100 80GB"}
 # v5p-N slices (N = TensorCores, 2 per chip) and their chip topologies (x, y, z) for libtpu.
 V5P_SLICES = {8: "2x2x1", 16: "2x2x2", 32: "2x2x4", 64: "2x4x4", 128: "4x4x4", 256: "4x4x8"}
 MAX_GPUS = 1024
+TPU_CHIPS_PER_HOST = 4  # a v5p TPU VM host (worker) drives 4 chips
+GPUS_PER_NODE = 8  # Nxh100 with N > 8: N/8 nodes of 8 GPUs
 # The planned program never runs, so the CPU backend may skip LLVM's optimisations: half the
 # compile time, and the buffers (hence memory_analysis) are assigned before LLVM runs.
 CPU_COMPILE_OPTIONS = {"xla_backend_optimization_level": 0}
@@ -73,27 +83,45 @@ class Topology:
     device_bytes: int  # memory per device
     device_label: str
     tpu_topology: str = ""  # libtpu's name ("v5p:2x2x1"), TPU only
+    hosts: int = 1  # JAX processes, one per host (TPU VM worker / GPU node)
 
     @property
     def device_gib(self) -> float:
         return self.device_bytes / GIB
 
+    @property
+    def devices_per_host(self) -> int:
+        return self.devices // self.hosts
+
+    @property
+    def host_label(self) -> str:
+        return "TPU VM host" if self.kind == "tpu" else "GPU node"
+
 
 def known_topologies() -> list[str]:
-    return [f"v5p-{n}" for n in V5P_SLICES] + ["8xh100", "8xh200", "Nxa100-80 (also Nxh100, Nxh200: N GPUs)"]
+    return [f"v5p-{n}" for n in V5P_SLICES] + [
+        "8xh100", "8xh200", "Nxa100-80 (also Nxh100, Nxh200: N GPUs; N > 8: N/8 nodes of 8)"]
 
 
 def parse_topology(name: str) -> Topology:
-    """`v5p-8` ... `v5p-256`, or `<N>x<gpu>` with gpu h100 | h200 | a100-80; PlanError otherwise."""
+    """`v5p-8` ... `v5p-256` (N/8 hosts of 4 chips), or `<N>x<gpu>` with gpu h100 | h200 | a100-80
+    (one node for N <= 8, else N/8 nodes of 8: N must then be a multiple of 8); PlanError otherwise."""
     text = name.strip().lower()
     if m := re.fullmatch(r"v5p-(\d+)", text):
         cores = int(m.group(1))
         if cores in V5P_SLICES:
-            return Topology(text, "tpu", cores // 2, V5P_CHIP_BYTES, "TPU v5p chip", f"v5p:{V5P_SLICES[cores]}")
+            chips = cores // 2
+            return Topology(text, "tpu", chips, V5P_CHIP_BYTES, "TPU v5p chip", f"v5p:{V5P_SLICES[cores]}",
+                            hosts=max(1, chips // TPU_CHIPS_PER_HOST))
     elif m := re.fullmatch(r"(\d+)x(h100|h200|a100-80)", text):
         count, gpu = int(m.group(1)), m.group(2)
+        if count > GPUS_PER_NODE and count % GPUS_PER_NODE and count <= MAX_GPUS:
+            nearest = (count // GPUS_PER_NODE + 1) * GPUS_PER_NODE
+            raise PlanError(f"topology {name!r}: more than {GPUS_PER_NODE} GPUs means nodes of {GPUS_PER_NODE}, "
+                            f"so N must be a multiple of {GPUS_PER_NODE} (e.g. {nearest}x{gpu})")
         if 1 <= count <= MAX_GPUS:
-            return Topology(text, "gpu", count, GPU_BYTES[gpu], GPU_LABEL[gpu])
+            return Topology(text, "gpu", count, GPU_BYTES[gpu], GPU_LABEL[gpu],
+                            hosts=max(1, count // GPUS_PER_NODE))
     raise PlanError(f"unknown topology {name!r}; known topologies: {', '.join(known_topologies())}")
 
 
@@ -241,6 +269,139 @@ def compile_train_step(config, model_cfg, mesh):
     return lowered.compile(CPU_COMPILE_OPTIONS if on_cpu else None)
 
 
+# ---------------------------------------------------------------------------------- hosts
+
+
+def host_grid(mesh, topology: Topology, devices: list):
+    """The host (JAX process) of each device of `mesh`, an int array shaped like the mesh.
+
+    Simulated: the topology's i-th device is on host i // devices_per_host, the order in which a
+    multi-host run lists its devices (jax.devices() is process-major; make_mesh lays GPUs and
+    CPUs out in that order). Compiled for TPU with libtpu: the devices' own process_index."""
+    import numpy as np
+
+    order = {d: i for i, d in enumerate(devices)}  # topology_devices(topology)
+    by_process = [getattr(d, "process_index", 0) for d in mesh.devices.flat]
+    if not simulated(topology) and len(set(by_process)) == topology.hosts:
+        hosts = by_process
+    else:
+        hosts = [order[d] // topology.devices_per_host for d in mesh.devices.flat]
+    return np.asarray(hosts).reshape(mesh.devices.shape)
+
+
+def batch_axes() -> tuple[str, ...]:
+    """The mesh axes the rows of a batch are split over (LOGICAL_RULES["batch"])."""
+    from ipo_jax.sharding import LOGICAL_RULES
+
+    spec = LOGICAL_RULES["batch"]
+    return (spec,) if isinstance(spec, str) else tuple(spec or ())
+
+
+@dataclasses.dataclass
+class HostView:
+    """How a run spreads over hosts (see the module doc); `lines()` is what the plan prints."""
+
+    topology: Topology
+    mesh: dict[str, int]  # axis -> size, in the mesh's axis order
+    crossing: dict[str, int]  # mesh axis (size > 1) -> how many hosts one line along it spans
+    batch_axes: tuple[str, ...]
+    batch_parts: int  # shards of the batch dimension (product of the batch axes)
+    rows_per_micro: int
+    pairs_per_micro: int
+    micro_batches: int
+    host_parts: list[list[int]]  # per host: the batch shards its devices hold (sorted)
+
+    @property
+    def rows_per_part(self) -> int:
+        return self.rows_per_micro // self.batch_parts
+
+    def host_pairs_per_update(self, host: int) -> float:
+        return self.pairs_per_micro * self.micro_batches * len(self.host_parts[host]) / self.batch_parts
+
+    def host_rows(self, host: int) -> str:
+        """The rows of each micro-batch a host's devices hold, as ranges ("0-7", "0-3, 8-11")."""
+        k = self.rows_per_part
+        ranges: list[list[int]] = []
+        for part in self.host_parts[host]:
+            lo, hi = part * k, part * k + k - 1
+            if ranges and ranges[-1][1] == lo - 1:
+                ranges[-1][1] = hi
+            else:
+                ranges.append([lo, hi])
+        return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in ranges)
+
+    def lines(self, peak: float | None = None) -> list[str]:
+        t = self.topology
+        pairs = self.pairs_per_micro * self.micro_batches
+        what = f"{t.host_label}{'s' if t.hosts > 1 else ''}"
+        if t.hosts == 1:
+            out = [f"hosts: 1 process ({what}) x {t.devices} devices; the whole batch "
+                   f"({pairs} pairs per step) on this host"]
+            if peak is not None:
+                out[0] += f"; {t.devices} x {peak / GIB:.1f} GiB = {t.devices * peak / GIB:.1f} GiB"
+            return out
+        out = [f"hosts: {t.hosts} processes (one per {t.host_label}) x {t.devices_per_host} devices each = "
+               f"{t.devices} devices; one `ipo-jax train` process per host"]
+        spans = []
+        for axis, size in self.mesh.items():
+            if size > 1:
+                n = self.crossing[axis]
+                spans.append(f"{axis}={size} spans {n} hosts" if n > 1 else f"{axis}={size} within each host")
+        net = "DCN" if t.kind == "tpu" else "InfiniBand / Ethernet"
+        crossing = [a for a in self.crossing if self.crossing[a] > 1]
+        note = (f" ({', '.join(crossing)} collectives cross the host network, {net})" if crossing else "")
+        out.append(f"mesh over hosts: {'; '.join(spans) or 'one device'}{note}")
+        if "tensor" in crossing:
+            out.append(f"warning: the tensor axis crosses hosts (collectives in every layer over {net}); "
+                       f"keep mesh.tensor <= {t.devices_per_host}")
+        axes = " x ".join(f"{a}={self.mesh[a]}" for a in self.batch_axes if self.mesh[a] > 1) or "none"
+        out.append(f"batch: {self.rows_per_micro} rows per micro-batch split over the batch axes ({axes}) = "
+                   f"{self.batch_parts} shards of {self.rows_per_part} row{'s' if self.rows_per_part > 1 else ''}")
+        shown = list(range(t.hosts)) if t.hosts <= 4 else [0, 1, t.hosts - 1]
+        for h in shown:
+            if h == t.hosts - 1 and t.hosts > 4:
+                out.append(f"  ... ({t.hosts - 3} hosts more)")
+            out.append(f"  host {h} (process {h}): rows {self.host_rows(h)} of each micro-batch, "
+                       f"{self.host_pairs_per_update(h):g} pairs per step")
+        per_host = sorted({self.host_pairs_per_update(h) for h in range(t.hosts)})
+        each = f"{per_host[0]:g}" if len(per_host) == 1 else f"{per_host[0]:g}-{per_host[-1]:g}"
+        line = (f"global batch {pairs} pairs per step ({self.pairs_per_micro} per micro-batch x {self.micro_batches}); "
+                f"per host {each} pairs per step")
+        if any(self.host_pairs_per_update(h) == pairs for h in range(t.hosts)):
+            line += " (the batch axes do not cross hosts: every host computes the whole batch)"
+        out.append(line)
+        if peak is not None:
+            n = t.devices_per_host
+            out.append(f"per host: {n} x {peak / GIB:.1f} GiB = {n * peak / GIB:.1f} GiB "
+                       f"of {t.devices_per_host * t.device_gib:.1f} GiB")
+        return out
+
+
+def host_view(config, topology: Topology, mesh_sizes: Mapping[str, int], hosts) -> HostView:
+    """The per-host view of a run: `mesh_sizes` axis -> size (the mesh's order), `hosts` the host
+    of each device shaped like the mesh (host_grid)."""
+    import numpy as np
+
+    hosts = np.asarray(hosts)
+    axes = list(mesh_sizes)
+    crossing = {}
+    for i, axis in enumerate(axes):
+        if mesh_sizes[axis] > 1:
+            lines = np.moveaxis(hosts, i, -1).reshape(-1, mesh_sizes[axis])
+            crossing[axis] = max(len(set(line.tolist())) for line in lines)
+    axes_of_batch = tuple(a for a in batch_axes() if a in mesh_sizes)
+    batch_parts = math.prod(mesh_sizes[a] for a in axes_of_batch)
+    # the batch shard of each device: its coordinates on the batch axes, row-major (as NamedSharding splits)
+    coords = np.indices(hosts.shape)
+    part = np.zeros(hosts.shape, dtype=int)
+    for a in axes_of_batch:
+        part = part * mesh_sizes[a] + coords[axes.index(a)]
+    host_parts = [sorted(set(part[hosts == h].tolist())) for h in range(topology.hosts)]
+    d = config.data
+    return HostView(topology, dict(mesh_sizes), crossing, axes_of_batch, batch_parts, rows_per_micro(config),
+                    d.pairs_per_micro, d.micro_batches, host_parts)
+
+
 # ---------------------------------------------------------------------------------- memory
 
 
@@ -291,6 +452,7 @@ class Measurement:
     method: str  # "full depth" | "extrapolated from a and b layers"
     mesh: dict[str, int]
     seconds: float
+    hosts: Any = None  # numpy int array shaped like the mesh: the host (process) of each device
 
 
 # (config, model, compile target) -> Memory: a setting planned twice in one process (the suggestion
@@ -314,10 +476,16 @@ def measure(config, topology: Topology, layers: tuple[int, int] | None = None) -
 
     start = time.perf_counter()
     model_cfg = model_config_for(config)
+    devices = topology_devices(topology)
     try:
-        mesh = make_mesh(dict(config.mesh), devices=topology_devices(topology))
+        mesh = make_mesh(dict(config.mesh), devices=devices)
     except MeshError as e:
         raise PlanError(f"mesh on {topology.name} ({topology.devices} devices): {e}") from None
+    parts = math.prod(mesh.shape[a] for a in batch_axes())
+    if rows_per_micro(config) % parts:  # check_batch_fits_mesh would refuse it; say what would fit
+        raise PlanError(f"{rows_per_micro(config)} rows per micro-batch cannot be split over the batch mesh axes "
+                        f"({', '.join(batch_axes())}: {parts} devices on {topology.name}); "
+                        f"{batch_fit_hint(config, parts)}")
     try:
         if layers and layers[1] < model_cfg.num_layers:
             a, b = layers
@@ -332,7 +500,22 @@ def measure(config, topology: Topology, layers: tuple[int, int] | None = None) -
         raise
     except ValueError as e:  # rows that do not split over the mesh, dims the tensor axis does not divide
         raise PlanError(str(e)) from None
-    return Measurement(memory, model_cfg.num_layers, method, dict(mesh.shape), time.perf_counter() - start)
+    return Measurement(memory, model_cfg.num_layers, method, dict(mesh.shape), time.perf_counter() - start,
+                       host_grid(mesh, topology, devices))
+
+
+def batch_fit_hint(config, parts: int) -> str:
+    """What to plan instead when the rows of a micro-batch do not split over `parts` batch shards:
+    more pairs per micro-batch, fewer micro-batches, the same pairs per step."""
+    rows_per_pair = 2 if config.data.layout == "duplicated" else 1
+    total = config.data.pairs_per_micro * config.data.micro_batches
+    for ppm in range(config.data.pairs_per_micro + 1, total + 1):
+        if total % ppm == 0 and (ppm * rows_per_pair) % parts == 0:
+            return (f"plan with --config.data.pairs_per_micro={ppm} --config.data.micro_batches={total // ppm} "
+                    f"(the same {total} pairs per step), or a tensor axis (--config.mesh.tensor=2)")
+    ppm = parts // math.gcd(parts, rows_per_pair)
+    return (f"{total} pairs per step cannot fill {parts} shards: plan with --config.data.pairs_per_micro={ppm} "
+            f"--config.data.micro_batches=1 (more pairs per step), or a tensor axis (--config.mesh.tensor=2)")
 
 
 def headroom_of(peak: float, topology: Topology) -> float:
@@ -470,6 +653,8 @@ def run_plan(config, topology_name: str, *, headroom: float = DEFAULT_HEADROOM, 
     log(f"per device: arguments {mem.arguments / GIB:.2f} GiB, outputs {mem.outputs / GIB:.2f} GiB "
         f"({mem.aliased / GIB:.2f} aliased to the donated arguments), temporaries {mem.temps / GIB:.2f} GiB, "
         f"peak {mem.peak / GIB:.2f} GiB")
+    for line in host_view(config, topology, m.mesh, m.hosts).lines(mem.peak):
+        log(line)
     room = headroom_of(mem.peak, topology)
     if fits(mem.peak, topology, headroom):
         log(f"fits ({mem.peak / GIB:.1f} of {topology.device_gib:.1f} GiB, {room:.0%} headroom)")
