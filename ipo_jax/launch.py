@@ -49,8 +49,9 @@ def process_environment(index: int, processes: int, port: int, devices: int | No
     return env
 
 
-# gloo's C++ logging of each connection it opens (one line per device pair and collective group)
-_GLOO_CHATTER = re.compile(r"\[Gloo\] Rank \d+ is connected to \d+ peer ranks")
+# gloo's C++ logging of each connection it opens (one line per device and collective group; the
+# lines of several threads arrive interleaved, so any piece of one is dropped)
+_GLOO_CHATTER = re.compile(r"\[Gloo\]|peer ranks|^\s*\d+\s*$")
 
 
 def _relay(index: int, stream, sink, lock: threading.Lock) -> None:

@@ -113,11 +113,40 @@ def one_process(tmp_path_factory):
     return runs
 
 
-@pytest.mark.parametrize("processes,devices", [(2, 4), (4, 2)])
-def test_several_processes_train_as_one_process_of_eight_devices(processes, devices, one_process, tmp_path):
+def _srun(processes: int, devices: int, args: list[str]) -> str:
+    """Start `ipo-jax ARGS` as `srun -n PROCESSES` on one node would (SLURM_* variables, no launcher,
+    jax finding the coordinator from them); every process must exit 0 in time. Output lines are
+    prefixed with the process index, as the launcher does."""
+    job = str(4000 + os.getpid() % 90)  # jax picks the coordinator port from the job id
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "JAX_COORDINATOR", "JAX_NUM_P", "JAX_PROCESS"))}
+    procs = []
+    for index in range(processes):
+        env = {**base, "SLURM_JOB_ID": job, "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": str(processes),
+               "SLURM_PROCID": str(index), "SLURM_LOCALID": str(index), "SLURM_STEP_NUM_NODES": "1",
+               "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "PYTHONUNBUFFERED": "1"}
+        procs.append(subprocess.Popen([sys.executable, "-m", "ipo_jax.cli", *args], cwd=REPO, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    deadline, outputs = time.time() + RUN_TIMEOUT, []
+    try:
+        for index, proc in enumerate(procs):
+            text, _ = proc.communicate(timeout=max(1.0, deadline - time.time()))
+            outputs.append("".join(f"[{index}] {line}\n" for line in text.splitlines()))
+    except subprocess.TimeoutExpired:
+        for proc in procs:
+            proc.kill()
+        outputs += [f"[{i}] {line}" for i, p in enumerate(procs) for line in p.communicate()[0].splitlines()]
+        raise AssertionError(f"srun-style run did not end within {RUN_TIMEOUT} s:\n{_tails(chr(10).join(outputs))}")
+    output = "".join(outputs)
+    assert [p.returncode for p in procs] == [0] * processes, _tails(output)
+    return output
+
+
+@pytest.mark.parametrize("processes,devices,started_by", [(2, 4, "srun"), (4, 2, "launch")])
+def test_several_processes_train_as_one_process_of_eight_devices(processes, devices, started_by, one_process, tmp_path):
     name = "packed-precomputed-accum-bf16"
     out = tmp_path / "run"
-    output = _finish(_launch(processes, devices, _train_args(out, *SETTINGS[name])))
+    args = _train_args(out, *SETTINGS[name])
+    output = _srun(processes, devices, args) if started_by == "srun" else _finish(_launch(processes, devices, args))
     assert all(f"[{i}] done: 6 steps" in output for i in range(processes))
     _assert_one_process_losses(out, one_process[name])
     # both periodic checkpoints and the final save complete; no temporary directory is left behind
@@ -220,3 +249,30 @@ def test_launcher_environment_is_what_a_cluster_gives_each_host():
     assert (env["JAX_NUM_PROCESSES"], env["JAX_PROCESS_ID"]) == ("2", "1")
     assert env["XLA_FLAGS"].split().count("--xla_force_host_platform_device_count=4") == 1
     assert "--xla_force_host_platform_device_count=8" not in env["XLA_FLAGS"]
+
+
+def _bytes_read(output: str) -> dict[str, int]:
+    """{'[i]': bytes} from load_hf's per-process log line (-v)."""
+    found = re.findall(r"^(\[\d+\] )?INFO ipo_jax\.checkpoint\.hf: process (\d+) of \d+ read (\d+) bytes", output, re.M)
+    return {process: int(n) for _, process, n in found}
+
+
+def test_convert_in_two_processes_reads_only_each_process_shards_and_writes_once(hf_dirs, tmp_path):
+    """HF -> orbax -> HF across 2 x 4 devices gives the one-process files byte for byte; each process
+    reads only the slices of its own shards (together what one process of 8 devices reads)."""
+    src = hf_dirs["qwen2"][0]
+    one = subprocess.run([sys.executable, "-m", "ipo_jax.cli", "-v", "convert", "--from", "hf", "--to", "hf", str(src),
+                          str(tmp_path / "one"), "--mesh", "fsdp=4,tensor=2"], cwd=REPO, capture_output=True, text=True,
+                         timeout=RUN_TIMEOUT, env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    assert one.returncode == 0, one.stderr
+    output = _finish(_launch(2, 4, ["-v", "convert", "--from", "hf", "--to", "orbax", str(src), str(tmp_path / "orbax"),
+                                    "--mesh", "fsdp=4,tensor=2"]))
+    per_process, total = _bytes_read(output), _bytes_read(one.stderr)["0"]
+    assert sorted(per_process) == ["0", "1"] and sum(per_process.values()) == total, (per_process, total)
+    assert all(n < total for n in per_process.values())
+    _finish(_launch(2, 4, ["convert", "--from", "orbax", "--to", "hf", str(tmp_path / "orbax"), str(tmp_path / "two"),
+                           "--mesh", "fsdp=8"]))
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    for f in (tmp_path / "one").iterdir():
+        assert f.read_bytes() == (tmp_path / "two" / f.name).read_bytes(), f.name
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

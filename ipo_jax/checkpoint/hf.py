@@ -260,6 +260,8 @@ def load_hf(
     files = hf_weight_files(model_dir)
     target = _NP_DTYPES[param_dtype]
 
+    bytes_read = 0  # by this process: each process reads only the slices of its own devices' shards
+
     with contextlib.ExitStack() as stack:
         handles = {f: stack.enter_context(_open_safetensors(f)) for f in sorted(set(files.values()))}
         _check_tensors(list(maps.values()), files, handles, cfg.tie_word_embeddings, model_dir)
@@ -268,15 +270,16 @@ def load_hf(
             m = maps[tuple(str(getattr(k, "key", k)) for k in path)]
 
             def callback(index):
+                nonlocal bytes_read
                 index = _normalise(index, var.shape)
                 if m.num_layers is None:
                     name = m.hf_name
-                    return m.read(handles[files[name]].get_slice(name), index).astype(target)
-                layers = []
-                for layer in range(index[0].start, index[0].stop):
-                    name = m.hf_name.format(layer=layer)
-                    layers.append(m.read(handles[files[name]].get_slice(name), index[1:]))
-                return np.stack(layers).astype(target)
+                    block = m.read(handles[files[name]].get_slice(name), index)
+                else:
+                    block = np.stack([m.read(handles[files[m.hf_name.format(layer=layer)]].get_slice(m.hf_name.format(layer=layer)), index[1:])
+                                      for layer in range(index[0].start, index[0].stop)])
+                bytes_read += block.nbytes
+                return block.astype(target)
 
             progress.update(1)
             progress.set_postfix_str(m.hf_name.replace(".{layer}", ""), refresh=False)
@@ -286,6 +289,8 @@ def load_hf(
             state = jax.tree_util.tree_map_with_path(
                 load, state, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable)
             )
+    log.info("process %d of %d read %d bytes of tensor data from %s", jax.process_index(), jax.process_count(),
+             bytes_read, model_dir)
     return nnx.merge(graphdef, state)
 
 
