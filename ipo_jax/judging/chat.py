@@ -210,6 +210,16 @@ def _is_timeout(exc: BaseException) -> bool:
     return isinstance(exc, (TimeoutError, socket.timeout))
 
 
+def _error_body(e: urllib.error.HTTPError) -> str:
+    """The start of an HTTP error's body (only for the reason shown), the response closed."""
+    try:
+        return e.read(4096).decode("utf-8", "replace")
+    except Exception:  # noqa: BLE001 - the body is only for the reason
+        return ""
+    finally:
+        e.close()
+
+
 def _network_failure(exc: BaseException, timeout: float) -> _Failure:
     """Classify an exception raised while connecting / sending / reading."""
     reason = exc.reason if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError) else exc
@@ -354,6 +364,11 @@ class HttpTransport:
         key = os.environ.get(self.api_key_env, "")
         return key or None
 
+    def _headers(self) -> dict[str, str]:
+        """Accept JSON, with the Bearer key when one is configured."""
+        key = self._api_key()
+        return {"Accept": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+
     def _redact(self, text: str) -> str:
         """`text` with the API key replaced by ``[redacted]``."""
         key = self._api_key()
@@ -368,22 +383,13 @@ class HttpTransport:
 
     def _attempt(self, data: bytes) -> bytes:
         """One POST; the response body (at most ``MAX_BODY_BYTES + 1`` bytes), or `_Failure`."""
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        key = self._api_key()
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
+        headers = {"Content-Type": "application/json", **self._headers()}
         request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
         try:
             with self._slots, urllib.request.urlopen(request, timeout=self.timeout) as response:
                 body = response.read(MAX_BODY_BYTES + 1)
         except urllib.error.HTTPError as e:
-            status = e.code
-            try:
-                text = e.read(4096).decode("utf-8", "replace")
-            except Exception:  # noqa: BLE001 - the body is only for the reason
-                text = ""
-            finally:
-                e.close()
+            status, text = e.code, _error_body(e)
             message = f"HTTP {status} {e.reason or ''}".rstrip()
             detail = _snippet(server_message(text)) if text.strip() else ""
             retry_after = parse_retry_after(e.headers.get("Retry-After")) if e.headers is not None else None
@@ -455,22 +461,13 @@ class HttpTransport:
     def get_json(self, url: str) -> tuple[Any, str | None]:
         """One GET of `url` (no retries; the request timeout): ``(JSON body, None)`` or
         ``(None, error)``, never raising; the error is redacted and names the URL and status."""
-        headers = {"Accept": "application/json"}
-        key = self._api_key()
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
         shown = _redact_url(url)
         try:
-            with urllib.request.urlopen(urllib.request.Request(url, headers=headers, method="GET"),
+            with urllib.request.urlopen(urllib.request.Request(url, headers=self._headers(), method="GET"),
                                         timeout=self.timeout) as response:
                 body = response.read(MAX_BODY_BYTES + 1)
         except urllib.error.HTTPError as e:
-            try:
-                text = e.read(4096).decode("utf-8", "replace")
-            except Exception:  # noqa: BLE001 - the body is only for the reason
-                text = ""
-            finally:
-                e.close()
+            text = _error_body(e)
             detail = f": {_snippet(server_message(text))}" if text.strip() else ""
             return None, self._redact(f"HTTP {e.code} {e.reason or ''}".rstrip() + f" ({shown}){detail}")
         except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
