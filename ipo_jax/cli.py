@@ -568,6 +568,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 -- every error ends as one line; -v shows the traceback
+        distributed = sys.modules.get("ipo_jax.distributed")
+        if distributed is not None:  # other processes of a multi-process run stop instead of waiting for this one
+            distributed.report_failure(e)
         if verbose:
             raise
         message, code = error_line(e, getattr(args, "output", None))
@@ -585,6 +588,9 @@ def error_line(e: Exception, output: str | None = None) -> tuple[str, int]:
     records = sys.modules.get("ipo_jax.judging.records")
     if records is not None and isinstance(e, records.JudgeFailedError):
         return " ".join(str(e).split()), EXIT_JUDGE_FAILED
+    distributed = sys.modules.get("ipo_jax.distributed")
+    if distributed is not None and isinstance(e, distributed.PeerProcessError):  # the other process said why
+        return " ".join(str(e).split()), EXIT_UNEXPECTED
     if isinstance(e, OSError) and e.errno is not None:  # raised by the OS: name the path and the reason
         return _os_error_line(e, output), EXIT_BAD_INPUT
     if _is_bad_input(e):

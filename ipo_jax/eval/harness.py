@@ -35,6 +35,7 @@ that reads as complete.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -431,31 +432,46 @@ def run_eval(config) -> int:
     provenance = stage_provenance("eval", policy=policy, judge=judge, judge_servers=servers, prompts_digest=prompts_sha256(
         [dict(benchmark=i.benchmark, id=i.id, prompt=i.prompt) for items in groups.values() for i in items]))
     stamp = record_provenance(provenance)
-    start = time.time()
-    rows = []
-    for label, pairs in mine.items():
-        if not pairs:
-            continue
-        s = settings[label]
-        rows += generate_and_score(policy, judge, [item for _, item in pairs], indices=[k for k, _ in pairs],
-                                   samples_per_prompt=s.samples, max_new_tokens=s.max_new_tokens, seed=config.seed,
-                                   batch=config.sampler.batch_size * 4, desc=label,
-                                   xstest_judge=xstest_judge if label == "xstest" else None,
-                                   code_workers=config.code.workers, code_timeout=config.code.timeout,
-                                   judge_budget=budget, provenance=stamp)
-    if budget.requests:  # an LLM judge was asked
-        print(budget.line())
-    meta = dict(model=config.model.init, label=config.label or config.model.init, judge=config.judge.backend,
-                provenance=provenance,
-                judge_settings=_judge_settings(judge),
-                xstest_judge=xstest_judge.settings() if xstest_judge is not None else None,
-                sampling=dataclasses.asdict(policy.sampling), samples_per_prompt=config.samples_per_prompt,
-                benchmark_settings={label: s.to_dict() for label, s in settings.items()},
-                benchmark_files=files, aime_years=config.get("aime", {}).get("years", ""),
-                seconds=round(time.time() - start, 1), shards=num_shards)
+    # one part per JAX process (num_shards 0, several processes): each process generates its part on its
+    # own devices; leaving `shares_joined` every part is done (a process that failed stops the others),
+    # and process 0 alone merges. Explicit shards are independent runs: the last to finish merges.
+    from ipo_jax.distributed import is_main_process, shares_joined
+
+    process_parts = num_shards > 1 and not int(config.get("num_shards", 0) or 0)
+    with shares_joined("eval") if process_parts else contextlib.nullcontext():
+        start = time.time()
+        rows = []
+        for label, pairs in mine.items():
+            if not pairs:
+                continue
+            s = settings[label]
+            rows += generate_and_score(policy, judge, [item for _, item in pairs], indices=[k for k, _ in pairs],
+                                       samples_per_prompt=s.samples, max_new_tokens=s.max_new_tokens, seed=config.seed,
+                                       batch=config.sampler.batch_size * 4, desc=label,
+                                       xstest_judge=xstest_judge if label == "xstest" else None,
+                                       code_workers=config.code.workers, code_timeout=config.code.timeout,
+                                       judge_budget=budget, provenance=stamp)
+        if budget.requests:  # an LLM judge was asked
+            print(budget.line())
+        meta = dict(model=config.model.init, label=config.label or config.model.init, judge=config.judge.backend,
+                    provenance=provenance,
+                    judge_settings=_judge_settings(judge),
+                    xstest_judge=xstest_judge.settings() if xstest_judge is not None else None,
+                    sampling=dataclasses.asdict(policy.sampling), samples_per_prompt=config.samples_per_prompt,
+                    benchmark_settings={label: s.to_dict() for label, s in settings.items()},
+                    benchmark_files=files, aime_years=config.get("aime", {}).get("years", ""),
+                    seconds=round(time.time() - start, 1), shards=num_shards)
+        if process_parts:  # inside: a part is complete before any process leaves
+            d = write_part(out, shard, num_shards, rows, dict(meta, shard=shard), found)
     if num_shards == 1:
         summary = write_outputs(out, rows, meta, found)
         _print_done(out, summary)
+        return 0
+    if process_parts:
+        if is_main_process():
+            _print_done(out, merge_parts(out))
+        else:
+            print(f"part {shard} of {num_shards} written to {d}; process 0 merges the parts into {out}")
         return 0
     d = write_part(out, shard, num_shards, rows, dict(meta, shard=shard), found)
     n, records = complete_parts(out)

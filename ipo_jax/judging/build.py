@@ -69,7 +69,10 @@ def build_chat(section, setting: str = "judge", mesh: dict | None = None):
         from ipo_jax.sharding import make_mesh
 
         tokenizer = load_tokenizer(tokenizer_dir_for(section.tokenizer, section.model))
-        device_mesh = make_mesh(dict(mesh)) if mesh is not None else None
+        from ipo_jax.distributed import share_devices
+
+        # this process's devices: with several processes each judges its own share
+        device_mesh = make_mesh(dict(mesh), devices=share_devices()) if mesh is not None else None
         model = load_model(section.model, mesh=device_mesh, vocab_needed=len(tokenizer))
         sampler = Sampler(model, eos_ids=stop_token_ids(tokenizer), pad_id=tokenizer.pad_token_id or 0,
                           batch_size=section.batch_size, max_prompt_length=section.max_prompt_length, mesh=device_mesh)

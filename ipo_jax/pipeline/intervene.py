@@ -72,9 +72,11 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import jax
 from tqdm.auto import tqdm
 
 from ipo_jax.data.pairs import prompt_messages
+from ipo_jax.distributed import shares_joined
 from ipo_jax.data.prompts import PROMPT_KINDS, PromptFileError, load_prompt_records  # noqa: F401 (re-exported)
 from ipo_jax.io import atomic_write_bytes, jsonl_bytes
 from ipo_jax.judging import CueDetector, CueRequest, Judge, detect_all, judge_trajectories, trajectory_label
@@ -522,34 +524,42 @@ def build_pairs(
             print(f"chunk {i}: {problem}; redoing it")
     if done:
         print(f"resuming: {len(done)} of {len(mine)} chunks already done")
-    for i in tqdm([i for i in mine if i not in done], desc="build pairs", unit="chunk", disable=None):
-        if judge_budget is not None:
-            judge_budget.start_chunk(f"chunk {i}")
-        if build_kind == "ipo":
-            pairs, trajectories, stats = process_chunk(chunks[i], i, policy, judge, detector, triggers, cfg)
-        else:
-            from ipo_jax.pipeline.baselines import process_full_trajectory_chunk
+    # several JAX processes: leave only when every process has finished its chunks (one that fails
+    # tells the others, which stop instead of waiting); then process 0 alone merges
+    with shares_joined("build-pairs"):
+        for i in tqdm([i for i in mine if i not in done], desc="build pairs", unit="chunk", disable=None):
+            if judge_budget is not None:
+                judge_budget.start_chunk(f"chunk {i}")
+            if build_kind == "ipo":
+                pairs, trajectories, stats = process_chunk(chunks[i], i, policy, judge, detector, triggers, cfg)
+            else:
+                from ipo_jax.pipeline.baselines import process_full_trajectory_chunk
 
-            # seeds depend on (seed, chunk) only, as the intervention's, so a resumed chunk samples the same
-            seed = (cfg.seed * 1_000_003 + i) * 101 + 77
-            pairs, trajectories, stats = process_full_trajectory_chunk(chunks[i], policy, judge, samples=samples, seed=seed)
-        if judge_budget is not None:  # raises before the chunk is written: a rerun redoes it
-            stats.update(judge_budget.end_chunk())
-        if provenance is not None:
-            for row in (*pairs, *trajectories):
-                row["provenance"] = stamp
-        files = {}
-        for kind, rows in (("pairs", pairs), ("trajectories", trajectories)):
-            data = jsonl_bytes(rows)
-            atomic_write_bytes(_chunk_files(chunks_dir, i)[kind], data)
-            files[kind] = {"sha256": hashlib.sha256(data).hexdigest(), "lines": len(rows)}
-        progress = dict(chunk=i, prompt_ids=[r["id"] for r in chunks[i]], stats=stats, files=files)
-        # written last: the chunk counts as done only when everything it lists is on disk
-        atomic_write_bytes(chunks_dir / f"progress-{i:05d}.json", (json.dumps(progress) + "\n").encode("utf-8"))
-        if on_chunk_done is not None:
-            on_chunk_done(i)
+                # seeds depend on (seed, chunk) only, as the intervention's, so a resumed chunk samples the same
+                seed = (cfg.seed * 1_000_003 + i) * 101 + 77
+                pairs, trajectories, stats = process_full_trajectory_chunk(chunks[i], policy, judge, samples=samples, seed=seed)
+            if judge_budget is not None:  # raises before the chunk is written: a rerun redoes it
+                stats.update(judge_budget.end_chunk())
+            if provenance is not None:
+                for row in (*pairs, *trajectories):
+                    row["provenance"] = stamp
+            files = {}
+            for kind, rows in (("pairs", pairs), ("trajectories", trajectories)):
+                data = jsonl_bytes(rows)
+                atomic_write_bytes(_chunk_files(chunks_dir, i)[kind], data)
+                files[kind] = {"sha256": hashlib.sha256(data).hexdigest(), "lines": len(rows)}
+            progress = dict(chunk=i, prompt_ids=[r["id"] for r in chunks[i]], stats=stats, files=files)
+            # written last: the chunk counts as done only when everything it lists is on disk
+            atomic_write_bytes(chunks_dir / f"progress-{i:05d}.json", (json.dumps(progress) + "\n").encode("utf-8"))
+            if on_chunk_done is not None:
+                on_chunk_done(i)
 
+    if jax.process_count() > 1 and process_index != 0:
+        return dict(merged_by_process=0)
     missing = [i for i in range(len(chunks)) if not (chunks_dir / f"progress-{i:05d}.json").is_file()]
+    if missing and jax.process_count() > 1:  # every process reported its chunks done: one is lost
+        raise BuildPairsError(f"{chunks_dir}: chunks {missing[:20]} have no progress record although every process "
+                              "reported its chunks done (is out a directory all processes share?); rerun to redo them")
     if missing:  # other processes still working: only process 0 merges, once everything is there
         return dict(pending_chunks=missing)
     all_pairs, stats = [], []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -10,6 +11,7 @@ import jax
 
 from ipo_jax.data.pairs import prompt_messages
 from ipo_jax.data.prompts import prompt_records_from_config
+from ipo_jax.distributed import is_main_process, my_share, shares_joined
 from ipo_jax.io import atomic_write_jsonl
 from ipo_jax.judging import judge_trajectories, trajectory_label
 from ipo_jax.judging.build import build_judges, check_judge_fits
@@ -22,6 +24,7 @@ from ipo_jax.pipeline.intervene import (
 from ipo_jax.pipeline.triggers import DEFAULT_TRIGGERS, load_triggers
 from ipo_jax.provenance import prompts_sha256, record_provenance, stage_provenance
 from ipo_jax.rollout import build_policy, split_completion
+from ipo_jax.sampling import row_seed
 
 __all__ = ["build_judges", "build_policy", "run_build_pairs", "run_csr", "run_sample"]  # build_*: the demo's
 
@@ -45,6 +48,39 @@ def _write_run_json(path: Path, stage: str, provenance: dict, **settings) -> Non
     path.parent.mkdir(parents=True, exist_ok=True)
     body = dict(stage=stage, provenance=provenance, **settings)
     atomic_write_bytes(path, (json.dumps(body, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8"))
+
+
+SHARE_PARTS_DIR = ".process-parts"  # <out>/.process-parts/<what>-<i>-of-<n>.jsonl: one process's share
+
+
+def _share_part(out: Path, what: str, index: int | None = None) -> Path:
+    index = jax.process_index() if index is None else index
+    (out / SHARE_PARTS_DIR).mkdir(parents=True, exist_ok=True)
+    return out / SHARE_PARTS_DIR / f"{what}-{index:05d}-of-{jax.process_count():05d}.jsonl"
+
+
+def _merged_share_parts(out: Path, what: str, total: int) -> list[dict]:
+    """The rows of every process's part of `what`, back in the one-process order (row k of the
+    whole is row k // N of process k % N's part)."""
+    count = jax.process_count()
+    parts = []
+    for i in range(count):
+        path = _share_part(out, what, i)
+        if not path.is_file():
+            raise RuntimeError(f"{path}: process {i}'s part is missing although it reported its share done")
+        with open(path, encoding="utf-8") as f:
+            parts.append([json.loads(line) for line in f if line.strip()])
+    if sum(len(p) for p in parts) != total:
+        raise RuntimeError(f"{out / SHARE_PARTS_DIR}: the parts of {what} hold {sum(len(p) for p in parts)} rows, "
+                           f"expected {total}")
+    return [parts[k % count][k // count] for k in range(total)]
+
+
+def _remove_share_parts(out: Path, what: str) -> None:
+    for path in (out / SHARE_PARTS_DIR).glob(f"{what}-*-of-*.jsonl"):
+        path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        (out / SHARE_PARTS_DIR).rmdir()  # when empty
 
 
 def _require_prompts(config) -> None:
@@ -71,6 +107,9 @@ def run_build_pairs(config) -> int:
                           judge_budget=budget, provenance=provenance)
     if budget.requests:  # an LLM judge was asked
         print(budget.line())
+    if "merged_by_process" in summary:
+        print(f"this process's chunks are done; process 0 writes {Path(config.out) / 'pairs.jsonl'} and summary.json")
+        return 0
     if "pending_chunks" in summary:
         print(f"this process is done; chunks {summary['pending_chunks']} are still with other processes")
         return 0
@@ -93,27 +132,42 @@ def run_sample(config) -> int:
     provenance = stage_provenance("sample", policy=policy, judge=judge, prompts_digest=prompts_sha256(records),
                                   judge_servers=servers)
     stamp = record_provenance(provenance)
-    completions = policy.complete([(prompt_messages(r), "") for r in records], seed=config.intervention.seed)
-    parts = [split_completion(c.text) for c in completions]
-    budget.start_chunk("the sampled trajectories")
-    judged = judge_trajectories(judge, [(prompt_text(r), reasoning, answer) for r, (reasoning, answer, _) in zip(records, parts)])
-    budget.end_chunk()
-    rows, counts = [], {"safe": 0, "unsafe": 0, "error": 0}
-    for record, completion, (reasoning, answer, closed), verdicts in zip(records, completions, parts, judged):
-        label = trajectory_label(verdicts)
-        counts[label] += 1
-        rows.append(dict(id=record["id"], kind=record["kind"], prompt=record["prompt"], completion=completion.text, completion_ids=list(completion.ids),
-                         reasoning=reasoning, answer=answer, think_closed=closed, finish_reason=completion.finish_reason,
-                         label=label, verdicts={k: v.to_dict() for k, v in verdicts.items()}, policy=policy.policy_id,
-                         sampling=dataclasses.asdict(policy.sampling), provenance=stamp))
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    # several JAX processes: each samples and judges prompts i, i + N, ... (row seeds by position
+    # in the prompt file, as one process draws them), writes its part; process 0 merges in order
+    mine = my_share(len(records))
+    with shares_joined("sample"):
+        share = [records[k] for k in mine]
+        completions = policy.complete([(prompt_messages(r), "") for r in share], seed=config.intervention.seed,
+                                      row_seeds=[row_seed(config.intervention.seed, k) for k in mine])
+        parts = [split_completion(c.text) for c in completions]
+        budget.start_chunk("the sampled trajectories")
+        judged = judge_trajectories(judge, [(prompt_text(r), reasoning, answer) for r, (reasoning, answer, _) in zip(share, parts)])
+        budget.end_chunk()
+        rows = []
+        for record, completion, (reasoning, answer, closed), verdicts in zip(share, completions, parts, judged):
+            rows.append(dict(id=record["id"], kind=record["kind"], prompt=record["prompt"], completion=completion.text, completion_ids=list(completion.ids),
+                             reasoning=reasoning, answer=answer, think_closed=closed, finish_reason=completion.finish_reason,
+                             label=trajectory_label(verdicts), verdicts={k: v.to_dict() for k, v in verdicts.items()}, policy=policy.policy_id,
+                             sampling=dataclasses.asdict(policy.sampling), provenance=stamp))
+        if jax.process_count() > 1:
+            atomic_write_jsonl(_share_part(out, "trajectories"), rows)
+    if budget.requests:  # an LLM judge was asked
+        print(budget.line())
+    if jax.process_count() > 1:
+        if not is_main_process():
+            print(f"{len(rows)} trajectories sampled in this process; process 0 writes {out / 'trajectories.jsonl'}")
+            return 0
+        rows = _merged_share_parts(out, "trajectories", len(records))
+    counts = {"safe": 0, "unsafe": 0, "error": 0}
+    for row in rows:
+        counts[row["label"]] += 1
     _write_run_json(out / "sample_run.json", "sample", provenance, prompts=config.prompts, trajectories=len(rows),
                     sampling=dataclasses.asdict(policy.sampling), seed=config.intervention.seed, judge=judge.settings()
                     if callable(getattr(judge, "settings", None)) else getattr(judge, "name", None))
     atomic_write_jsonl(out / "trajectories.jsonl", rows)
-    if budget.requests:  # an LLM judge was asked
-        print(budget.line())
+    _remove_share_parts(out, "trajectories")
     print(f"{len(rows)} trajectories: {counts['unsafe']} unsafe, {counts['safe']} safe, {counts['error']} judge errors "
           f"-> {out / 'trajectories.jsonl'}")
     return 0
@@ -146,37 +200,55 @@ def run_csr(config) -> int:
     out = Path(config.out)
     provenance = stage_provenance("csr", policy=policy, judge=judge, prompts_digest=prompts_sha256(rows),
                                   judge_servers=servers)
-    _write_run_json(out / "csr" / "run.json", "csr", provenance, trajectories=c.trajectories, rows=len(rows),
-                    csr={k: c[k] for k in c.keys()}, sampling=dataclasses.asdict(policy.sampling))
-    results, table = [], []
-    for row in rows:
-        budget.start_chunk(f"trajectory {row['id']!r}")
-        completion_ids = row.get("completion_ids")  # the ids as sampled (ipo-jax sample writes them)
-        if completion_ids is not None and (
-            not isinstance(completion_ids, list)
-            or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in completion_ids)
-        ):
-            raise ValueError(f"{c.trajectories}: trajectory {row['id']!r}: completion_ids must be a list of "
-                             "non-negative token ids")
-        try:
-            result = continuation_safety_ratio(
-                policy.sampler, policy.tokenizer, judge, prompt_messages(row), row["reasoning"], num_samples=c.num_samples,
-                sampling=dataclasses.replace(policy.sampling, seed=c.get("seed", 0)), judge_prompt=prompt_text(row),
-                mu=c.mu, eta=c.eta, window=c.window, completion_ids=completion_ids, granularity=c.get("granularity", "token"),
-                token_stride=c.get("token_stride", 1), trace_id=row["id"],  # each trace its own seed
-            )
-        except ValueError as e:
-            raise ValueError(f"{c.trajectories}: trajectory {row['id']!r}: {e}") from None
-        budget.end_chunk()  # over judge.max_error_share: stop before this trajectory's outputs are written
-        write_csr_outputs(result, out / "csr", row["id"])
-        results.append(result)
-        table.append(dict(id=row["id"], sentences=len(result.sentences), triggers=list(result.trigger_indices),
-                          cues=list(result.cue_indices), granularity=result.granularity, seed=result.seed,
-                          trigger_tokens=list(result.trigger_positions), cue_tokens=list(result.cue_positions), provenance=record_provenance(provenance)))
-    candidates = collect_trigger_candidates(results)
+    if is_main_process():
+        _write_run_json(out / "csr" / "run.json", "csr", provenance, trajectories=c.trajectories, rows=len(rows),
+                        csr={k: c[k] for k in c.keys()}, sampling=dataclasses.asdict(policy.sampling))
+    # several JAX processes: each analyses trajectories i, i + N, ... (each with its own seed, so as
+    # one process would) and writes their CSV / PNG files; process 0 merges the summary rows in order
+    with shares_joined("csr"):
+        table = []
+        for row in [rows[k] for k in my_share(len(rows))]:
+            budget.start_chunk(f"trajectory {row['id']!r}")
+            completion_ids = row.get("completion_ids")  # the ids as sampled (ipo-jax sample writes them)
+            if completion_ids is not None and (
+                not isinstance(completion_ids, list)
+                or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in completion_ids)
+            ):
+                raise ValueError(f"{c.trajectories}: trajectory {row['id']!r}: completion_ids must be a list of "
+                                 "non-negative token ids")
+            try:
+                result = continuation_safety_ratio(
+                    policy.sampler, policy.tokenizer, judge, prompt_messages(row), row["reasoning"], num_samples=c.num_samples,
+                    sampling=dataclasses.replace(policy.sampling, seed=c.get("seed", 0)), judge_prompt=prompt_text(row),
+                    mu=c.mu, eta=c.eta, window=c.window, completion_ids=completion_ids, granularity=c.get("granularity", "token"),
+                    token_stride=c.get("token_stride", 1), trace_id=row["id"],  # each trace its own seed
+                )
+            except ValueError as e:
+                raise ValueError(f"{c.trajectories}: trajectory {row['id']!r}: {e}") from None
+            budget.end_chunk()  # over judge.max_error_share: stop before this trajectory's outputs are written
+            write_csr_outputs(result, out / "csr", row["id"])
+            table.append(dict(id=row["id"], sentences=len(result.sentences), triggers=list(result.trigger_indices),
+                              cues=list(result.cue_indices), granularity=result.granularity, seed=result.seed,
+                              trigger_tokens=list(result.trigger_positions), cue_tokens=list(result.cue_positions), provenance=record_provenance(provenance),
+                              candidates=collect_trigger_candidates([result])))
+        if jax.process_count() > 1:
+            atomic_write_jsonl(_share_part(out, "csr_summary"), table)
+    if jax.process_count() > 1:
+        if not is_main_process():
+            print(f"{len(table)} trajectories analysed in this process; process 0 writes {out / 'csr_summary.jsonl'}")
+            return 0
+        table = _merged_share_parts(out, "csr_summary", len(rows))
+    # the trigger sentences of all trajectories in order, deduplicated as collect_trigger_candidates does
+    candidates, seen = [], set()
+    for entry in table:
+        for sentence in entry.pop("candidates"):
+            if sentence.casefold() not in seen:
+                seen.add(sentence.casefold())
+                candidates.append(sentence)
     if candidates:
         write_trigger_candidates(out / "trigger_candidates.txt", candidates)
     atomic_write_jsonl(out / "csr_summary.jsonl", table)
+    _remove_share_parts(out, "csr_summary")
     if budget.requests:  # an LLM judge was asked
         print(budget.line())
     print(f"{len(rows)} trajectories analysed; {sum(len(r['cues']) for r in table)} compliance cues, "

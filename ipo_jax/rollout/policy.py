@@ -166,7 +166,10 @@ def build_policy(config) -> Policy:
                           max_retries=section.max_retries, backoff=section.backoff, max_backoff=section.max_backoff,
                           concurrency=section.concurrency, extra_body=extra_body,
                           max_prompt_tokens=config.sampler.max_prompt_length)
-    mesh = make_mesh(dict(config.mesh))
+    from ipo_jax.distributed import share_devices
+
+    # this process's devices: with several processes each samples its own share of the prompts
+    mesh = make_mesh(dict(config.mesh), devices=share_devices())
     model = load_model(config.model.init, mesh=mesh, param_dtype=config.model.param_dtype, dtype=config.model.dtype,
                        vocab_needed=len(tokenizer))
     sampler = Sampler(model, eos_ids=stop_token_ids(tokenizer), pad_id=tokenizer.pad_token_id or 0,

@@ -104,12 +104,12 @@ def named_sharding(
 def param_shardings(abstract_state: nnx.State, mesh: Mesh | None, rules=LOGICAL_RULES) -> nnx.State:
     """A State of shardings matching `abstract_state` (Variables with `logical_axes` metadata).
 
-    Without a mesh, everything goes to the first device.
+    Without a mesh, everything goes to this process's first device.
     """
 
     def one(path, variable):
         if mesh is None:
-            return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+            return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # this process's first
         axes = variable.get_metadata().get("logical_axes")
         if axes is None:
             return NamedSharding(mesh, PartitionSpec())
