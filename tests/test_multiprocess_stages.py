@@ -41,6 +41,18 @@ EVAL_ITEMS = [row for i in range(3) for row in (
 )]
 
 
+@pytest.fixture(autouse=True)
+def no_git_commit(monkeypatch):
+    """Records name the code's git commit (provenance); other engineers commit while the suite runs,
+    so the one-process and the launched runs could see two HEADs: both see none here."""
+    from ipo_jax.provenance import code_version
+
+    monkeypatch.setenv("GIT_DIR", "/nonexistent")  # the launched processes inherit it
+    code_version.cache_clear()
+    yield
+    code_version.cache_clear()
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     from ipo_jax.data.tiny_tokenizer import build_tiny_tokenizer
