@@ -177,8 +177,9 @@ _FAILED_PREFIX = "ipo_jax/failed/"
 def report_failure(e: BaseException) -> None:
     """Tell the other processes that this one is ending with error `e` (the CLI calls it for any
     error of a stage; a process waiting in `shares_joined` then stops with `PeerProcessError`
-    instead of waiting for a share that never comes). A no-op in one process; never raises."""
-    if jax.process_count() == 1:
+    instead of waiting for a share that never comes). A no-op in one process (without starting a
+    backend: a stage may fail before it touched a device); never raises."""
+    if not jax.distributed.is_initialized() or jax.process_count() == 1:
         return
     with contextlib.suppress(Exception):
         from jax._src import distributed as jax_distributed
