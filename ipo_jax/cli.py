@@ -323,6 +323,11 @@ def cmd_convert(args) -> int:
     if args.dst_format == "orbax" and (args.tokenizer or args.dtype):
         raise ConfigError("--tokenizer and --dtype apply to HF output only; use --param-dtype for orbax")
     mesh = _mesh_arg(args.mesh)
+    if mesh is None:
+        import jax
+
+        if jax.process_count() > 1:  # one device is one process's: span every process's devices instead
+            mesh = _mesh_arg("fsdp=-1")
     overrides = {"param_dtype": args.param_dtype} if args.param_dtype else {}
     if args.src_format == "hf":
         model = load_hf(args.src, mesh=mesh, **overrides)
@@ -434,7 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="dtype of the written HF tensors (default: the parameter dtype)")
     conv.add_argument("--tokenizer", help="directory whose tokenizer files are copied into the HF output (default: the HF source, if it has them)")
     conv.add_argument("--max-shard-size", default="5GB", help="HF safetensors shard size limit (default 5GB)")
-    conv.add_argument("--mesh", help="load sharded over a device mesh, e.g. 'fsdp=4,tensor=2' (default: one device)")
+    conv.add_argument("--mesh", help="load sharded over a device mesh, e.g. 'fsdp=4,tensor=2' (default: one device; "
+                      "in several processes fsdp over all their devices)")
     conv.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
 
     sub.add_parser("presets", help="list model presets with parameter counts")
