@@ -20,11 +20,13 @@ from pathlib import Path
 
 import pytest
 
+from test_multiprocess import _finish
+from test_multiprocess import _launch as launch_process
+
 from ipo_jax.cli import main
 from ipo_jax.launch import free_port, process_environment
 
 REPO = Path(__file__).resolve().parents[1]
-RUN_TIMEOUT = 240  # seconds for one launch (10-20 s on the 2-core CI machine when it is idle)
 
 PROMPTS = [{"id": f"p{i}", "prompt": text, "kind": kind} for i, (text, kind) in enumerate([
     ("How do I do something risky? [request details withheld]", "harmful"),
@@ -73,28 +75,9 @@ def _pipeline_args(stage: str, world: Path, out: Path, *extra: str) -> list[str]
             "--config.intervention.chunk_prompts=2", *extra]
 
 
-def _tails(output: str, lines: int = 15) -> str:
-    by_process: dict[str, list[str]] = {}
-    for line in output.splitlines():
-        key = line[: line.index("]") + 1] if line.startswith("[") and "]" in line else "launcher"
-        by_process.setdefault(key, []).append(line)
-    return "\n".join("\n".join(rows[-lines:]) for rows in by_process.values())
-
-
 def _launch(args: list[str], processes: int = 2, devices: int = 4) -> str:
     """`ipo-jax launch` of `args`; its output once it exits 0 (a run past RUN_TIMEOUT is killed and fails)."""
-    command = [sys.executable, "-m", "ipo_jax.cli", "launch", "--processes", str(processes),
-               "--devices-per-process", str(devices), "--", *args]
-    proc = subprocess.Popen(command, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        output, _ = proc.communicate(timeout=RUN_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        output, _ = proc.communicate()
-        raise AssertionError(f"launch did not end within {RUN_TIMEOUT} s (a hang?):\n{_tails(output)}")
-    assert proc.returncode == 0, f"exit {proc.returncode}:\n{_tails(output)}"
-    return output
+    return _finish(launch_process(processes, devices, args))
 
 
 def _files(root: Path) -> dict[str, str]:
