@@ -8,9 +8,10 @@ collectives over loopback: the environment a SLURM job, a TPU slice or a JobSet 
 (`ipo_jax.distributed`). Every output line is prefixed with its process index (`[0] ...`);
 gloo's connection chatter ("[Gloo] Rank 3 is connected to 7 peer ranks") is left out.
 SIGINT and SIGTERM are forwarded to every process (a SIGTERM'd training run checkpoints and
-exits 143 on all of them). When one process fails, the others are stopped -- they could only
-wait for it in their next collective -- and the launcher exits with the failed process's code
-(128 + N for a process killed by signal N). On a real cluster the stages start without this:
+exits 143 on all of them; the launcher waits for every one to finish its save); a second signal
+kills them all. When one process fails on its own, the others are stopped -- they could only wait
+for it in their next collective -- and the launcher exits with the failed process's code (128 + N
+for a process killed by signal N). On a real cluster the stages start without this:
 see README "Running on a TPU pod or several GPUs".
 """
 
@@ -94,10 +95,13 @@ def launch(processes: int, devices_per_process: int | None, command: list[str], 
             relay.start()
             relays.append(relay)
 
+    forwarded = []  # the signals passed on: every process got them, and may need time to act on them
+
     def forward(signum, frame):
-        for child in children:
+        forwarded.append(signum)
+        for child in children:  # a second signal kills: a process may be stuck waiting for one that died
             if child.poll() is None:
-                child.send_signal(signum)
+                child.send_signal(signum) if len(forwarded) == 1 else child.kill()
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     failed: tuple[int, int] | None = None  # (process index, return code) of the first failure
@@ -108,7 +112,10 @@ def launch(processes: int, devices_per_process: int | None, command: list[str], 
             if failed is not None or all(code == 0 for code in codes):
                 break
             time.sleep(0.1)
-        if failed is not None:
+        if failed is not None and forwarded:  # e.g. SIGTERM: the others are saving their checkpoint, not stuck
+            for child in children:
+                child.wait()
+        elif failed is not None:
             _stop_others(children, failed, lock)
     finally:
         for child in children:  # never leave a process behind (the launcher itself was killed, ...)
