@@ -60,8 +60,7 @@ def _relay(index: int, stream, sink, lock: threading.Lock) -> None:
         line = raw.decode("utf-8", "replace").rstrip("\n")
         if _GLOO_CHATTER.search(line):
             continue
-        # tqdm redraws with \r: keep the last state of the line
-        line = line.rsplit("\r", 1)[-1] if "\r" in line.rstrip("\r") else line.rstrip("\r")
+        line = line.rstrip("\r").rsplit("\r", 1)[-1]  # tqdm redraws with \r: keep the line's last state
         with lock:
             sink.write(f"[{index}] {line}\n")
             sink.flush()

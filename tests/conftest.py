@@ -73,6 +73,20 @@ def build_hf_model(family: str, seed: int = 0, **overrides):
     return model
 
 
+def save_sample_pairs_tokenizer(directory):
+    """The tiny BPE tokenizer the pipeline tests share, built from configs/sample_pairs.jsonl, saved to `directory`."""
+    import json
+    from pathlib import Path
+
+    from ipo_jax.data.tiny_tokenizer import build_tiny_tokenizer
+
+    lines = (Path(__file__).resolve().parents[1] / "configs" / "sample_pairs.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    tokenizer = build_tiny_tokenizer([r[k] for r in rows for k in ("prompt", "prefix", "chosen", "rejected")], vocab_size=400)
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
 @pytest.fixture(scope="session")
 def hf_dirs(tmp_path_factory):
     """family -> (directory with a saved tiny HF model, the torch model)."""

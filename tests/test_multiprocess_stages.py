@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import save_sample_pairs_tokenizer
 from test_multiprocess import _finish
 from test_multiprocess import _launch as launch_process
 
@@ -57,12 +58,8 @@ def no_git_commit(monkeypatch):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from ipo_jax.data.tiny_tokenizer import build_tiny_tokenizer
-
     root = tmp_path_factory.mktemp("world")
-    rows = [json.loads(line) for line in (REPO / "configs" / "sample_pairs.jsonl").read_text().splitlines()]
-    tokenizer = build_tiny_tokenizer([r[k] for r in rows for k in ("prompt", "prefix", "chosen", "rejected")], vocab_size=400)
-    tokenizer.save_pretrained(root / "tokenizer")
+    save_sample_pairs_tokenizer(root / "tokenizer")
     (root / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
     (root / "eval.jsonl").write_text("".join(json.dumps(p) + "\n" for p in EVAL_ITEMS))
     return root

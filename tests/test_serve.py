@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import save_sample_pairs_tokenizer
 
 from ipo_jax.sampling import SamplingConfig, row_seed
 
@@ -32,12 +33,8 @@ PROMPTS = [
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """The tiny tokenizer (as tests/test_pipeline.py builds it) and a prompt file."""
-    from ipo_jax.data.tiny_tokenizer import build_tiny_tokenizer
-
     root = tmp_path_factory.mktemp("serve-world")
-    rows = [json.loads(l) for l in (ROOT / "configs" / "sample_pairs.jsonl").read_text().splitlines()]
-    tokenizer = build_tiny_tokenizer([r[k] for r in rows for k in ("prompt", "prefix", "chosen", "rejected")], vocab_size=400)
-    tokenizer.save_pretrained(root / "tokenizer")
+    save_sample_pairs_tokenizer(root / "tokenizer")
     (root / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
     return root
 

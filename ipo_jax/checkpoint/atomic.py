@@ -39,16 +39,19 @@ def atomic_output_dir(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{agreed_token()}"
     refusal = None
     if main:
-        remove_stale_temporaries(out_dir.parent, out_dir.name)  # a killed earlier write of this same directory
-        if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-            refusal = f"{out_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it"
-        else:
-            out_dir.parent.mkdir(parents=True, exist_ok=True)
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            tmp.mkdir()
+        try:
+            remove_stale_temporaries(out_dir.parent, out_dir.name)  # a killed earlier write of this same directory
+            if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
+                refusal = FileExistsError(f"{out_dir} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+            else:
+                out_dir.parent.mkdir(parents=True, exist_ok=True)
+                if tmp.exists():
+                    shutil.rmtree(tmp)
+                tmp.mkdir()
+        except OSError as e:  # a read-only or full disk: agreed below like a refusal, so no process waits
+            refusal = e
     if not all_processes(refusal is None):  # every process stops, not only the one that checked
-        raise FileExistsError(refusal or f"{out_dir}: process 0 refused to write it (see its output)")
+        raise refusal or FileExistsError(f"{out_dir}: process 0 could not prepare it (see its output)")
     try:
         yield tmp
         barrier(f"written {out_dir}")  # every process's part is in tmp

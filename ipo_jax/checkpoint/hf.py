@@ -35,6 +35,7 @@ from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
 from ipo_jax.checkpoint.atomic import atomic_output_dir
+from ipo_jax.distributed import is_main_process
 from ipo_jax.models.config import ModelConfig
 from ipo_jax.models.decoder import Decoder
 from ipo_jax.sharding import LOGICAL_RULES, param_shardings
@@ -344,7 +345,7 @@ def save_hf(
     cfg: ModelConfig = model.cfg
     dtype = dtype or cfg.param_dtype
     limit = parse_size(max_shard_size)
-    is_writer = jax.process_index() == 0
+    is_writer = is_main_process()
     with atomic_output_dir(out_dir, overwrite) as tmp:
         _write_hf(model, tmp, dtype, limit, is_writer, tokenizer_dir, generation_config)
     return out_dir

@@ -23,6 +23,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from ipo_jax.checkpoint.atomic import atomic_output_dir
+from ipo_jax.distributed import is_main_process
 from ipo_jax.checkpoint.hf import CheckpointError
 from ipo_jax.models.config import ModelConfig
 from ipo_jax.models.decoder import Decoder
@@ -91,7 +92,7 @@ def save_orbax(model: Decoder, out_dir: str | Path, *, overwrite: bool = False) 
     out_dir = Path(out_dir).absolute()
     cfg: ModelConfig = model.cfg
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    is_writer = jax.process_index() == 0
+    is_writer = is_main_process()
     checksums = array_checksums(params)  # every process: the computation spans all devices
     # orbax coordinates all processes itself; only the config file is ours to write.
     with atomic_output_dir(out_dir, overwrite) as tmp:
