@@ -37,6 +37,8 @@ import json
 import random
 from pathlib import Path
 
+from ipo_jax.pipeline.triggers import DEFAULT_TRIGGERS
+
 REQUEST_PLACEHOLDER = "[request details withheld]"
 CONTENT_PLACEHOLDER = "[harmful details withheld]"
 
@@ -311,7 +313,6 @@ def build_world(out_dir: str | Path, cfg: WorldConfig = WorldConfig()) -> dict[s
 def world_corpus(paths: dict[str, Path]) -> list[str]:
     """Every text of the world plus the pipeline's default triggers (which the intervention
     writes into trajectories): the tiny tokenizer's training corpus."""
-    from ipo_jax.pipeline.triggers import DEFAULT_TRIGGERS
 
     corpus = list(DEFAULT_TRIGGERS)
     for path in paths.values():

@@ -31,12 +31,14 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from ipo_jax import __version__
+from ipo_jax.judging.guard import backend_of
+
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> dict[str, Any]:
     """The package version and the git commit of the checkout this package was imported from
     (None when it is not in a git checkout, git is missing, or anything else fails)."""
-    from ipo_jax import __version__
 
     root = Path(__file__).resolve().parents[1]
     commit = None
@@ -74,7 +76,6 @@ def policy_provenance(policy) -> dict[str, Any]:
 def _judge_entry(obj, server: dict[str, Any] | None) -> dict[str, Any] | None:
     if obj is None:
         return None
-    from ipo_jax.judging.guard import backend_of
 
     inner = getattr(obj, "inner", obj)
     entry = backend_of(inner)

@@ -130,7 +130,7 @@ def _run(server, tmp_path, monkeypatch, out, *overrides, names=tuple(ALL)):  # n
         made.append(_policy_for(config))
         return made[-1]
 
-    monkeypatch.setattr("ipo_jax.rollout.build_policy", build_policy)
+    monkeypatch.setattr("ipo_jax.eval.harness.build_policy", build_policy)
     _loopback_judge(server)
     code = main(["eval", "--config", str(CONFIGS / "eval.py"), "--config.model.init=preset:tiny-qwen3",
                  f"--config.benchmarks={_benchmarks(names)}", "--config.judge.backend=http",
@@ -372,7 +372,7 @@ def test_bad_settings_exit_2_with_one_line_before_any_model_loads(tmp_path, monk
     def no_model(config):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr("ipo_jax.rollout.build_policy", no_model)
+    monkeypatch.setattr("ipo_jax.eval.harness.build_policy", no_model)
     code = main(["eval", "--config", str(CONFIGS / "eval.py"), "--config.model.init=preset:tiny-qwen3",
                  f"--config.benchmarks=aime={FIX / 'aime2025'}", "--config.judge.backend=http",
                  "--config.judge.base_url=http://127.0.0.1:9/v1", "--config.judge.model=j", f"--config.out={tmp_path}",
@@ -385,7 +385,7 @@ def test_a_benchmark_file_error_names_file_and_row_before_any_model_loads(tmp_pa
     bad = tmp_path / "gpqa_diamond.csv"
     text = (FIX / "gpqa" / "gpqa_diamond.csv").read_text()
     bad.write_text(text.replace("Incorrect Answer 3,Explanation", "Incorrect Answer 9,Explanation", 1))
-    monkeypatch.setattr("ipo_jax.rollout.build_policy", lambda config: (_ for _ in ()).throw(AssertionError("loaded")))
+    monkeypatch.setattr("ipo_jax.eval.harness.build_policy", lambda config: (_ for _ in ()).throw(AssertionError("loaded")))
     code = main(["eval", "--config", str(CONFIGS / "eval.py"), "--config.model.init=preset:tiny-qwen3",
                  f"--config.benchmarks=gpqa={bad}", "--config.judge.backend=http", "--config.judge.model=j",
                  "--config.judge.base_url=http://127.0.0.1:9/v1", f"--config.out={tmp_path / 'out'}"])

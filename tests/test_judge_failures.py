@@ -117,7 +117,7 @@ def scripted(monkeypatch):
         return made[-1]
 
     monkeypatch.setattr("ipo_jax.pipeline.run.build_policy", build_policy)
-    monkeypatch.setattr("ipo_jax.rollout.build_policy", build_policy)
+    monkeypatch.setattr("ipo_jax.eval.harness.build_policy", build_policy)
     return made
 
 

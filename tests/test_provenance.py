@@ -89,7 +89,7 @@ def scripted(monkeypatch):
             return super().complete(jobs, seed)
 
     monkeypatch.setattr("ipo_jax.pipeline.run.build_policy", lambda config: Policy())
-    monkeypatch.setattr("ipo_jax.rollout.build_policy", lambda config: Policy())
+    monkeypatch.setattr("ipo_jax.eval.harness.build_policy", lambda config: Policy())
 
 
 def _run(stage, tmp_path, out, *overrides):

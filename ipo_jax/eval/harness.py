@@ -47,12 +47,40 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ipo_jax.data.pairs import prompt_messages
+from ipo_jax.data.records import read_jsonl_records
+from ipo_jax.distributed import is_main_process, shares_joined
 from ipo_jax.eval.config import check_per_benchmark_names, parse_per_benchmark
+from ipo_jax.eval.contamination import ContaminationResult, check_contamination
 from ipo_jax.eval.items import EvalItem
-from ipo_jax.eval.metrics import CAPABILITY_KINDS, JUDGED_KINDS, headline, score_generation, scored_text, summarize_by_benchmark
+from ipo_jax.eval.loaders import BENCHMARKS, load_benchmark_files
+from ipo_jax.eval.metrics import (
+    CAPABILITY_KINDS,
+    JUDGED_KINDS,
+    headline,
+    score_generation,
+    scored_text,
+    summarize_by_benchmark,
+)
+from ipo_jax.eval.report import (
+    benchmark_table,
+    compare_dirs,
+    details_table,
+    has_paper_benchmarks,
+    paper_row,
+    paper_table,
+    write_single_report,
+)
+from ipo_jax.eval.scoring import format_prompt, score_answers
+from ipo_jax.eval.xstest import JUDGES as XSTEST_JUDGES
+from ipo_jax.eval.xstest import build_xstest_judge
 from ipo_jax.io import atomic_write_json, atomic_write_jsonl
 from ipo_jax.judging import Judge, judge_trajectories
-from ipo_jax.rollout import Policy, split_completion
+from ipo_jax.judging.build import build_judges, check_judge_fits
+from ipo_jax.judging.guard import ErrorBudget, prepare_judges
+from ipo_jax.provenance import prompts_sha256, record_provenance, stage_provenance
+from ipo_jax.rollout import Policy, build_policy, split_completion
+from ipo_jax.sampling import row_seed
 
 
 class EvalConfigError(ValueError):
@@ -62,7 +90,6 @@ class EvalConfigError(ValueError):
 def parse_benchmarks(spec: str) -> list[tuple[str, str]]:
     """'name=path,name=path' -> [(name, path)].  The same name may appear twice (two files); an
     unknown name is an error listing the known ones."""
-    from ipo_jax.eval.loaders import BENCHMARKS
 
     out = []
     for part in filter(None, (p.strip() for p in spec.split(","))):
@@ -95,7 +122,6 @@ def generation_seed(seed: int, benchmark: str, item_id: str, sample: int) -> int
     """The sampling seed of one generation (sample `sample` of item `item_id`): it depends on
     nothing else, so a run split across hosts, chunked differently or resumed with other batch
     sizes samples every generation exactly as a single run does."""
-    from ipo_jax.sampling import row_seed
 
     return row_seed(seed, zlib.crc32(f"{benchmark}\0{item_id}\0{sample}".encode("utf-8")))
 
@@ -113,7 +139,6 @@ def generate_and_score(policy: Policy, judge: Judge, items: Sequence[EvalItem], 
     `judge_budget` (`ipo_jax.judging.guard.ErrorBudget`): each chunk's judge failures are checked
     after its judge call (over ``max_error_share``: `JudgeFailedError`); `provenance`: each row
     carries it (``ipo_jax.provenance.record_provenance``)."""
-    from ipo_jax.eval.scoring import format_prompt, score_answers
 
     positions = list(indices) if indices is not None else list(range(len(items)))
     if len(positions) != len(items):
@@ -156,8 +181,6 @@ def generate_and_score(policy: Policy, judge: Judge, items: Sequence[EvalItem], 
 
 
 def _train_prompts(files: str) -> list[str]:
-    from ipo_jax.data.pairs import prompt_messages
-    from ipo_jax.data.records import read_jsonl_records
 
     prompts = []
     for path in filter(None, (p.strip() for p in files.split(","))):
@@ -182,7 +205,6 @@ def load_items(config, files: dict[str, list[dict[str, Any]]] | None = None) -> 
     (WildJailbreak: a seeded sample of config.wildjailbreak.sample; GPQA: options shuffled with
     config.gpqa.seed; AIME: the files of config.aime.years).  `files`, when given, is filled with
     {label: [{"file", "rows", "items"}]}: every file each benchmark read and the items it gave."""
-    from ipo_jax.eval.loaders import load_benchmark_files
 
     groups: dict[str, list[EvalItem]] = {}
     for name, path in parse_benchmarks(config.benchmarks):
@@ -220,7 +242,6 @@ def benchmark_settings(config, groups: dict[str, list[EvalItem]]) -> dict[str, B
 
 
 def contamination(groups: dict[str, list[EvalItem]], train_files: str, n: int) -> list:
-    from ipo_jax.eval.contamination import check_contamination
 
     if not train_files:
         return []
@@ -233,7 +254,6 @@ def _contamination_dicts(results: Sequence) -> list[dict[str, Any]]:
 
 
 def _contamination_results(dicts: Sequence[dict[str, Any]]) -> list:
-    from ipo_jax.eval.contamination import ContaminationResult
 
     return [ContaminationResult(d["benchmark"], d["n_items"], tuple(d["exact"]), tuple(d["ngram"])) for d in dicts]
 
@@ -243,7 +263,6 @@ def _contamination_results(dicts: Sequence[dict[str, Any]]) -> list:
 
 def write_outputs(out: Path, rows: list[dict], meta: dict[str, Any], contamination_results: Sequence) -> dict[str, Any]:
     """generations.jsonl, summary.json, report.md and plots for one model's rows."""
-    from ipo_jax.eval.report import paper_row, write_single_report
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_jsonl(out / "generations.jsonl", rows)
@@ -363,7 +382,6 @@ def _judge_settings(judge) -> dict[str, Any]:
 
 
 def _print_done(out: Path, summary: dict[str, Any]) -> None:
-    from ipo_jax.eval.report import benchmark_table, details_table, has_paper_benchmarks, paper_table
 
     print(paper_table({summary["label"]: summary}) if has_paper_benchmarks(summary) else benchmark_table(summary["benchmarks"]))
     print()
@@ -377,7 +395,6 @@ def run_eval(config) -> int:
     model loads."""
     out = Path(config.out)
     if config.get("compare"):
-        from ipo_jax.eval.report import compare_dirs
 
         table = compare_dirs([p.strip() for p in config.compare.split(",") if p.strip()], out)
         print(table)
@@ -386,10 +403,6 @@ def run_eval(config) -> int:
     if config.get("merge"):
         _print_done(out, merge_parts(out))
         return 0
-    from ipo_jax.eval.xstest import JUDGES as XSTEST_JUDGES
-    from ipo_jax.eval.xstest import build_xstest_judge
-    from ipo_jax.judging.build import build_judges, check_judge_fits
-    from ipo_jax.rollout import build_policy
 
     if config.samples_per_prompt < 1:
         raise EvalConfigError(f"config.samples_per_prompt is {config.samples_per_prompt}; expected >= 1")
@@ -412,8 +425,6 @@ def run_eval(config) -> int:
     judge, _ = build_judges(config)
     # probed and context-checked before the policy loads (the longest judged text: the largest budget of a
     # judged benchmark); a failing judge stops the stage with exit code 5 (ipo_jax/judging/guard.py)
-    from ipo_jax.judging.guard import prepare_judges
-    from ipo_jax.provenance import prompts_sha256, record_provenance, stage_provenance
 
     judged_budgets = {label: settings[label].max_new_tokens for label, items in groups.items()
                       if any(item.kind in JUDGED_KINDS for item in items)}
@@ -423,7 +434,6 @@ def run_eval(config) -> int:
             trajectory_setting="the largest token budget of a judged benchmark (sampling.max_new_tokens / "
             "max_new_tokens_per_benchmark)")
     else:
-        from ipo_jax.judging.guard import ErrorBudget
 
         budget, servers = ErrorBudget(config.judge.get("max_error_share", 0.05)), {}
     xstest_judge = build_xstest_judge(xstest_method, getattr(judge, "chat", None)) if "xstest" in groups else None
@@ -435,7 +445,6 @@ def run_eval(config) -> int:
     # one part per JAX process (num_shards 0, several processes): each process generates its part on its
     # own devices; leaving `shares_joined` every part is done (a process that failed stops the others),
     # and process 0 alone merges. Explicit shards are independent runs: the last to finish merges.
-    from ipo_jax.distributed import is_main_process, shares_joined
 
     process_parts = num_shards > 1 and not int(config.get("num_shards", 0) or 0)
     with shares_joined("eval") if process_parts else contextlib.nullcontext():

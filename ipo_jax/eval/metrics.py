@@ -50,6 +50,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ipo_jax.eval.items import EvalItem
+from ipo_jax.eval.scoring import pass_at_k, score_answer
 from ipo_jax.eval.xstest import CLASSES as XSTEST_CLASSES
 from ipo_jax.eval.xstest import REFUSED, XSTestVerdict
 from ipo_jax.judging import Verdict
@@ -94,7 +95,6 @@ def score_generation(item: EvalItem, sample: int, completion: str, finish_reason
     if item.kind in CAPABILITY_KINDS:
         text, which = scored_text(completion)
         if score is None:
-            from ipo_jax.eval.scoring import score_answer
 
             score = score_answer(item, text)
         row.update(reference=item.reference, scored_on=which, **{k: v for k, v in score.items() if k != "reference"})
@@ -166,7 +166,6 @@ def _xstest_share(rows: Sequence[dict]) -> tuple[dict, int, dict[str, int]]:
 def pass_at_1(rows: Sequence[dict]) -> dict[str, Any]:
     """Mean over items of pass@1 from each item's (n samples, c correct); with the samples-per-item
     range.  Accuracy's Wilson interval is attached as low/high (the pooled-sample interval)."""
-    from ipo_jax.eval.scoring import pass_at_k
 
     per_item: dict[str, list[bool]] = {}
     for r in rows:

@@ -31,7 +31,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ipo_jax.eval.contamination import contamination_table
 from ipo_jax.eval.metrics import HEADLINE
+from ipo_jax.eval.xstest import CLASSES
+from ipo_jax.io import atomic_write_json
 
 
 def fmt_share(s: Mapping[str, Any] | None) -> str:
@@ -259,7 +262,6 @@ def xstest_classes_table(summary: Mapping[str, Any]) -> str | None:
     s = summary["benchmarks"].get("xstest")
     if not s or "xstest_classes" not in s:
         return None
-    from ipo_jax.eval.xstest import CLASSES
 
     lines = ["| XSTest prompts | " + " | ".join(CLASSES) + " | errors |", "|" + "---|" * (len(CLASSES) + 2)]
     for kind, title in (("benign", "safe"), ("harmful", "unsafe")):
@@ -299,7 +301,6 @@ def has_paper_benchmarks(summary: Mapping[str, Any]) -> bool:
 
 
 def write_single_report(out: Path, summary: Mapping[str, Any], contamination_results: Sequence) -> Path:
-    from ipo_jax.eval.contamination import contamination_table
 
     label = summary["label"]
     benchmarks = summary["benchmarks"]
@@ -400,7 +401,6 @@ def compare_dirs(dirs: Sequence[str | Path], out: Path) -> str:
         pooled = {name: s.get("pooled") or {} for name, s in models.items()}
         table = comparison_table(pooled)
         plot_comparison(pooled, out / "comparison.png", "evaluation")
-    from ipo_jax.io import atomic_write_json
 
     atomic_write_json(out / "comparison.json", {name: dict(dir=str(d), paper=s.get("paper") or paper_row(s))
                                                 for (name, s), d in zip(models.items(), dirs)})

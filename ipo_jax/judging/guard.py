@@ -46,6 +46,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from ipo_jax.data.tokenizer import encode_text, load_tokenizer
 from ipo_jax.judging.records import (
     CueRequest,
     JudgeFailedError,
@@ -208,7 +209,6 @@ def guard(judge, detector, budget: ErrorBudget):
 
 def _count_tokens(messages: list[dict[str, str]], tokenizer) -> tuple[int, str]:
     if tokenizer is not None:
-        from ipo_jax.data.tokenizer import encode_text
 
         n = sum(len(encode_text(tokenizer, m["content"])) for m in messages)
         return n + MESSAGE_OVERHEAD * len(messages), "counted with the judge's tokenizer"
@@ -228,7 +228,6 @@ def _local_tokenizer(chat, tokenizer_dir: str):
     if getattr(chat, "tokenizer", None) is not None:
         return chat.tokenizer
     if tokenizer_dir:
-        from ipo_jax.data.tokenizer import load_tokenizer
 
         return load_tokenizer(tokenizer_dir)
     return None

@@ -24,7 +24,6 @@ prefix-shared pair starts at the same position as the chosen one). The attention
 from __future__ import annotations
 
 import math
-
 from typing import Sequence
 
 import flax.struct
@@ -35,6 +34,7 @@ from flax import nnx
 from ipo_jax.models import attention as attn_kernels
 from ipo_jax.models.attention import MaskIds
 from ipo_jax.models.config import ModelConfig
+from ipo_jax.sharding import param_shardings
 
 Array = jax.Array
 
@@ -324,7 +324,6 @@ def init_decoder(cfg: ModelConfig, seed: int = 0, mesh: jax.sharding.Mesh | None
     Initialised by one jitted program straight into the parameter shardings of `mesh` (one
     device without a mesh): fast, and a large model is never materialised on one device.
     """
-    from ipo_jax.sharding import param_shardings
 
     def build():
         return Decoder(cfg, rngs=nnx.Rngs(params=seed))
