@@ -1,0 +1,228 @@
+"""The HumanEval sandbox's containment of a whole sample (issue 25, item 4): processes that leave
+their session die at the timeout, host unix sockets are out of reach, memory is limited for all the
+sample's processes together, and the working directory's size is limited (ipo_jax.eval.sandbox).
+
+Each case runs under ``auto`` (the namespaces this machine grants) and under ``guard`` (the fallback
+where namespaces are refused: the supervisor's process-tree kill and polls)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+import pytest
+
+import ipo_jax.eval.sandbox as sandbox
+from ipo_jax.eval.sandbox import run_code
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="the sandbox uses Linux namespaces, /proc and rlimits")
+
+TIMEOUT = 10.0  # for programs that end by themselves (generous for a loaded machine)
+FALLBACK_LAYERS = ("tree-kill", "memory-total", "disk-poll", "guard")
+
+
+@pytest.fixture(scope="module")
+def layers() -> tuple[str, ...]:
+    """The isolation layers `auto` gets on this machine (a test that needs one skips without it)."""
+    result = run_code("pass\n", timeout=TIMEOUT)
+    assert result.status == "passed", result
+    return result.isolation
+
+
+def _processes_with(token: str) -> list[int]:
+    """Pids of the processes whose working directory's path contains `token`."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if token in os.readlink(f"/proc/{pid}/cwd"):
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def _run_watching(token: str, program: str, **limits):
+    """run_code(program) in a thread while counting the processes that carry `token`: (result, the
+    most seen at once while it ran, those left 3 s after it returned)."""
+    results, most = [], 0
+    thread = threading.Thread(target=lambda: results.append(run_code(program, **limits)))
+    thread.start()
+    while thread.is_alive():
+        most = max(most, len(_processes_with(token)))
+        time.sleep(0.05)
+    thread.join()
+    deadline = time.monotonic() + 3
+    while _processes_with(token) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = _processes_with(token)
+    for pid in left:  # do not leave them to the rest of the suite
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
+    return results[0], most, left
+
+
+def _escaping_program(token: str) -> str:
+    # every process works in a directory named `token`; the program's process leaves its session and
+    # a grandchild double-forks into another session, orphaned: none is in the launcher's process group
+    return (f"import os, posix, time\nos.mkdir({token!r})\nos.chdir({token!r})\nos.setsid()\n"
+            "if posix.fork() == 0:\n    os.setsid()\n    if posix.fork() == 0:\n        time.sleep(60)\n"
+            "    posix._exit(0)\ntime.sleep(60)\n")
+
+
+@pytest.mark.parametrize("isolation", ["auto", "guard"])
+def test_processes_that_left_the_session_die_at_the_timeout(isolation):
+    token = "escape-" + uuid.uuid4().hex
+    started = time.monotonic()
+    result, most, left = _run_watching(token, _escaping_program(token), timeout=2.0, isolation=isolation)
+    assert result.status == "timeout", result
+    assert time.monotonic() - started < 2.0 + 4.0
+    assert most >= 2, f"the program never ran its two processes: {result}"  # the check below means something
+    assert left == [], f"processes outlived the timeout: {left} ({result.isolation})"
+
+
+def test_the_program_dies_with_a_killed_launcher(layers, monkeypatch):
+    """The harness's backstop kills only the launcher's process group; the program's process (init of
+    its PID namespace) follows by its parent-death signal, and every process in the namespace with it."""
+    if "pidns" not in layers:
+        pytest.skip(f"no PID namespace here (isolation {layers}): without one, processes in a session of "
+                    "their own outlive a killed launcher (stated in the sandbox's docstring)")
+    monkeypatch.setattr(sandbox, "_BACKSTOP_SECONDS", -28.0)  # the harness kills at 2 s, the launcher would at 30 s
+    token = "orphaned-" + uuid.uuid4().hex
+    result, most, left = _run_watching(token, _escaping_program(token), timeout=30.0)
+    assert result.status == "timeout" and result.seconds < 10, result
+    assert most >= 2 and left == [], (most, left)
+
+
+@pytest.fixture
+def unix_listener():
+    """A listening unix socket anyone may connect to (0666, in a 0777 directory) under the host's /tmp,
+    recording every connection it accepts."""
+    if not os.access("/tmp", os.W_OK):
+        pytest.skip("no writable /tmp on this machine")
+    directory = tempfile.mkdtemp(prefix="sandbox-sock-", dir="/tmp")
+    os.chmod(directory, 0o777)
+    path = os.path.join(directory, "open.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    os.chmod(path, 0o666)
+    server.listen(8)
+    server.settimeout(0.1)
+    accepted: list[bool] = []
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except (socket.timeout, OSError):
+                continue
+            accepted.append(True)
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield path, accepted
+    stop.set()
+    thread.join(timeout=2)
+    server.close()
+    os.unlink(path)
+    os.rmdir(directory)
+
+
+def _connected_from_here(path: str, accepted: list) -> bool:
+    """Whether this process reaches the listener (so that a sandboxed failure to is the sandbox's doing)."""
+    seen = len(accepted)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.connect(path)
+    deadline = time.monotonic() + 2
+    while len(accepted) == seen and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return len(accepted) > seen
+
+
+def test_a_host_unix_socket_under_tmp_is_out_of_reach(unix_listener, layers):
+    path, accepted = unix_listener
+    if "private-tmp" not in layers and "readonly-fs" not in layers:
+        pytest.skip(f"no private mount namespace here (isolation {layers}): only the guard stands in the way "
+                    "(test_the_guard_refuses_unix_sockets_without_namespaces)")
+    # socket.SocketType is the real socket class: around the guard
+    program = (f"import socket\ns = socket.SocketType(socket.AF_UNIX, socket.SOCK_STREAM)\ns.connect({path!r})\n"
+               "print('connected')\n")
+    result = run_code(program, timeout=TIMEOUT)
+    time.sleep(0.3)  # let the accept loop see anything that got through
+    assert result.status == "failed" and "connected" not in result.stdout_tail, result
+    assert accepted == []
+    assert _connected_from_here(path, accepted)
+
+
+def test_the_guard_refuses_unix_sockets_without_namespaces(unix_listener):
+    path, accepted = unix_listener
+    program = f"import socket\ns = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\ns.connect({path!r})\n"
+    result = run_code(program, timeout=TIMEOUT, isolation="guard")
+    time.sleep(0.3)
+    assert result.isolation == FALLBACK_LAYERS
+    assert result.status == "failed" and "socket.socket is disabled" in result.stderr_tail, result
+    assert accepted == []
+    assert _connected_from_here(path, accepted)
+
+
+def _children_allocating(children: int, megabytes: int) -> str:
+    # each child allocates (and touches) `megabytes`, reports on a pipe and stays; the parent waits for all
+    return ("import os, posix, time\nr, w = os.pipe()\n"
+            f"for _ in range({children}):\n    if posix.fork() == 0:\n"
+            f"        held = bytearray({megabytes} * 2 ** 20)\n        os.write(w, b'x')\n        time.sleep(30)\n"
+            f"got = 0\nwhile got < {children}:\n    got += len(os.read(r, {children}))\n"
+            "print('all held', flush=True)\n")
+
+
+@pytest.mark.parametrize("isolation", ["auto", "guard"])
+def test_memory_is_limited_for_the_whole_sample(isolation):
+    program = _children_allocating(6, 40)  # 240 MB in all, 40 MB (under memory_mb) in each process
+    roomy = run_code(program, timeout=TIMEOUT, memory_mb=512, max_processes=12, isolation=isolation)
+    assert roomy.status == "passed" and "all held" in roomy.stdout_tail, roomy  # the program itself works
+    assert roomy.memory_peak_mb is not None and roomy.memory_peak_mb > 200  # and the monitor saw it hold
+    tight = run_code(program, timeout=TIMEOUT, memory_mb=128, max_processes=12, isolation=isolation)
+    assert tight.status == "memory" and "all held" not in tight.stdout_tail, tight
+    assert "more than memory_mb=128 MB" in tight.stderr_tail
+    assert tight.memory_peak_mb > 128 and tight.seconds < TIMEOUT
+
+
+@pytest.mark.parametrize("isolation", ["auto", "guard"])
+def test_disk_use_in_the_working_directory_is_limited(isolation):
+    program = ("for i in range(200):\n    with open(f'f{i}', 'wb') as f:\n        f.write(b'x' * 2 ** 20)\n"
+               "    print(i, flush=True)\nprint('wrote 200 MB')\n")
+    small = run_code(program.replace("200", "4"), timeout=TIMEOUT, max_disk_mb=8, isolation=isolation)
+    assert small.status == "passed" and "wrote 4 MB" in small.stdout_tail, small
+    full = run_code(program, timeout=TIMEOUT, max_disk_mb=8, isolation=isolation)
+    assert full.status == "failed" and "wrote 200 MB" not in full.stdout_tail, full
+    if "work-tmpfs" in full.isolation:
+        assert "No space left on device" in full.stderr_tail
+        assert int(full.stdout_tail.split()[-1]) < 8  # nothing past the tmpfs's 8 MB
+    else:
+        assert "disk-poll" in full.isolation and "more than max_disk_mb=8 MB" in full.stderr_tail, full
+        assert int(full.stdout_tail.split()[-1] if full.stdout_tail else 0) < 100  # a poll: some past, not all
+
+
+def test_many_entries_in_the_working_directory_are_limited():
+    program = "for i in range(10000):\n    open(f'e{i}', 'w').close()\nprint('made 10000')\n"
+    result = run_code(program, timeout=TIMEOUT, max_disk_mb=8)
+    assert result.status == "failed" and "made 10000" not in result.stdout_tail, result
+
+
+def test_fallback_layers_are_reported():
+    result = run_code("pass\n", timeout=TIMEOUT, isolation="guard")
+    assert result.status == "passed" and result.isolation == FALLBACK_LAYERS
+    assert 0 < result.memory_peak_mb < 64
+
+
+def test_a_bad_disk_limit_is_an_error():
+    with pytest.raises(sandbox.SandboxError, match="max_disk_mb 0"):
+        run_code("pass\n", max_disk_mb=0)
