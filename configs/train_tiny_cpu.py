@@ -11,6 +11,7 @@ def get_config():
     c.model.init = "preset:tiny-qwen3"
     c.tokenizer = "tiny"
     c.data.pairs = "configs/sample_pairs.jsonl"
+    c.loss.preset = "ipo"  # as the paper: DPO on the tokens after the cue + 0.2 x NLL of the chosen suffix
     c.data.max_length = 256
     c.data.buckets = (128, 256)  # the sample pairs all fit 128: one compiled shape
     c.data.pairs_per_micro = 8  # 8 rows: splits evenly over 1, 2, 4 or 8 devices

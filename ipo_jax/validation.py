@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ipo_jax.data.pairs import LAYOUTS, MASK_FROM
-from ipo_jax.loss.preference import OBJECTIVES
+from ipo_jax.loss.preference import FIELD_CHECKS as LOSS_CHECKS, cross_field_problem as loss_problem
 from ipo_jax.models import config as model_config
 from ipo_jax.models.config import DTYPES, REMAT_POLICIES
 
@@ -256,11 +256,7 @@ RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "data.micro_batches": int_at_least(1),
         "data.seed": int_at_least(0),
         "data.shuffle": boolean,
-        "loss.objective": one_of(*OBJECTIVES),
-        "loss.beta": number_in(0, low_open=True),
-        "loss.alpha": number_in(0),
-        "loss.label_smoothing": number_in(0, 0.5, high_open=True),
-        "loss.nll_norm": one_of("mean", "sum"),
+        **{f"loss.{name}": check for name, check in LOSS_CHECKS.items()},  # the loss's own ranges (LossConfig)
         "reference.mode": one_of("precomputed", "on_the_fly"),
         "reference.cache_dir": lambda v: None if isinstance(v, str) and not Path(v or ".").is_file() else "a directory path or ''",
         "optim.learning_rate": number_in(0, low_open=True),
@@ -391,6 +387,10 @@ def settings_problems(stage: str, config) -> list[str]:
         epochs, max_steps = _get(config, "train.epochs"), _get(config, "train.max_steps")
         if epochs == 0 and max_steps == 0:
             problems.append("config.train.max_steps and config.train.epochs are both 0; expected one of them > 0")
+        loss, mask_from = _get(config, "loss"), _get(config, "data.mask_from")
+        problem = None if loss is _MISSING or mask_from is _MISSING else loss_problem(loss, mask_from)
+        if problem:  # e.g. a named preset trains on its own mask
+            problems.append(f"config.{problem}")
     return problems
 
 

@@ -1,6 +1,7 @@
-"""The loss against an independent NumPy implementation, chunked log-probs, pair records and layouts."""
+"""The loss against an independent NumPy implementation, its named presets, chunked log-probs, pair records and layouts."""
 
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +22,8 @@ from ipo_jax.data.pairs import (
     read_pair_records,
     tokenize_pair,
 )
-from ipo_jax.loss import LossConfig, pair_logps, preference_loss, token_logprobs
+from ipo_jax.loss import PRESETS, LossConfig, pair_logps, preference_loss, token_logprobs
+from ipo_jax.loss.preference import cross_field_problem
 from ipo_jax.models.decoder import init_decoder
 from ipo_jax.models.presets import preset_config
 from ipo_jax.train.step import policy_pair_logps
@@ -77,22 +79,27 @@ def test_loss_matches_numpy_formula(variant):
 
 
 def _check_loss_against_numpy(variant):
+    _check_config_against_numpy(LossConfig(**VARIANTS[variant]), VARIANTS[variant]["objective"], VARIANTS[variant]["alpha"])
+
+
+def _check_config_against_numpy(cfg, objective, alpha, mask_from="cue"):
     rng = np.random.RandomState(0)
     R, S, P = 4, 12, 2  # duplicated layout: rows (c0, r0, c1, r1)
     lp = -rng.uniform(0.1, 5.0, (R, S))
     pair_of_row = np.array([0, 0, 1, 1])
-    # First 5 slots are prompt/prefix (no loss); pair 1 has a longer prefix; tails are padding.
+    # Slots 0-1 are the prompt, 2-4 the prefix (pair 1: 2-6); the loss starts at the cue (after the
+    # prefix) or at the reasoning's start (the prefix counts too); tails are padding.
+    start = {"cue": (5, 7), "reasoning": (2, 2)}[mask_from]
     chosen = np.zeros((R, S), bool)
     rejected = np.zeros((R, S), bool)
-    chosen[0, 5:10], rejected[1, 5:12], chosen[2, 7:9], rejected[3, 7:11] = True, True, True, True
+    chosen[0, start[0]:10], rejected[1, start[0]:12], chosen[2, start[1]:9], rejected[3, start[1]:11] = True, True, True, True
     ref_c, ref_r = np.array([-20.0, -9.0]), np.array([-25.0, -13.0])
     valid = np.array([True, True])
-    cfg = LossConfig(**VARIANTS[variant])
     slot_pair = np.repeat(pair_of_row[:, None], S, axis=1)
     logp_c, logp_r, n_c, n_r = pair_logps(jnp.asarray(lp), jnp.asarray(slot_pair), jnp.asarray(chosen), jnp.asarray(rejected), P)
     loss_sum, metrics = preference_loss(logp_c, logp_r, jnp.asarray(ref_c), jnp.asarray(ref_r), n_c, n_r, jnp.asarray(valid), cfg)
     want_loss, want_acc, want_c, want_r = numpy_loss(
-        lp, chosen, rejected, pair_of_row, ref_c, ref_r, valid, cfg.objective, cfg.beta, cfg.alpha, cfg.label_smoothing,
+        lp, chosen, rejected, pair_of_row, ref_c, ref_r, valid, objective, cfg.beta, alpha, cfg.label_smoothing,
         cfg.nll_norm,
     )
     np.testing.assert_allclose(np.asarray(logp_c), want_c, atol=1e-6)
@@ -100,6 +107,123 @@ def _check_loss_against_numpy(variant):
     assert abs(float(loss_sum) / float(metrics["pairs"]) - want_loss) <= 1e-6
     assert float(metrics["reward_accuracy"]) / 2 == want_acc
     assert float(metrics["loss_tokens"]) == chosen.sum() + rejected.sum()
+    # each named term's weighted share is logged, and the shares add up to the loss
+    shares = {k: float(v) for k, v in metrics.items() if k.startswith("loss/")}
+    assert set(shares) == {f"loss/{t.name}" for t in cfg.terms}
+    assert abs(sum(shares.values()) - float(loss_sum)) <= 1e-9
+
+
+# What each preset is, written from method.md (objective, NLL weight, loss tokens), not read from PRESETS.
+PRESET_MEANING = {
+    "ipo": ("dpo", 0.2, "cue"),  # the paper: DPO after the cue + 0.2 x NLL of the chosen suffix
+    "dpo_after_cue": ("dpo", 0.0, "cue"),  # the ablation: partial DPO alone
+    "dpo_full": ("dpo", 0.0, "reasoning"),  # the baseline: DPO on whole trajectories
+    "sft": ("sft", 1.0, "reasoning"),  # the baseline: the NLL of the safe trajectory
+}
+
+
+def test_every_preset_has_an_oracle():
+    assert set(PRESETS) == set(PRESET_MEANING)
+
+
+@pytest.mark.parametrize("preset", PRESET_MEANING)
+def test_each_preset_matches_the_numpy_formula_on_its_own_mask(preset):
+    objective, alpha, mask_from = PRESET_MEANING[preset]
+    cfg = LossConfig(preset=preset)
+    assert cfg.mask_problem(mask_from) is None
+    assert cfg.mask_problem({"cue": "reasoning", "reasoning": "cue"}[mask_from])  # the other mask is refused
+    assert cfg.needs_reference == (objective != "sft")
+    with jax.enable_x64(True):
+        _check_config_against_numpy(cfg, objective, alpha, mask_from)
+
+
+def _legacy_loss(logp_c, logp_r, ref_c, ref_r, n_c, n_r, valid, objective, beta, alpha, eps, nll_norm):
+    """The loss as ipo_jax computed it before presets (objective / alpha), kept to pin the numbers."""
+    h = (logp_c - ref_c) - (logp_r - ref_r)
+    if objective == "dpo":
+        pref = -(1 - eps) * jax.nn.log_sigmoid(beta * h) - eps * jax.nn.log_sigmoid(-beta * h)
+    elif objective == "ipo_azar":
+        pref = (h - 1.0 / (2.0 * beta)) ** 2
+    else:
+        pref = jnp.zeros_like(h)
+    nll = -logp_c / jnp.maximum(n_c, 1.0) if nll_norm == "mean" else -logp_c
+    loss = pref + (1.0 if objective == "sft" else alpha) * nll
+    return jnp.sum(jnp.where(valid, loss, 0.0))
+
+
+@pytest.mark.parametrize("preset, old_spelling", [
+    ("ipo", dict(objective="dpo", alpha=0.2)),  # with data.mask_from 'cue', as before
+    ("dpo_after_cue", dict(objective="dpo", alpha=0.0)),
+    ("dpo_full", dict(objective="dpo", alpha=0.0)),
+    ("sft", dict(objective="sft", alpha=1.0)),
+])
+@pytest.mark.parametrize("nll_norm", ["mean", "sum"])
+def test_presets_give_bitwise_the_numbers_of_the_old_spelling(preset, old_spelling, nll_norm):
+    """float32, jitted, loss and gradient: the preset, the old fields and the pre-preset code agree bit for bit."""
+    rng = np.random.RandomState(5)
+    logp_c, logp_r = (jnp.asarray(-rng.uniform(5, 60, 16), jnp.float32) for _ in range(2))
+    ref_c, ref_r = (jnp.asarray(-rng.uniform(5, 60, 16), jnp.float32) for _ in range(2))
+    n_c, n_r = (jnp.asarray(rng.randint(0, 30, 16), jnp.float32) for _ in range(2))
+    valid = jnp.asarray(rng.rand(16) > 0.2)
+    named, old = LossConfig(preset=preset, nll_norm=nll_norm), LossConfig(**old_spelling, nll_norm=nll_norm)
+    assert named.terms == old.terms
+
+    def legacy(c, r):
+        return _legacy_loss(c, r, ref_c, ref_r, n_c, n_r, valid, old_spelling["objective"], named.beta,
+                            old_spelling["alpha"], named.label_smoothing, nll_norm)
+
+    for transform in (lambda f: f, jax.jit):  # op by op, and compiled as the train step is
+        want = transform(jax.value_and_grad(legacy, argnums=(0, 1)))(logp_c, logp_r)
+        for cfg in (named, old):
+            got = transform(jax.value_and_grad(lambda c, r: preference_loss(c, r, ref_c, ref_r, n_c, n_r, valid, cfg)[0],
+                                               argnums=(0, 1)))(logp_c, logp_r)
+            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+                assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_the_old_spelling_runs_and_says_which_preset_it_is():
+    """Configs that set loss.objective / loss.alpha keep working (the demo's baselines do); the run names
+    the preset it amounts to, and a named preset's mask is only required of the preset taken whole."""
+    sft = LossConfig(objective="sft", alpha=1.0)
+    assert "same as preset sft" in sft.describe("reasoning") and sft.mask_problem("reasoning") is None
+    assert "same as preset dpo_full" in LossConfig(objective="dpo", alpha=0.0).describe("reasoning")
+    assert LossConfig().describe("cue") == "dpo x 1 + nll_chosen x 0.2 on the tokens after the cue (preset ipo)"
+    assert LossConfig(alpha=0.5).terms[1].weight == 0.5  # IPO with another NLL weight
+    custom = LossConfig(preset="custom", objective="ipo_azar", alpha=0.1)
+    assert [str(t) for t in custom.terms] == ["ipo_azar x 1", "nll_chosen x 0.1"] and custom.mask_problem("reasoning") is None
+
+
+def test_a_named_preset_on_another_mask_is_refused_before_training(tmp_path):
+    from ipo_jax.train.config import base_config
+    from ipo_jax.validation import settings_problems
+
+    config = base_config()
+    config.model.init, config.data.pairs, config.train.out = "preset:tiny-qwen3", "pairs.jsonl", str(tmp_path / "out")
+    assert settings_problems("train", config) == []
+    config.loss.preset = "sft"
+    assert settings_problems("train", config) == [
+        "config.loss.preset 'sft' is nll_chosen x 1 on the whole completion, so it needs data.mask_from='reasoning' "
+        "(got 'cue'); set data.mask_from=reasoning, or compose another loss with loss.objective / loss.alpha "
+        "(loss.preset=custom)"]
+    config.data.mask_from = "reasoning"
+    assert settings_problems("train", config) == []
+    config.loss.preset = "custom"
+    assert "loss.preset 'custom' composes the loss from loss.objective and loss.alpha" in settings_problems("train", config)[0]
+    config.loss.objective, config.loss.alpha = "dpo", 0.0
+    assert settings_problems("train", config) == []
+    assert cross_field_problem(dict(config.loss, preset="nope"), "cue") is None  # left to the field's own check
+
+
+def test_train_help_shows_the_preset_and_what_it_expands_to():
+    from ipo_jax.cli import parse_config, stage_help
+
+    row = next(line for line in stage_help("train", []).splitlines() if line.startswith("  loss.preset"))
+    assert "'ipo'" in row and "ipo = dpo x 1 + nll_chosen x 0.2 on the tokens after the cue" in row
+    assert all(f"{name} = " in row for name in PRESETS) and "custom = " in row
+    # the None ('the preset's') defaults still take typed overrides
+    tiny = str(Path(__file__).resolve().parents[1] / "configs" / "train_tiny_cpu.py")
+    config = parse_config(["--config", tiny, "--config.loss.alpha=1", "--config.loss.objective=sft"], "train")
+    assert config.loss.alpha == 1.0 and isinstance(config.loss.alpha, float) and LossConfig(**config.loss).terms[0].name == "nll_chosen"
 
 
 def test_padding_pairs_do_not_count():
@@ -110,6 +234,10 @@ def test_padding_pairs_do_not_count():
 
 
 def test_loss_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="loss.preset must be one of ipo = "):
+        LossConfig(preset="rpo")
+    with pytest.raises(ValueError, match="'custom' composes the loss from loss.objective and loss.alpha"):
+        LossConfig(preset="custom", objective="dpo")
     with pytest.raises(ValueError, match="objective"):
         LossConfig(objective="ipo")
     with pytest.raises(ValueError, match="beta"):

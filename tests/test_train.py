@@ -113,6 +113,15 @@ def test_micro_batches_accumulate_to_the_full_batch():
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+def test_loss_preset_terms_are_logged_per_pair_and_add_up_to_the_loss(single_device_result):
+    """The default loss (preset 'ipo') logs each named term's weighted share: loss/dpo + loss/nll_chosen = loss."""
+    _, metrics, _ = single_device_result
+    assert LossConfig().metric_keys[-2:] == ("loss/dpo", "loss/nll_chosen")
+    assert metrics["loss/nll_chosen"] == pytest.approx(0.2 * metrics["nll"], rel=1e-6)
+    assert metrics["loss/dpo"] == pytest.approx(metrics["preference_loss"], rel=1e-6)
+    assert metrics["loss/dpo"] + metrics["loss/nll_chosen"] == pytest.approx(metrics["loss"], rel=1e-6)
+
+
 def test_non_finite_loss_skips_the_update_and_counts_it():
     batch = _batch(_pairs(4), 1)
     batch["ref_chosen"][0, 1] = np.nan

@@ -9,16 +9,28 @@ layer on top.
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 import ml_collections
+from ml_collections import config_dict
 
 from ipo_jax.loss import LossConfig
 from ipo_jax.train.step import OptimConfig
 
 
 def _section(dataclass_type, exclude=()) -> ml_collections.ConfigDict:
+    """The dataclass's fields and defaults; a None default (`alpha: float | None = None`) becomes a
+    typed placeholder, so `--config.loss.alpha=0.5` still parses as a float."""
+    hints = typing.get_type_hints(dataclass_type)
+
+    def default(field):
+        if field.default is not None:
+            return field.default
+        kinds = [t for t in typing.get_args(hints[field.name]) if t is not type(None)]
+        return config_dict.placeholder(kinds[0])
+
     return ml_collections.ConfigDict(
-        {f.name: f.default for f in dataclasses.fields(dataclass_type) if f.name not in exclude}
+        {f.name: default(f) for f in dataclasses.fields(dataclass_type) if f.name not in exclude}
     )
 
 
@@ -41,7 +53,8 @@ def base_config() -> ml_collections.ConfigDict:
     # epoch: w < 1 a subsample drawn once from data.seed, w > 1 repeats); ids must be unique across files
     c.data.pairs = ""
     c.data.layout = "prefix_shared"  # prefix_shared | duplicated (same numbers; shared saves the prefix compute)
-    c.data.mask_from = "cue"  # cue: loss on the suffix only (IPO); reasoning: the whole completion
+    # cue: loss on the suffix only (IPO); reasoning: the whole completion. A named loss.preset says which it needs
+    c.data.mask_from = "cue"
     # a pair (prompt + prefix + chosen + rejected tokens, whatever the layout) longer than this is dropped,
     # never cut; dropped pairs are listed in train.out/skipped_pairs.jsonl (ipo_jax/data/pairs.py fit_to_length)
     c.data.max_length = 4096
@@ -55,7 +68,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.seed = 0
     c.data.shuffle = True
 
-    c.loss = _section(LossConfig)  # the fields and their help: LossConfig (ipo_jax/loss/preference.py)
+    # the loss by name (loss.preset, default 'ipo'); the fields and their help: LossConfig (ipo_jax/loss/preference.py),
+    # the presets and what each expands to: ipo_jax/loss/presets.py (and `ipo-jax train --help`)
+    c.loss = _section(LossConfig)
 
     c.reference = ml_collections.ConfigDict()
     c.reference.mode = "precomputed"  # precomputed (cached beside the pairs) | on_the_fly
@@ -88,7 +103,7 @@ def paper_model_config(hf_name: str, run_name: str) -> ml_collections.ConfigDict
 
     Mixed precision: float32 master weights and Adam moments (an update at lr 2e-6 is below
     bfloat16's resolution for most weights, so bf16 weights would barely move), bfloat16 compute.
-    Paper settings: partial DPO from the compliance cue, alpha 0.2; beta, learning rate and
+    Paper settings: loss.preset 'ipo' (partial DPO from the compliance cue + 0.2 x NLL); beta, learning rate and
     epochs are not published (ours: beta 0.1, lr 2e-6, 2 epochs). `ipo-jax plan` checks the fit.
     """
     c = base_config()
@@ -100,6 +115,8 @@ def paper_model_config(hf_name: str, run_name: str) -> ml_collections.ConfigDict
     # dots_saveable (faster) fit the Llama-8B on 8 GPUs at 8192 tokens (69 GiB), not at 16384 (118 GiB).
     c.model.remat = "full"
     c.model.attention = "blockwise"
+    c.loss.preset = "ipo"  # the paper: DPO on the tokens after the cue + 0.2 x NLL of the chosen suffix
+    c.data.mask_from = "cue"  # the preset's loss tokens: the suffix after the compliance cue
     c.data.pairs = f"pairs/{run_name}/pairs.jsonl"  # where configs/pipeline_<run>.py writes them
     # 16384: the longest pair configs/pipeline_<run>.py can produce (ipo_jax/pipeline/config.py,
     # longest_pair_tokens: sampler.max_prompt_length + 2 x sampling.max_new_tokens); longer pairs

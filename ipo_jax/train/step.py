@@ -9,6 +9,7 @@ counts it) when the loss, the gradient, or any updated parameter or optimizer st
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any, Callable
 
 import flax.struct
@@ -19,10 +20,11 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ipo_jax.loss import LossConfig, gather_positions, pair_logps, preference_loss, token_logprobs
-from ipo_jax.loss.preference import METRIC_KEYS, average_metrics
+from ipo_jax.loss.preference import average_metrics
 from ipo_jax.sharding import LOGICAL_RULES, logical_to_spec, named_sharding
 
 Array = jax.Array
+logger = logging.getLogger(__name__)
 
 # Batch arrays with one entry per row / per pair (after the leading micro-batch axis).
 ROW_KEYS = (
@@ -174,7 +176,10 @@ def make_train_step(
     reference_on_the_fly: bool = False,
     mesh: Mesh | None = None,
 ) -> Callable:
-    """step(state, batch, ref_params) -> (state, metrics). Not jitted here; see `jit_train_step`."""
+    """step(state, batch, ref_params) -> (state, metrics). Not jitted here; see `jit_train_step`.
+
+    metrics hold the loss, loss/<term> for each of loss_cfg.terms, rewards, and the step's counters."""
+    logger.info("loss: %s", loss_cfg.describe())
     row_sharding = None
     if mesh is not None:
         row_sharding = NamedSharding(mesh, PartitionSpec(logical_to_spec(("batch",))[0], None, None))
@@ -199,7 +204,7 @@ def make_train_step(
             return (jax.tree.map(jnp.add, grads_sum, grads), jax.tree.map(jnp.add, metric_sums, metrics)), None
 
         zero_grads = jax.tree.map(jnp.zeros_like, state.params)
-        zero_metrics = {k: jnp.zeros((), jnp.float32) for k in METRIC_KEYS}
+        zero_metrics = {k: jnp.zeros((), jnp.float32) for k in loss_cfg.metric_keys}
         (grads, sums), _ = jax.lax.scan(accumulate, (zero_grads, zero_metrics), batch)
         pairs = jnp.maximum(sums["pairs"], 1.0)
         grads = jax.tree.map(lambda g: g / pairs, grads)
