@@ -307,21 +307,20 @@ def _mesh_arg(text: str | None):
 
 def cmd_convert(args) -> int:
     from ipo_jax.checkpoint import load_hf, load_orbax, save_hf, save_orbax
+    from ipo_jax.checkpoint.manifest import read_manifest
 
-    src, dst = Path(args.src), Path(args.dst)
+    src = Path(args.src)
     if not src.exists():
         raise FileNotFoundError(f"source {src} does not exist")
     if not src.is_dir():
         raise NotADirectoryError(f"source {src} is a file; expected a model directory")
-    if dst.exists() and not dst.is_dir():
-        raise FileExistsError(f"output {dst} is a file; expected a directory to write")
-    from ipo_jax.validation import output_dir
-
-    problem = output_dir(str(dst))  # before the model is read: a read-only target fails in seconds
-    if problem:
-        raise ConfigError(f"output {dst}: expected {problem}")
+    if args.verify is not None:
+        if args.src_format != "hf":
+            raise ConfigError("--verify checks HF safetensors files; it applies to --from hf only")
+        read_manifest(args.verify)  # a missing or malformed manifest is found before the model is read
     if args.dst_format == "orbax" and (args.tokenizer or args.dtype):
         raise ConfigError("--tokenizer and --dtype apply to HF output only; use --param-dtype for orbax")
+    dst = _convert_output(Path(args.dst), args.overwrite)
     mesh = _mesh_arg(args.mesh)
     if mesh is None:
         import jax
@@ -330,27 +329,47 @@ def cmd_convert(args) -> int:
             mesh = _mesh_arg("fsdp=-1")
     overrides = {"param_dtype": args.param_dtype} if args.param_dtype else {}
     if args.src_format == "hf":
-        model = load_hf(args.src, mesh=mesh, **overrides)
+        model = load_hf(args.src, mesh=mesh, verify=args.verify, **overrides)
     else:
         model = load_orbax(args.src, mesh=mesh, **overrides)
     if args.dst_format == "hf":
         tokenizer = args.tokenizer or (args.src if args.src_format == "hf" and _has_tokenizer(args.src) else None)
         save_hf(
             model,
-            args.dst,
+            dst,
             dtype=args.dtype,
             tokenizer_dir=tokenizer,
             max_shard_size=args.max_shard_size,
             overwrite=args.overwrite,
         )
     else:
-        save_orbax(model, args.dst, overwrite=args.overwrite)
+        save_orbax(model, dst, overwrite=args.overwrite)
     cfg = model.cfg
     print(
         f"converted {args.src} ({args.src_format}) -> {args.dst} ({args.dst_format}): {cfg.model_type}, "
         f"{cfg.num_params() / 1e6:.1f}M parameters, {cfg.num_layers} layers"
     )
     return 0
+
+
+def _convert_output(dst: Path, overwrite: bool) -> Path:
+    """The directory `convert` writes, checked before the model is read (a minutes-long load should
+    not end in a refusal): symbolic links resolved (so the rename into place replaces the real
+    directory, not the link), no loop, not a file, writable, empty unless `overwrite`."""
+    from ipo_jax.validation import output_dir
+
+    try:
+        real = dst.resolve()
+    except (RuntimeError, OSError):  # RuntimeError: Python < 3.13 reports a symlink loop so
+        raise ConfigError(f"output {dst}: a symbolic link loop; expected a directory path") from None
+    if real.exists() and not real.is_dir():
+        raise FileExistsError(f"output {dst} is a file; expected a directory to write")
+    problem = output_dir(str(real))  # a read-only target fails in seconds
+    if problem:
+        raise ConfigError(f"output {dst}: expected {problem}")
+    if not overwrite and real.is_dir() and any(real.iterdir()):
+        raise FileExistsError(f"{dst} exists and is not empty; pass --overwrite to replace it")
+    return real
 
 
 def _has_tokenizer(path) -> bool:
@@ -428,7 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="convert a model between HF safetensors and orbax",
         description="Examples:\n"
         "  ipo-jax convert --from hf --to orbax /models/R1-Distill-Qwen-1.5B ckpt/base\n"
-        "  ipo-jax convert --from orbax --to hf ckpt/base export/ --tokenizer /models/R1-Distill-Qwen-1.5B",
+        "  ipo-jax convert --from orbax --to hf ckpt/base export/ --tokenizer /models/R1-Distill-Qwen-1.5B\n"
+        "HF output carries SHA256SUMS, a manifest of its files: check it with `cd export && sha256sum -c SHA256SUMS`;\n"
+        "an import checks it (and the HF cache's digests) itself.",
         formatter_class=argparse.RawTextHelpFormatter,
     )
     conv.add_argument("--from", dest="src_format", choices=("hf", "orbax"), required=True)
@@ -442,6 +463,10 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--mesh", help="load sharded over a device mesh, e.g. 'fsdp=4,tensor=2' (default: one device; "
                       "in several processes fsdp over all their devices)")
     conv.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    conv.add_argument("--verify", metavar="FILE", help="SHA-256 manifest (sha256sum format, as `convert --to hf` writes\n"
+                      "in SHA256SUMS) the HF source's safetensors files must match (exit 2 if not).\n"
+                      "Also checked without it: the source's own SHA256SUMS and, for an HF cache\n"
+                      "snapshot or a hub --local-dir download, the SHA-256 the hub recorded")
 
     sub.add_parser("presets", help="list model presets with parameter counts")
     plan = sub.add_parser(

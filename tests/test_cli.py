@@ -235,7 +235,79 @@ BAD_INPUTS = [
     ("convert-truncated-safetensors", lambda t: ["convert", "--from", "hf", "--to", "orbax", _truncated_hf_dir(t), str(t / "out")],
      "model.safetensors: not a readable safetensors file"),
     ("presets-extra-argument", lambda t: ["presets", "--all"], "unrecognized arguments: --all"),
+    # hf-integrity cases: damaged weights found by their SHA-256; convert / serve targets checked before the load
+    ("convert-hf-flipped-bytes", lambda t: ["convert", "--from", "hf", "--to", "orbax", _damaged_hf_dir(t), str(t / "out")],
+     "model.safetensors: sha256 is "),
+    ("convert-hf-nan-in-cache-blob", lambda t: ["convert", "--from", "hf", "--to", "hf", _nan_hf_cache_snapshot(t), str(t / "out")],
+     "(from the Hugging Face cache blob name"),
+    ("convert-verify-missing", lambda t: ["convert", "--from", "hf", "--to", "orbax", "--verify", str(t / "SUMS"), _a_dir(t),
+                                          str(t / "out")], "SUMS does not exist"),
+    ("convert-verify-malformed", lambda t: ["convert", "--from", "hf", "--to", "orbax", "--verify", _a_file(t), _a_dir(t),
+                                            str(t / "out")], "plain.txt:1: expected '<64 hex digits>  <file name>'"),
+    ("convert-into-symlink-loop", lambda t: ["convert", "--from", "hf", "--to", "hf", _tiny_hf_dir(t), _symlink_loop(t)],
+     "a symbolic link loop"),
+    ("convert-into-non-empty", lambda t: ["convert", "--from", "hf", "--to", "orbax", _tiny_hf_dir(t), _non_empty_dir(t)],
+     "exists and is not empty; pass --overwrite"),
+    ("serve-port-busy", lambda t: _serve("--port", str(_busy_port())), "Address already in use"),
+    ("serve-host-unresolvable", lambda t: _serve("--host", "nonexistent.invalid", "--port", "0"), "cannot resolve it"),
+    ("serve-host-not-local", lambda t: _serve("--host", "192.0.2.1", "--port", "0"), "not an address of this machine"),
+    ("serve-port-out-of-range", lambda t: _serve("--port", "70000"), "--port 70000: expected 0..65535"),
 ]
+
+
+# hf-integrity helpers
+_HELD_SOCKETS = []  # a busy port stays busy while the case runs
+
+
+def _tiny_hf_dir(tmp: Path) -> str:
+    from ipo_jax.checkpoint import save_hf
+    from ipo_jax.models.decoder import init_decoder
+    from ipo_jax.models.presets import preset_config
+
+    return str(save_hf(init_decoder(preset_config("tiny-qwen3"), seed=0), tmp / "tiny_hf"))
+
+
+def _damaged_hf_dir(tmp: Path) -> str:
+    from test_hf_integrity import flip_bytes
+
+    model = Path(_tiny_hf_dir(tmp))
+    flip_bytes(model / "model.safetensors", 64)  # its own SHA256SUMS (written by the export) no longer matches
+    return str(model)
+
+
+def _nan_hf_cache_snapshot(tmp: Path) -> str:
+    from test_hf_integrity import as_hf_cache, write_nans
+
+    snapshot = as_hf_cache(Path(_tiny_hf_dir(tmp)), tmp / "hub")
+    write_nans(snapshot / "model.safetensors")
+    return str(snapshot)
+
+
+def _symlink_loop(tmp: Path) -> str:
+    (tmp / "loop").symlink_to("loop")
+    return str(tmp / "loop")
+
+
+def _non_empty_dir(tmp: Path) -> str:
+    (tmp / "busy").mkdir()
+    (tmp / "busy" / "keep.txt").write_text("keep")
+    return str(tmp / "busy")
+
+
+def _busy_port() -> int:
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    _HELD_SOCKETS.append(sock)
+    return sock.getsockname()[1]
+
+
+def _serve(*args: str) -> list[str]:
+    from ipo_jax.data.tokenizer import packaged_qwen3_tokenizer_dir
+
+    return ["serve", "--model", "preset:tiny-qwen3", "--tokenizer", str(packaged_qwen3_tokenizer_dir()), *args]
 
 
 def _truncated_hf_dir(tmp: Path) -> str:

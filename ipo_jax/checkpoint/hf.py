@@ -3,11 +3,15 @@
 Import reads an HF directory (single `model.safetensors` or a sharded index) tensor by tensor
 straight into the target shardings: each device's shard is sliced out of the memory-mapped
 file by `jax.make_array_from_callback`, so no full host copy of the model is ever made.
-Only safetensors are read; pickle-based files (*.bin, *.pt) are refused.
+Only safetensors are read; pickle-based files (*.bin, *.pt) are refused. Each weight file is
+checked against the SHA-256 recorded for it (`ipo_jax.checkpoint.manifest`: a manifest, the HF
+cache's blob name, a hub download record) by a thread hashing beside the load; a mismatch is an
+IntegrityError before the model is returned, a file nothing vouches for is one warning line.
 
 Export writes safetensors shards under a size limit plus the index, `config.json`,
-`generation_config.json` and, when given, the tokenizer files. It writes into a temporary
-directory and renames it into place, so a crash never leaves a half-written model.
+`generation_config.json`, when given the tokenizer files, and a `SHA256SUMS` manifest of them
+all (`sha256sum -c` format). It writes into a temporary directory and renames it into place, so a
+crash or a full disk never leaves a half-written model.
 
 Name and layout mapping: our state path -> HF name by a rename table; an HF Linear weight
 [out, in] is our kernel [*in_dims, *out_dims] (heads split out), an HF bias [out] is our
@@ -21,6 +25,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import re
 import shutil
 from pathlib import Path
@@ -30,11 +35,12 @@ import jax
 import ml_dtypes
 import numpy as np
 from flax import nnx
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
 from ipo_jax.checkpoint.atomic import atomic_output_dir
+from ipo_jax.checkpoint.manifest import MANIFEST_NAME, BackgroundVerifier, expected_digests, write_manifest
 from ipo_jax.distributed import is_main_process
 from ipo_jax.models.config import ModelConfig
 from ipo_jax.models.decoder import Decoder
@@ -249,9 +255,14 @@ def load_hf(
     rules=LOGICAL_RULES,
     param_dtype: str = "float32",
     dtype: str | None = None,
+    verify: str | Path | None = None,
     **config_overrides,
 ) -> Decoder:
-    """Load an HF Llama / Qwen2 / Qwen3 directory into a Decoder sharded over `mesh`."""
+    """Load an HF Llama / Qwen2 / Qwen3 directory into a Decoder sharded over `mesh`.
+
+    Every weight file is checked against `verify` (a SHA-256 manifest), the directory's own
+    `SHA256SUMS`, and the digests the HF cache / hub download recorded, whichever exist
+    (IntegrityError on a mismatch, ManifestError for a manifest that does not list a file)."""
     model_dir = Path(model_dir)
     cfg = ModelConfig.from_hf_dir(model_dir, param_dtype=param_dtype, dtype=dtype or param_dtype, **config_overrides)
     abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
@@ -266,12 +277,19 @@ def load_hf(
     with contextlib.ExitStack() as stack:
         handles = {f: stack.enter_context(_open_safetensors(f)) for f in sorted(set(files.values()))}
         _check_tensors(list(maps.values()), files, handles, cfg.tie_word_embeddings, model_dir)
+        checks, unverified = expected_digests(sorted(handles), model_dir, verify)
+        if unverified:
+            log.warning("%s: %s not verified (no SHA-256 recorded: not an HF cache snapshot, no %s, no --verify "
+                        "manifest); loading as is", model_dir, ", ".join(f.name for f in unverified), MANIFEST_NAME)
+        verifier = stack.enter_context(_verifying(checks))
 
         def load(path, var, sharding):
             m = maps[tuple(str(getattr(k, "key", k)) for k in path)]
 
             def callback(index):
                 nonlocal bytes_read
+                if verifier.failure() is not None:  # a damaged file: stop reading it now
+                    verifier.wait()
                 index = _normalise(index, var.shape)
                 if m.num_layers is None:
                     name = m.hf_name
@@ -290,9 +308,21 @@ def load_hf(
             state = jax.tree_util.tree_map_with_path(
                 load, state, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable)
             )
+        verifier.wait()  # the model is returned only once every file matched its digest
+        if checks:
+            log.info("verified the SHA-256 of %d file(s) of %s", len(checks), model_dir)
     log.info("process %d of %d read %d bytes of tensor data from %s", jax.process_index(), jax.process_count(),
              bytes_read, model_dir)
     return nnx.merge(graphdef, state)
+
+
+@contextlib.contextmanager
+def _verifying(checks):
+    verifier = BackgroundVerifier(checks)
+    try:
+        yield verifier
+    finally:
+        verifier.cancel()  # a no-op once wait() has returned; stops the hashing when the load failed
 
 
 # ---------------------------------------------------------------------------- writing
@@ -346,9 +376,29 @@ def save_hf(
     dtype = dtype or cfg.param_dtype
     limit = parse_size(max_shard_size)
     is_writer = is_main_process()
-    with atomic_output_dir(out_dir, overwrite) as tmp:
-        _write_hf(model, tmp, dtype, limit, is_writer, tokenizer_dir, generation_config)
+    tmp = None
+    try:
+        with atomic_output_dir(out_dir, overwrite) as tmp:
+            _write_hf(model, tmp, dtype, limit, is_writer, tokenizer_dir, generation_config)
+    except OSError as e:  # name the file as it would have been, not the removed temporary directory
+        if tmp is not None and e.filename and Path(e.filename).is_relative_to(tmp):
+            raise OSError(e.errno, e.strerror, str(out_dir / Path(e.filename).relative_to(tmp))) from None
+        raise
     return out_dir
+
+
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def _save_safetensors(tensors: dict[str, np.ndarray], path: Path) -> None:
+    """save_file, with its I/O failures (a full disk) raised as the OSError they are."""
+    try:
+        save_file(tensors, str(path), metadata={"format": "pt"})
+    except SafetensorError as e:
+        code = _OS_ERROR.search(str(e))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
 
 
 def _write_hf(model, tmp: Path, dtype, limit, is_writer, tokenizer_dir, generation_config):
@@ -374,12 +424,12 @@ def _write_hf(model, tmp: Path, dtype, limit, is_writer, tokenizer_dir, generati
     for name, array in iter_hf_tensors(model, dtype):
         if plan[name] != current:
             if is_writer:
-                save_file(pending, str(tmp / file_names[current]), metadata={"format": "pt"})
+                _save_safetensors(pending, tmp / file_names[current])
             pending, current = {}, plan[name]
         pending[name] = np.ascontiguousarray(array)
         progress.update(1)
     if is_writer:
-        save_file(pending, str(tmp / file_names[current]), metadata={"format": "pt"})
+        _save_safetensors(pending, tmp / file_names[current])
     progress.close()
     if not is_writer:
         return
@@ -396,6 +446,7 @@ def _write_hf(model, tmp: Path, dtype, limit, is_writer, tokenizer_dir, generati
     (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
     if tokenizer_dir is not None:
         copy_tokenizer_files(Path(tokenizer_dir), tmp)
+    write_manifest(tmp)  # read back from the page cache: the digests are of the bytes that reached the file
 
 
 def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
