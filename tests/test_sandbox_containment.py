@@ -226,3 +226,14 @@ def test_fallback_layers_are_reported():
 def test_a_bad_disk_limit_is_an_error():
     with pytest.raises(sandbox.SandboxError, match="max_disk_mb 0"):
         run_code("pass\n", max_disk_mb=0)
+
+
+def test_without_pidfds_the_waits_poll(monkeypatch):
+    """Kernels before 5.3 (or Pythons before 3.9) have no pidfd: the harness and the supervisor poll instead."""
+    monkeypatch.delattr(os, "pidfd_open")
+    assert "os.pidfd_open(child)" in sandbox._LAUNCHER
+    launcher = sandbox._LAUNCHER.replace("os.pidfd_open(child)", "os.no_pidfd_open(child)")
+    monkeypatch.setattr(sandbox, "_LAUNCHER", launcher)
+    passed = run_code("assert sum(range(4)) == 6\n", timeout=TIMEOUT)
+    looping = run_code("while True:\n    pass\n", timeout=1.0)
+    assert passed.status == "passed" and looping.status == "timeout" and looping.seconds < 1.0 + 2.0
