@@ -187,7 +187,9 @@ def test_the_old_spelling_runs_and_says_which_preset_it_is():
     sft = LossConfig(objective="sft", alpha=1.0)
     assert "same as preset sft" in sft.describe("reasoning") and sft.mask_problem("reasoning") is None
     assert "same as preset dpo_full" in LossConfig(objective="dpo", alpha=0.0).describe("reasoning")
-    assert LossConfig().describe("cue") == "dpo x 1 + nll_chosen x 0.2 on the tokens after the cue (preset ipo)"
+    assert LossConfig().describe("cue") == (
+        "dpo x 1 + nll_chosen x 0.2 on the tokens after the cue (preset ipo; beta 0.1, NLL mean per token)")
+    assert "label_smoothing 0.1" in LossConfig(label_smoothing=0.1).describe("cue")  # conservative DPO says so
     assert LossConfig(alpha=0.5).terms[1].weight == 0.5  # IPO with another NLL weight
     custom = LossConfig(preset="custom", objective="ipo_azar", alpha=0.1)
     assert [str(t) for t in custom.terms] == ["ipo_azar x 1", "nll_chosen x 0.1"] and custom.mask_problem("reasoning") is None

@@ -108,14 +108,19 @@ class LossConfig:
                 "loss with loss.objective / loss.alpha (loss.preset=custom)")
 
     def describe(self, mask_from: str | None = None) -> str:
-        """What runs, e.g. "dpo x 1 + nll_chosen x 0.2 on the tokens after the cue (preset ipo)"."""
+        """What runs, e.g. "dpo x 1 + nll_chosen x 0.2 on the tokens after the cue (preset ipo; beta 0.1, NLL mean per token)"."""
         text = terms_text(self.terms) + (f" on {MASK_MEANING[mask_from]}" if mask_from in MASK_MEANING else "")
+        names = {t.name for t in self.terms}
+        parameters = "; " + ", ".join(
+            ([f"beta {self.beta:g}"] if names - {NLL_TERM} else [])
+            + ([f"label_smoothing {self.label_smoothing:g}"] if "dpo" in names and self.label_smoothing else [])
+            + ([f"NLL {'mean per token' if self.nll_norm == 'mean' else 'summed'}"] if NLL_TERM in names else []))
         if self.is_preset_whole:
-            return f"{text} (preset {self.preset})"
+            return f"{text} (preset {self.preset}{parameters})"
         match = matching_preset(self.terms, mask_from) if mask_from else None
         given = ", ".join(f"loss.{k}={getattr(self, k)!r}" for k in ("objective", "alpha") if getattr(self, k) is not None)
         source = "loss.preset custom" if self.preset == CUSTOM else f"loss.preset {self.preset!r} with {given}"
-        return f"{text} ({source}{f', the same as preset {match}' if match else ''})"
+        return f"{text} ({source}{f', the same as preset {match}' if match else ''}{parameters})"
 
 
 def cross_field_problem(loss_settings, mask_from) -> str | None:
