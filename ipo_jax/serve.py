@@ -71,6 +71,13 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from ipo_jax.checkpoint.init import tokenizer_dir_for
+from ipo_jax.data.tokenizer import encode_text, load_tokenizer
+from ipo_jax.rollout.local import load_sampler
+from ipo_jax.sampling import SamplingConfig, row_seed
+from ipo_jax.sharding import make_mesh
+from ipo_jax.validation import model_spec
+
 logger = logging.getLogger(__name__)
 
 SEED_LIMIT = 1 << 31  # the sampler's row seeds are 31-bit (ipo_jax.sampling.row_seed)
@@ -111,8 +118,6 @@ class ServedModel:
     vocab_size: int
 
     def encode(self, text: str) -> list[int]:
-        from ipo_jax.data.tokenizer import encode_text
-
         return encode_text(self.tokenizer, text)
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -123,13 +128,8 @@ def load_served_model(model: str, *, tokenizer: str = "", name: str = "", mesh: 
                       batch_size: int = 8, max_prompt_length: int = 4096, chunk_tokens: int = 32,
                       param_dtype: str = "float32", dtype: str = "float32") -> ServedModel:
     """Load `model` (``hf:DIR`` / ``orbax:DIR`` / ``preset:NAME``) and its tokenizer (`tokenizer`,
-    or the ``hf:`` directory's own) into a sampler; ValueError for a bad spec before anything loads."""
-    from ipo_jax.checkpoint.init import load_model, tokenizer_dir_for
-    from ipo_jax.data.tokenizer import load_tokenizer, stop_token_ids
-    from ipo_jax.sampling import Sampler
-    from ipo_jax.sharding import make_mesh
-    from ipo_jax.validation import model_spec
-
+    or the ``hf:`` directory's own) into a sampler (`ipo_jax.rollout.load_sampler`, as the
+    pipeline's policy); ValueError for a bad spec before anything loads."""
     expected = model_spec(model)
     if expected:
         raise ValueError(f"--model {model!r}: expected {expected}")
@@ -143,15 +143,11 @@ def load_served_model(model: str, *, tokenizer: str = "", name: str = "", mesh: 
     tokenizer_dir = tokenizer_dir_for(tokenizer, model)  # ModelSpecError (a ValueError) for a preset without one
     tok = load_tokenizer(tokenizer_dir)
     device_mesh = make_mesh(mesh_shape) if mesh_shape else None
-    decoder = load_model(model, mesh=device_mesh, param_dtype=param_dtype, dtype=dtype, vocab_needed=len(tok))
-
-    def decode(ids):
-        return tok.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
-    sampler = Sampler(decoder, eos_ids=stop_token_ids(tok), pad_id=tok.pad_token_id or 0, batch_size=batch_size,
-                      max_prompt_length=max_prompt_length, chunk_tokens=chunk_tokens, mesh=device_mesh, decode=decode)
-    return ServedModel(sampler, tok, name or model, max(sampler.buckets), decoder.cfg.max_position_embeddings,
-                       decoder.cfg.vocab_size)
+    # the sampler decodes its rows: stop strings need it, and a choice's text is its decode
+    sampler = load_sampler(model, tok, mesh=device_mesh, param_dtype=param_dtype, dtype=dtype, batch_size=batch_size,
+                           max_prompt_length=max_prompt_length, chunk_tokens=chunk_tokens, decodes_text=True)
+    return ServedModel(sampler, tok, name or model, max(sampler.buckets), sampler.cfg.max_position_embeddings,
+                       sampler.cfg.vocab_size)
 
 
 def _mesh_shape(text: str) -> dict[str, int]:
@@ -183,8 +179,6 @@ class CompletionRequest:
 
     def row_seeds(self) -> list[int]:
         """Prompt-major: choice j of every prompt samples from `seed` (j = 0) or row_seed(seed, j)."""
-        from ipo_jax.sampling import row_seed
-
         per_choice = [self.seed] + [row_seed(self.seed, j) for j in range(1, self.n)]
         return per_choice * len(self.prompts)
 
@@ -245,8 +239,6 @@ def _prompts(value, served: ServedModel) -> list[list[int]]:
 
 def parse_completion_request(body: Any, served: ServedModel) -> CompletionRequest:
     """Check a ``/v1/completions`` body (module docstring); RequestError names the first problem."""
-    from ipo_jax.sampling import SamplingConfig
-
     if not isinstance(body, dict):
         raise RequestError(f"the request body must be a JSON object, got {type(body).__name__}")
     unknown = sorted(set(body) - set(ACCEPTED_FIELDS))

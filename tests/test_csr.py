@@ -32,6 +32,7 @@ from ipo_jax.pipeline.csr import (
 from ipo_jax.judging import Verdict
 from ipo_jax.pipeline.steps import Sentence, split_sentences
 from ipo_jax.pipeline.triggers import TriggerFileError, load_triggers
+from ipo_jax.rollout import LocalPolicy
 from ipo_jax.sampling import Sampler, SamplingConfig
 
 NAN = float("nan")
@@ -249,12 +250,16 @@ def world():
     return tokenizer, sampler
 
 
+def _policy(sampler, tokenizer, sampling=SAMPLING) -> LocalPolicy:
+    return LocalPolicy(sampler, tokenizer, sampling, "tiny")
+
+
 def _csr(world, judge, reasoning=REASONING, *, sampling=SAMPLING, judge_prompt=JUDGE_PROMPT, **kwargs):
     tokenizer, sampler = world
     kwargs.setdefault("granularity", "sentence")  # these tests pin the per-sentence option; token CSR: test_csr_tokens.py
     return continuation_safety_ratio(
-        sampler, tokenizer, judge, MESSAGES, reasoning,
-        num_samples=NUM_SAMPLES, sampling=sampling, judge_prompt=judge_prompt, **kwargs,
+        _policy(sampler, tokenizer, sampling), tokenizer, judge, MESSAGES, reasoning,
+        num_samples=NUM_SAMPLES, seed=sampling.seed, judge_prompt=judge_prompt, **kwargs,
     )
 
 
@@ -357,8 +362,8 @@ def test_bad_num_samples_is_refused(world):
     for bad in (0, -1, 2.0, True):
         with pytest.raises(ValueError, match="num_samples"):
             continuation_safety_ratio(
-                world[1], world[0], MarkerJudge(), MESSAGES, REASONING,
-                num_samples=bad, sampling=SAMPLING, judge_prompt=JUDGE_PROMPT,
+                _policy(world[1], world[0]), world[0], MarkerJudge(), MESSAGES, REASONING,
+                num_samples=bad, seed=SAMPLING.seed, judge_prompt=JUDGE_PROMPT,
             )
 
 
@@ -472,8 +477,8 @@ def test_write_trigger_candidates_refuses_a_jsonl_name(tmp_path):
 
 
 class SpySampler:
-    """The world's sampler behind a log of the calls CSR makes (generate_forks is hidden when
-    `forks` is False, as for a backend that cannot fork)."""
+    """The world's sampler behind a log of the calls CSR makes through the policy (generate_forks
+    is hidden when `forks` is False, as for a backend that cannot fork)."""
 
     def __init__(self, sampler, forks: bool = True):
         self.sampler, self.calls = sampler, []
@@ -495,8 +500,8 @@ def test_forks_and_re_prefilling_give_the_same_samples_and_csr(world):
     for fork in (True, False):
         judge, spies[fork] = HashJudge(errors=False), SpySampler(sampler, forks=fork)
         results[fork] = continuation_safety_ratio(
-            spies[fork], tokenizer, judge, MESSAGES, REASONING, num_samples=NUM_SAMPLES, sampling=SAMPLING,
-            judge_prompt=JUDGE_PROMPT, granularity="sentence")
+            _policy(spies[fork], tokenizer), tokenizer, judge, MESSAGES, REASONING, num_samples=NUM_SAMPLES,
+            seed=SAMPLING.seed, judge_prompt=JUDGE_PROMPT, granularity="sentence")
         logs[fork] = judge.log
     points = continuation_points(tokenizer, MESSAGES, REASONING)
     # forks: ONE call, the trajectory prefilled once, a fork of NUM_SAMPLES rows cut at each sentence end
@@ -504,8 +509,8 @@ def test_forks_and_re_prefilling_give_the_same_samples_and_csr(world):
     _, prefix, forks = spies[True].calls[0]
     assert prefix == points.ids and [f.cut for f in forks] == points.cuts and {f.n for f in forks} == {NUM_SAMPLES}
     assert [f.row_seeds for f in forks] == [sample_seeds(SAMPLING.seed, i, NUM_SAMPLES) for i in range(len(forks))]
-    # re-prefill: one generate call per sentence on copies of the same token prefixes
-    assert [c[1] for c in spies[False].calls] == [[p] * NUM_SAMPLES for p in points.prompts()]
+    # a policy that cannot fork: one generate call on copies of every sentence's token prefix
+    assert [c[1] for c in spies[False].calls] == [[p for p in points.prompts() for _ in range(NUM_SAMPLES)]]
     # the same continuations, judged in the same order, so the same CSR
     assert logs[True] == logs[False] and len(logs[True]) == 2 * NUM_SAMPLES * len(points.cuts)
     for field in ("csr", "n_safe", "n_unsafe", "n_errors"):
@@ -516,10 +521,21 @@ def test_forks_and_re_prefilling_give_the_same_samples_and_csr(world):
     assert len(set(reasonings[:NUM_SAMPLES])) > 1
 
 
-def test_forking_needs_a_sampler_that_can(world):
+def test_forking_needs_a_policy_that_can_and_re_prefilling_gives_the_forks_samples(world):
+    tokenizer, sampler = world
     with pytest.raises(ValueError, match="generate_forks"):
-        continuation_safety_ratio(SpySampler(world[1], forks=False), world[0], MarkerJudge(), MESSAGES, REASONING,
-                                  num_samples=2, sampling=SAMPLING, judge_prompt=JUDGE_PROMPT, fork=True)
+        continuation_safety_ratio(_policy(SpySampler(sampler, forks=False), tokenizer), tokenizer, MarkerJudge(), MESSAGES,
+                                  REASONING, num_samples=2, seed=SAMPLING.seed, judge_prompt=JUDGE_PROMPT, fork=True)
+    # fork=False on a policy that can fork: every prefix spelled out in one `complete` call, the same CSR
+    results, spies = {}, {}
+    for fork in (None, False):
+        spies[fork] = SpySampler(sampler)
+        results[fork] = continuation_safety_ratio(
+            _policy(spies[fork], tokenizer), tokenizer, HashJudge(errors=False), MESSAGES, REASONING, num_samples=2,
+            seed=SAMPLING.seed, judge_prompt=JUDGE_PROMPT, granularity="sentence", fork=fork)
+    assert [c[0] for c in spies[None].calls] == ["generate_forks"] and [c[0] for c in spies[False].calls] == ["generate"]
+    for field in ("csr", "n_safe", "n_unsafe", "n_errors"):
+        np.testing.assert_array_equal(getattr(results[None], field), getattr(results[False], field))
 
 
 def test_every_prefix_is_a_prefix_of_one_tokenisation(world):
@@ -556,8 +572,9 @@ def test_sampled_ids_are_used_as_they_are(world):
     assert points.ids[points.prompt_length :] == completion_ids[: len(points.ids) - points.prompt_length]
     assert points.texts == [REASONING[: s.end] for s in split_sentences(REASONING)]
     spy = SpySampler(sampler)
-    result = continuation_safety_ratio(spy, tokenizer, MarkerJudge(), MESSAGES, REASONING, num_samples=2,
-                                       sampling=SAMPLING, judge_prompt=JUDGE_PROMPT, completion_ids=completion_ids)
+    result = continuation_safety_ratio(_policy(spy, tokenizer), tokenizer, MarkerJudge(), MESSAGES, REASONING,
+                                       num_samples=2, seed=SAMPLING.seed, judge_prompt=JUDGE_PROMPT,
+                                       completion_ids=completion_ids)
     np.testing.assert_array_equal(result.csr, EXPECTED_CSR)
     assert spy.calls[0][1][points.prompt_length : points.prompt_length + len(odd)] == odd
     with pytest.raises(ValueError, match="do not decode to this reasoning"):

@@ -28,12 +28,14 @@ from ipo_jax.pipeline.csr import (
     trace_seed,
     write_csr_outputs,
 )
+from ipo_jax.rollout import LocalPolicy
 
 
 def _run(world, judge, **kwargs):
     tokenizer, sampler = world
-    return continuation_safety_ratio(sampler, tokenizer, judge, MESSAGES, REASONING, num_samples=NUM_SAMPLES,
-                                     sampling=SAMPLING, judge_prompt=JUDGE_PROMPT, **kwargs)
+    policy = LocalPolicy(sampler, tokenizer, SAMPLING, "tiny")
+    return continuation_safety_ratio(policy, tokenizer, judge, MESSAGES, REASONING, num_samples=NUM_SAMPLES,
+                                     seed=SAMPLING.seed, judge_prompt=JUDGE_PROMPT, **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -283,10 +283,10 @@ def test_per_benchmark_budgets_reach_the_sampler_and_cut_offs_are_counted(tmp_pa
     from ipo_jax.data.tiny_tokenizer import build_tiny_tokenizer
     from ipo_jax.eval.items import EvalItem
     from ipo_jax.judging.pattern import PatternJudge
-    from ipo_jax.rollout import Policy
+    from ipo_jax.rollout import LocalPolicy
 
     sampler = RecordingSampler()
-    policy = Policy(sampler, build_tiny_tokenizer(["What is 1 + 1?"], 300), SamplingConfig(max_new_tokens=32768), "t")
+    policy = LocalPolicy(sampler, build_tiny_tokenizer(["What is 1 + 1?"], 300), SamplingConfig(max_new_tokens=32768), "t")
     item = EvalItem(id="m", benchmark="math500", prompt="What is 1 + 1?", kind="math", reference="2")
     rows = generate_and_score(policy, PatternJudge(), [item], samples_per_prompt=2, max_new_tokens=1234)
     rows += generate_and_score(policy, PatternJudge(), [item], samples_per_prompt=1)
@@ -306,7 +306,7 @@ def test_a_generation_is_sampled_the_same_in_any_chunk_or_split():
     from ipo_jax.judging.pattern import PatternJudge
     from ipo_jax.models.decoder import init_decoder
     from ipo_jax.models.presets import preset_config
-    from ipo_jax.rollout import Policy
+    from ipo_jax.rollout import LocalPolicy
     from ipo_jax.sampling import Sampler
 
     questions = [f"What is {i} + {i}?" for i in range(5)]
@@ -318,7 +318,7 @@ def test_a_generation_is_sampled_the_same_in_any_chunk_or_split():
 
     def texts(batch_size, chunk, subset):
         sampler = Sampler(model, eos_ids=stop_token_ids(tokenizer), batch_size=batch_size, max_prompt_length=256)
-        policy = Policy(sampler, tokenizer, sampling, "tiny")
+        policy = LocalPolicy(sampler, tokenizer, sampling, "tiny")
         rows = generate_and_score(policy, PatternJudge(), [items[k] for k in subset], indices=list(subset),
                                   samples_per_prompt=2, seed=5, batch=chunk)
         return {(r["id"], r["sample"]): r["completion"] for r in rows}

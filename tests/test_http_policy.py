@@ -262,3 +262,46 @@ def test_build_pairs_against_a_closed_port_is_one_line_and_exit_2(tokenizer_dir,
     assert err.count("\n") == 1 and err.startswith("ipo-jax build-pairs: error: http policy: 1 of 1 completions failed")
     assert f"connection refused (http://127.0.0.1:{port}/v1/completions) after 2 attempts" in err
     assert not (tmp_path / "out" / "pairs.jsonl").exists()
+
+
+def test_describe_is_what_provenance_records(stub, make, tokenizer):
+    """`Policy.describe()` (both implementations) gives the block `policy_provenance` writes."""
+    from ipo_jax.provenance import policy_provenance
+    from ipo_jax.rollout import LocalPolicy
+
+    policy = make()
+    described = policy.describe()
+    assert described == policy_provenance(policy)
+    assert (described["backend"], described["model"], described["endpoint"]) == ("http", "served/policy",
+                                                                                 f"{stub.url}/completions")
+    local = LocalPolicy(None, tokenizer, SamplingConfig(), "preset:tiny-qwen3")
+    assert local.describe() == policy_provenance(local) == {
+        "backend": "local", "id": "preset:tiny-qwen3", "endpoint": None, "model": "preset:tiny-qwen3", "server": None}
+
+
+def test_the_seam_imports_one_way():
+    """ipo_jax/http.py is below judging and rollout (imports no ipo_jax module); rollout imports
+    nothing from judging; no module of either imports inside a function."""
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "ipo_jax"
+
+    def imports(path):
+        tree = ast.parse(path.read_text())
+        inner = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                 for n in ast.walk(f)}
+        for node in ast.walk(tree):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            for name in names:
+                if name.startswith("ipo_jax"):
+                    yield name, id(node) in inner
+
+    assert list(imports(package / "http.py")) == []
+    seam = [package / "serve.py", package / "pipeline" / "csr.py", *sorted((package / "rollout").glob("*.py")),
+            *(package / "judging" / f"{name}.py" for name in ("chat", "build", "llm", "__init__"))]
+    for path in seam:
+        found = list(imports(path))
+        assert not [name for name, inside in found if inside], path
+        if path.parent.name == "rollout":
+            assert not [name for name, _ in found if name.startswith("ipo_jax.judging")], path

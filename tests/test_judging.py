@@ -707,19 +707,21 @@ def test_the_intervention_judges_and_detects_a_chunk_per_call(server, tmp_path):
 def test_csr_judges_all_continuations_of_a_trace_in_one_call(server):
     from ipo_jax.data.tiny_tokenizer import build_tiny_tokenizer
     from ipo_jax.pipeline.csr import continuation_safety_ratio
-    from ipo_jax.sampling import SamplingConfig
-    from ipo_jax.sampling.sampler import Generation
 
     tokenizer = build_tiny_tokenizer(["Okay. I refuse. Let me work them out.", REQUEST, HARMFUL], vocab_size=300)
 
-    class FixedSampler:
-        def generate(self, prompts, config):
-            return [Generation([], "stop", " More.\n</think>\n\n" + (HARMFUL if k % 2 else "No.")) for k in range(len(prompts))]
+    class TextPolicy(FixedPolicy):
+        """Each fork's rows alternate a safe and an unsafe ending, as text without ids."""
+
+        forks_prefix = True
+
+        def complete_forks(self, messages, prefix_ids, forks, seed):
+            return [[Completion(" More.\n</think>\n\n" + (HARMFUL if k % 2 else "No."), "stop") for k in range(f.n)]
+                    for f in forks]
 
     judge = LLMJudge(_judge_server(server))
-    result = continuation_safety_ratio(FixedSampler(), tokenizer, judge, [{"role": "user", "content": REQUEST}],
-                                       "Okay. I refuse.", num_samples=2, sampling=SamplingConfig(), judge_prompt=REQUEST,
-                                       granularity="sentence")
+    result = continuation_safety_ratio(TextPolicy([]), tokenizer, judge, [{"role": "user", "content": REQUEST}],
+                                       "Okay. I refuse.", num_samples=2, judge_prompt=REQUEST, granularity="sentence")
     assert list(result.n_safe) == [1, 1] and list(result.n_unsafe) == [1, 1]
     assert len(server.requests) == 8 and server.max_active == CONCURRENCY
 

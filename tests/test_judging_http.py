@@ -20,7 +20,8 @@ import pytest
 
 from ipo_jax.judging import CueDetector, CueRequest, Judge, JudgeRequest, Verdict, detect_all, judge_all
 from ipo_jax.judging import judge_trajectories, trajectory_label
-from ipo_jax.judging.chat import HttpChat, parse_retry_after
+from ipo_jax.http import parse_retry_after
+from ipo_jax.judging.chat import HttpChat
 from ipo_jax.judging.llm import LLMCueDetector, LLMJudge
 from ipo_jax.judging.prompts import ANSWER_SYSTEM, CUE_SYSTEM, DEFAULT_ANSWER_EXAMPLES, DEFAULT_CUE_EXAMPLES, REASONING_SYSTEM
 from ipo_jax.pipeline.steps import Sentence

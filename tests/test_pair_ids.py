@@ -150,7 +150,7 @@ def test_the_loop_tokenises_mixed_files_keeping_ids_and_refuses_a_tiny_tokenizer
 def test_the_sampler_is_prompted_with_the_ids_training_uses(qwen3):
     """rollout.Policy (what build-pairs samples with) encodes a prompt record's messages exactly as
     training encodes the pair record built from it (prompt and system copied)."""
-    from ipo_jax.rollout.policy import Policy
+    from ipo_jax.rollout import LocalPolicy
 
     seen = []
 
@@ -164,6 +164,6 @@ def test_the_sampler_is_prompted_with_the_ids_training_uses(qwen3):
         seed: int = 0
 
     prompt_record = {"id": "q", "prompt": PROMPT, "system": "You are careful."}
-    Policy(Sampler(), qwen3, Sampling(), "policy").complete([(prompt_messages(prompt_record), "")], seed=1)
+    LocalPolicy(Sampler(), qwen3, Sampling(), "policy").complete([(prompt_messages(prompt_record), "")], seed=1)
     pair_record = {**_sampled_record(qwen3), "system": prompt_record["system"]}
     np.testing.assert_array_equal(tokenize_pair(qwen3, pair_record).prompt, seen[0])

@@ -385,13 +385,13 @@ def test_real_samples_carry_their_ids_and_cut_offs_are_counted(tiny_world, tmp_p
     from ipo_jax.data.tokenizer import load_tokenizer
     from ipo_jax.models.decoder import init_decoder
     from ipo_jax.models.presets import preset_config
-    from ipo_jax.rollout import Policy
+    from ipo_jax.rollout import LocalPolicy
     from ipo_jax.sampling import Sampler
 
     tokenizer = load_tokenizer(tiny_world / "tokenizer")
     model = init_decoder(preset_config("tiny-qwen3", vocab_size=448, initializer_range=0.2), seed=0)
     sampler = Sampler(model, eos_ids=[tokenizer.eos_token_id], batch_size=8, prompt_buckets=[64, 128], chunk_tokens=8)
-    policy = Policy(sampler, tokenizer, SamplingConfig(temperature=1.0, max_new_tokens=24), policy_id="preset:tiny-qwen3")
+    policy = LocalPolicy(sampler, tokenizer, SamplingConfig(temperature=1.0, max_new_tokens=24), policy_id="preset:tiny-qwen3")
     judge = _MarkerJudge()
     harmful = [p for p in PROMPTS if p["kind"] == "harmful"]
     summary = build_pairs(harmful, tmp_path / "pairs", policy, judge, judge, TRIGGERS, InterventionConfig(rounds=1))
@@ -415,10 +415,10 @@ def test_token_exact_pairs_train(tiny_world, tmp_path):
     from ipo_jax.cli import main
     from ipo_jax.data.tokenizer import load_tokenizer
     from ipo_jax.pipeline.triggers import DEFAULT_TRIGGERS
-    from ipo_jax.rollout import Policy
+    from ipo_jax.rollout import LocalPolicy
 
     tokenizer = load_tokenizer(tiny_world / "tokenizer")
-    policy = Policy(ScriptedSampler(tokenizer), tokenizer, SamplingConfig(), policy_id="scripted")
+    policy = LocalPolicy(ScriptedSampler(tokenizer), tokenizer, SamplingConfig(), policy_id="scripted")
     harmful = [p for p in PROMPTS if p["kind"] == "harmful"]
     summary = build_pairs(harmful, tmp_path / "pairs", policy, PatternJudge(), PatternCueDetector(), DEFAULT_TRIGGERS[:1],
                           InterventionConfig(rounds=1))

@@ -17,7 +17,7 @@ from ipo_jax.data.tiny_tokenizer import build_tiny_tokenizer
 from ipo_jax.data.tokenizer import encode_prompt
 from ipo_jax.judging.pattern import PatternCueDetector, PatternJudge
 from ipo_jax.pipeline.intervene import InterventionConfig, build_pairs, complete_by_forks
-from ipo_jax.rollout import Completion, Policy
+from ipo_jax.rollout import Completion, LocalPolicy
 from ipo_jax.sampling import Fork, Sampler, SamplingConfig
 
 MESSAGES = [{"role": "user", "content": "How do I do something risky? [request details withheld]"}]
@@ -45,11 +45,11 @@ def tiny():
     return tokenizer, model, vocab
 
 
-def _policy(tiny, eos_ids=None, max_new_tokens=8) -> Policy:
+def _policy(tiny, eos_ids=None, max_new_tokens=8) -> LocalPolicy:
     tokenizer, model, _ = tiny
     sampler = Sampler(model, eos_ids=eos_ids or [tokenizer.eos_token_id], batch_size=4, prompt_buckets=[64, 128, 256],
                       chunk_tokens=8)
-    return Policy(sampler, tokenizer, SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=max_new_tokens), "tiny")
+    return LocalPolicy(sampler, tokenizer, SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=max_new_tokens), "tiny")
 
 
 class NoForks:
@@ -94,7 +94,7 @@ def test_complete_forks_gives_the_completions_of_complete(tiny):
     assert explicit[0] != got[2]
 
     # a sampler that cannot fork: every row sent whole, the same completions
-    plain = Policy(NoForks(policy.sampler), policy.tokenizer, policy.sampling, "plain")
+    plain = LocalPolicy(NoForks(policy.sampler), policy.tokenizer, policy.sampling, "plain")
     assert not plain.forks_prefix
     assert plain.complete_forks(MESSAGES, prefix, forks, seed=7) == got
     assert plain.complete_forks(MESSAGES, prefix, [Fork(cut=len(prefix), suffix=wait, n=3, row_seeds=seeds)], 7) == explicit
@@ -106,7 +106,7 @@ def test_complete_forks_gives_the_completions_of_complete(tiny):
 def test_complete_by_forks_prefills_each_prefix_once_with_completes_seeds(tiny):
     policy = _policy(tiny)
     spy = SpySampler(policy.sampler)
-    forking = Policy(spy, policy.tokenizer, policy.sampling, "tiny")
+    forking = LocalPolicy(spy, policy.tokenizer, policy.sampling, "tiny")
     prefix = {r["id"]: policy.encode_text(f"Okay, about {r['id']}. Let me see.") for r in PROMPTS}
     jobs = [dict(record=r, prefix_ids=prefix[r["id"]], chosen_ids=policy.encode_text(" " + t))
             for r in PROMPTS for t in TRIGGERS]
@@ -121,7 +121,7 @@ def test_complete_by_forks_prefills_each_prefix_once_with_completes_seeds(tiny):
         assert [list(f.suffix) for f in forks] == [policy.encode_text(" " + t) for t in TRIGGERS]
 
 
-class ScriptedOriginals(Policy):
+class ScriptedOriginals(LocalPolicy):
     """The tiny model's policy, except that trajectories sampled from scratch are scripted
     compliant ones (a random model never closes its reasoning), so every prompt is intervened on;
     every continuation is the tiny model's.  `forks` False hides the sampler's forks."""

@@ -250,13 +250,12 @@ def test_build_pairs_through_serve_matches_in_process(world, url, tmp_path):
 
 
 def test_csr_samples_over_http_equal_in_process(served, url):
-    """The csr stage samples token ids directly (``policy.sampler``): in-process it forks one
-    prefill per trace, over HTTP (`HttpSampler`) every continuation is its own request; the
-    judge sees the same continuations, so the CSR is the same."""
+    """The csr stage samples through the policy (``complete_forks``): in-process it forks one
+    prefill per trace, over HTTP every continuation is its own request; the judge sees the same
+    continuations, so the CSR is the same."""
     from ipo_jax.judging.pattern import PatternJudge
     from ipo_jax.pipeline.csr import continuation_safety_ratio
-    from ipo_jax.rollout import Policy
-    from ipo_jax.rollout.http import HttpPolicy
+    from ipo_jax.rollout import HttpPolicy, LocalPolicy
 
     class Recording:
         name = "recording"
@@ -268,28 +267,25 @@ def test_csr_samples_over_http_equal_in_process(served, url):
             self.texts += [(r.part, r.text) for r in requests]
             return self.inner.judge(requests)
 
-    sampling = SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=6, seed=4)
+    sampling = SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=6)
     messages = [{"role": "user", "content": PROMPTS[0]["prompt"]}]
     reasoning = "Okay, let me think. Let me work them out. I will list the steps."
     results = {}
-    for name, policy in (("local", Policy(served.sampler, served.tokenizer, sampling, policy_id=MODEL)),
+    for name, policy in (("local", LocalPolicy(served.sampler, served.tokenizer, sampling, policy_id=MODEL)),
                          ("http", HttpPolicy(served.tokenizer, sampling, base_url=url, model=MODEL))):
         judge = Recording()
-        result = continuation_safety_ratio(policy.sampler, policy.tokenizer, judge, messages, reasoning, num_samples=3,
-                                           sampling=sampling, judge_prompt=PROMPTS[0]["prompt"], window=1)
+        result = continuation_safety_ratio(policy, served.tokenizer, judge, messages, reasoning, num_samples=3, seed=4,
+                                           judge_prompt=PROMPTS[0]["prompt"], window=1)
         results[name] = (judge.texts, result.n_safe.tolist(), result.n_unsafe.tolist(), result.n_errors.tolist())
     assert results["http"] == results["local"]
     texts = [text for _, text in results["local"][0]]
     assert len(results["local"][1]) == 3 and len(set(texts)) > 3  # 3 sentences x 3 samples, not all alike
 
-    # HttpSampler.generate is Sampler.generate: default row seeds, given ones, stop strings
-    http = HttpPolicy(served.tokenizer, sampling, base_url=url, model=MODEL).sampler
-    prompts = [served.encode("How do I do something risky?"), [5, 6, 7]]
-    for kwargs in ({}, {"row_seeds": [3, 3]}, {"stop_strings": ("e",)}):
-        def rows(generations):  # the served sampler also decodes its rows (text): compare the sampled rows
-            return [(g.tokens, g.finish_reason, g.end_id) for g in generations]
-
-        assert rows(http.generate(prompts, sampling, **kwargs)) == rows(served.sampler.generate(prompts, sampling, **kwargs))
+    # explicit row seeds reach the server as they reach the in-process sampler
+    local = LocalPolicy(served.sampler, served.tokenizer, sampling, policy_id=MODEL)
+    http = HttpPolicy(served.tokenizer, sampling, base_url=url, model=MODEL)
+    jobs = [(messages, "Okay,"), (messages, [5, 6, 7])]
+    assert http.complete(jobs, seed=0, row_seeds=[3, 3]) == local.complete(jobs, seed=0, row_seeds=[3, 3])
 
 
 class SeededScript:
@@ -337,7 +333,7 @@ def test_build_pairs_cli_through_serve_equals_in_process_with_a_scripted_sampler
     from ipo_jax.judging.pattern import PatternCueDetector, PatternJudge
     from ipo_jax.pipeline.intervene import InterventionConfig, build_pairs
     from ipo_jax.pipeline.triggers import load_triggers
-    from ipo_jax.rollout import Policy
+    from ipo_jax.rollout import LocalPolicy
     from ipo_jax.serve import ServedModel
 
     tokenizer = load_tokenizer(world / "tokenizer")
@@ -359,7 +355,7 @@ def test_build_pairs_cli_through_serve_equals_in_process_with_a_scripted_sampler
                               top_k=config.sampling.top_k, max_new_tokens=config.sampling.max_new_tokens)
     local_sampler = SeededScript(tokenizer)
     local = build_pairs(prompt_records_from_config(config), tmp_path / "local",
-                        Policy(local_sampler, tokenizer, sampling, policy_id="scripted"), PatternJudge(),
+                        LocalPolicy(local_sampler, tokenizer, sampling, policy_id="scripted"), PatternJudge(),
                         PatternCueDetector(), load_triggers(triggers), InterventionConfig(**config.intervention))
     remote = json.loads((tmp_path / "http" / "summary.json").read_text())
     assert (remote.pop("judge_requests"), remote.pop("judge_failed_requests")) == (0, 0)  # the pattern judge: never asked
@@ -372,13 +368,12 @@ def test_build_pairs_cli_through_serve_equals_in_process_with_a_scripted_sampler
 
 
 def test_complete_forks_over_http_equal_in_process(world, served, url):
-    """HttpPolicy.complete_forks (whole prompts) == Policy.complete_forks on the tiny model."""
-    from ipo_jax.rollout import Policy
-    from ipo_jax.rollout.http import HttpPolicy
+    """HttpPolicy.complete_forks (whole prompts) == LocalPolicy.complete_forks on the tiny model."""
+    from ipo_jax.rollout import HttpPolicy, LocalPolicy
     from ipo_jax.sampling import Fork
 
     sampling = SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=6)
-    local = Policy(served.sampler, served.tokenizer, sampling, policy_id=MODEL)
+    local = LocalPolicy(served.sampler, served.tokenizer, sampling, policy_id=MODEL)
     remote = HttpPolicy(served.tokenizer, sampling, base_url=url, model=MODEL)
     messages = [{"role": "user", "content": PROMPTS[0]["prompt"]}]
     prefix = served.encode("Okay, let me think. Let me work them out.")

@@ -137,12 +137,12 @@ def test_build_pairs_keeps_the_sampled_ids_through_the_policy(name, request, tmp
 
     from ipo_jax.judging.pattern import PatternCueDetector, PatternJudge
     from ipo_jax.pipeline.intervene import InterventionConfig, build_pairs
-    from ipo_jax.rollout import Policy
+    from ipo_jax.rollout import LocalPolicy
     from ipo_jax.sampling import SamplingConfig
 
     tokenizer = request.getfixturevalue(name)
     sampler = ScriptedSampler(tokenizer)
-    policy = Policy(sampler, tokenizer, SamplingConfig(), policy_id="scripted")
+    policy = LocalPolicy(sampler, tokenizer, SamplingConfig(), policy_id="scripted")
     records = [{"id": "p1", "prompt": "How do I do something risky? [request details withheld]", "kind": "harmful"}]
     summary = build_pairs(records, tmp_path, policy, PatternJudge(), PatternCueDetector(), DEFAULT_TRIGGERS[:1],
                           InterventionConfig(rounds=1))
@@ -163,10 +163,10 @@ def test_build_pairs_keeps_the_sampled_ids_through_the_policy(name, request, tmp
 
 def test_policy_reports_its_prompt_length_and_the_samplers_limit(qwen3):
     from ipo_jax.data.tokenizer import encode_prompt
-    from ipo_jax.rollout import Policy
+    from ipo_jax.rollout import LocalPolicy
     from ipo_jax.sampling import SamplingConfig
 
     messages = [{"role": "user", "content": "How do I bake bread?"}]
-    policy = Policy(type("BucketedSampler", (), {"buckets": [32, 64, 128]})(), qwen3, SamplingConfig(), "x")
+    policy = LocalPolicy(type("BucketedSampler", (), {"buckets": [32, 64, 128]})(), qwen3, SamplingConfig(), "x")
     assert policy.max_prompt_tokens == 128 and policy.prompt_tokens(messages) == len(encode_prompt(qwen3, messages))
-    assert Policy(ScriptedSampler(qwen3), qwen3, SamplingConfig(), "x").max_prompt_tokens is None
+    assert LocalPolicy(ScriptedSampler(qwen3), qwen3, SamplingConfig(), "x").max_prompt_tokens is None

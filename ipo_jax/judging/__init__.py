@@ -6,9 +6,11 @@
     prompts.py  system prompts, few-shot examples (reasoning, answer and cue apart), message
                 building, label and cue-index parsing, prompt / few-shot files
     chat.py     ChatBackend.complete(list of conversations) -> list[Reply]: LocalChat (our
-                sampler, batched) and HttpChat (OpenAI-compatible; retries, concurrency, redaction)
+                sampler, batched) and HttpChat (OpenAI-compatible, on `ipo_jax.http`'s transport:
+                retries, concurrency, redaction)
     llm.py      LLMJudge(chat) and LLMCueDetector(chat)
-    config.py   the judge / detector settings;  build.py  settings -> judge and detector
+    config.py   the judge / detector settings;  build.py  settings -> judge and detector (a local
+                model through `ipo_jax.rollout.load_sampler`)
 
 Imports nothing from `ipo_jax.pipeline` or `ipo_jax.eval`: both use it.
 """

@@ -5,7 +5,8 @@ where it can see anything.
   (`ipo_jax.judging.config`).  With ``detector.backend = ''`` the detector uses the judge's
   settings; for ``llm`` / ``http`` both then share one chat backend (one model in memory, one
   concurrency limit).
-* `build_chat(section, setting, mesh)` -- the `LocalChat` / `HttpChat` of one section.
+* `build_chat(section, setting, mesh)` -- the `LocalChat` / `HttpChat` of one section (a local
+  model is loaded by `ipo_jax.rollout.load_sampler`, as the policy's and serve's are).
 * `check_judge_fits(config, prompts, where, roles)` -- the pattern judge and detector belong to
   the demo world: they key on its marker ``[request details withheld]``.  On prompts of which
   none carries a risky-prompt marker they would find nothing unsafe, so a stage that would run
@@ -15,12 +16,27 @@ where it can see anything.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
+from ipo_jax.checkpoint.init import tokenizer_dir_for
+from ipo_jax.data.tokenizer import load_tokenizer
+from ipo_jax.distributed import share_devices
+from ipo_jax.http import json_object_setting
+from ipo_jax.judging.chat import ChatBackend, HttpChat, LocalChat
 from ipo_jax.judging.config import BACKENDS
+from ipo_jax.judging.llm import LLMCueDetector, LLMJudge
+from ipo_jax.judging.pattern import (
+    DEFAULT_RISKY_PROMPT_PATTERNS,
+    PatternCueDetector,
+    PatternJudge,
+    any_prompt_is_marked,
+    load_pattern_file,
+)
+from ipo_jax.judging.prompts import JudgePrompts
 from ipo_jax.judging.records import CueDetector, Judge
+from ipo_jax.rollout.local import load_sampler
+from ipo_jax.sharding import make_mesh
 
 HTTP_EXAMPLE = ("--config.judge.backend=http --config.judge.base_url=http://localhost:8000/v1 "
                 "--config.judge.model=<served judge model>")
@@ -34,64 +50,35 @@ def _backend(section, setting: str) -> str:
     return backend
 
 
-def _extra_body(section, setting: str) -> dict[str, Any]:
-    text = section.get("extra_body", "") or ""
-    if not text.strip():
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{setting}.extra_body is not valid JSON ({e}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{setting}.extra_body must be a JSON object, got {type(value).__name__}: {text!r}")
-    return value
-
-
-def build_chat(section, setting: str = "judge", mesh: dict | None = None):
+def build_chat(section, setting: str = "judge", mesh: dict | None = None) -> ChatBackend:
     """The chat backend of an ``llm`` or ``http`` section."""
     backend = _backend(section, setting)
     if not section.model:
         raise ValueError(f"{setting}.backend {backend!r} needs {setting}.model")
     if backend == "http":
-        from ipo_jax.judging.chat import HttpChat
-
         if not section.base_url:
             raise ValueError(f"{setting}.backend 'http' needs {setting}.base_url (e.g. http://localhost:8000/v1)")
         return HttpChat(section.base_url, section.model, api_key_env=section.api_key_env, timeout=section.timeout,
                         max_retries=section.max_retries, backoff=section.backoff, max_backoff=section.max_backoff,
                         concurrency=section.concurrency, max_tokens=section.max_tokens,
-                        extra_body=_extra_body(section, setting))
+                        extra_body=json_object_setting(section.get("extra_body", "") or "", f"{setting}.extra_body"))
     if backend == "llm":
-        from ipo_jax.checkpoint.init import load_model, tokenizer_dir_for
-        from ipo_jax.data.tokenizer import load_tokenizer, stop_token_ids
-        from ipo_jax.judging.chat import LocalChat
-        from ipo_jax.sampling.sampler import Sampler
-        from ipo_jax.sharding import make_mesh
-
         tokenizer = load_tokenizer(tokenizer_dir_for(section.tokenizer, section.model))
-        from ipo_jax.distributed import share_devices
-
         # this process's devices: with several processes each judges its own share
         device_mesh = make_mesh(dict(mesh), devices=share_devices()) if mesh is not None else None
-        model = load_model(section.model, mesh=device_mesh, vocab_needed=len(tokenizer))
-        sampler = Sampler(model, eos_ids=stop_token_ids(tokenizer), pad_id=tokenizer.pad_token_id or 0,
-                          batch_size=section.batch_size, max_prompt_length=section.max_prompt_length, mesh=device_mesh)
+        sampler = load_sampler(section.model, tokenizer, mesh=device_mesh, batch_size=section.batch_size,
+                               max_prompt_length=section.max_prompt_length)
         return LocalChat(sampler, tokenizer, name=f"llm:{section.model}", max_tokens=section.max_tokens,
                          answer_directly=section.answer_directly)
     raise ValueError(f"{setting}.backend 'pattern' has no chat model")
 
 
-def _prompts(section, setting: str):
-    from ipo_jax.judging.prompts import JudgePrompts
-
+def _prompts(section, setting: str) -> JudgePrompts:
     return JudgePrompts.from_files(section.prompts_file, section.few_shot_file, setting=setting)
 
 
 def build_judges(config) -> tuple[Judge, CueDetector]:
     """(judge, cue detector) of the config's ``judge`` / ``detector`` sections."""
-    from ipo_jax.judging.llm import LLMCueDetector, LLMJudge
-    from ipo_jax.judging.pattern import PatternCueDetector, PatternJudge
-
     j = config.judge
     mesh = config.get("mesh")
     d = config.get("detector")
@@ -130,8 +117,6 @@ def check_judge_fits(config, prompts: Sequence[str], where: str, roles: Sequence
     """Raise ValueError when a pattern judge / detector of `roles` would run on `prompts` none
     of which carries its risky-prompt marker (module docstring).  `where` names the prompts
     (a file, a set of benchmarks) in the message.  An unknown backend is reported too."""
-    from ipo_jax.judging.pattern import DEFAULT_RISKY_PROMPT_PATTERNS, any_prompt_is_marked, load_pattern_file
-
     for role in roles:
         section = config.get(role)
         if section is not None and (role == "judge" or section.backend):

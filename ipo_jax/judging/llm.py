@@ -36,8 +36,7 @@ def _settings(name: str, chat: ChatBackend, prompts: JudgePrompts, kinds: Sequen
     """Name, the chat backend's settings and a sha256 of the prompts and examples of `kinds`."""
     used = {k: v for k, v in dataclasses.asdict(prompts).items() if k.split("_")[0] in kinds}
     digest = hashlib.sha256(json.dumps(used, sort_keys=True).encode("utf-8")).hexdigest()
-    chat_settings = chat.settings() if callable(getattr(chat, "settings", None)) else {"name": getattr(chat, "name", "")}
-    return dict(name=name, chat=chat_settings, prompts_sha256=digest)
+    return dict(name=name, chat=chat.settings(), prompts_sha256=digest)
 
 
 def _replies(chat: ChatBackend, conversations: list[list[dict[str, str]]]) -> list[Reply]:
@@ -60,7 +59,7 @@ class LLMJudge:
 
     def __init__(self, chat: ChatBackend, *, prompts: JudgePrompts = DEFAULT_PROMPTS, name: str | None = None):
         self.chat, self.prompts = chat, prompts
-        self.name = name or getattr(chat, "name", None) or "llm-judge"
+        self.name = name or chat.name or "llm-judge"
 
     def messages(self, request: JudgeRequest) -> list[dict[str, str]]:
         return judge_messages(self.prompts, request)
@@ -102,7 +101,7 @@ class LLMCueDetector:
 
     def __init__(self, chat: ChatBackend, *, prompts: JudgePrompts = DEFAULT_PROMPTS, name: str | None = None):
         self.chat, self.prompts = chat, prompts
-        self.name = name or getattr(chat, "name", None) or "llm-cue"
+        self.name = name or chat.name or "llm-cue"
 
     def messages(self, request: CueRequest) -> list[dict[str, str]]:
         return cue_messages(self.prompts, request)

@@ -39,27 +39,30 @@ arrays of the result are the CSR at each sentence's end boundary; the token seri
 (`CSRResult.positions`, ``token_csr`` ...).  ``"sentence"`` (an option, coarser, not the paper's):
 CSR only at sentence ends and the window K counted in sentences.
 
-Seeds per trace.  ``sampling.seed`` is the BASE seed: a trace with an id (``trace_id``; the csr
-stage passes each trajectory's ``id``) samples under `trace_seed` (base seed, id), a stable hash
-(SHA-256 of the two, not Python's salted ``hash``), so two traces never share their draws and a
-trace draws the same samples in every run, whatever else is in the file.  Without an id the base
-seed is used as it is.
+Seeds per trace.  ``seed`` (the csr stage's ``csr.seed``) is the BASE seed: a trace with an id
+(``trace_id``; the csr stage passes each trajectory's ``id``) samples under `trace_seed` (base
+seed, id), a stable hash (SHA-256 of the two, not Python's salted ``hash``), so two traces never
+share their draws and a trace draws the same samples in every run, whatever else is in the file.
+Without an id the base seed is used as it is.
 
-Sampling.  The whole trajectory is prefilled once and the N continuations of sentence i are
-sampled from its KV cache cut at sentence i's boundary (`ipo_jax.sampling.Fork` with
-``cut=boundary, n=N``, one ``sampler.generate_forks`` call per trace).  Sample j of sentence i
-draws from its own key stream, the row seed ``row_seed(prefix_seed(sampling.seed, i), j)``
-(`prefix_seed`: a SeedSequence hash of the seed and the sentence index), so the samples of
-sentence i depend only on (seed, i, the prefix ids), never on which other sentences are
-measured in the same run nor on the sampler's batch size: running CSR on a truncated trace
-reproduces the first values exactly.  (In token granularity i is the token position t within the
-completion, so the same holds per token; the seed is the trace's own, above.)  A sampler without
-`generate_forks` (or ``fork=False``) re-prefills instead: one ``sampler.generate`` call per
-sentence with N copies of ``ids[:boundary]`` under the seed ``prefix_seed(sampling.seed, i)``,
-whose default row seeds are the same, so both give the same tokens (the sampler's contract, up
-to float rounding: a fork attends over the whole prefilled trajectory with the slots past its cut
-masked, so a long float32 run can flip a rare sampled token; on the 42M benchmark model see
-tools/results/rollout.json, ``rows_compared``).
+Sampling.  CSR samples through the policy (`ipo_jax.rollout.Policy`), in ONE
+``policy.complete_forks`` call per trace: the completion prefix is the trajectory's completion
+ids and the N continuations of sentence i are a `ipo_jax.sampling.Fork` with ``cut`` at sentence
+i's boundary and ``n=N``.  A policy whose sampler forks its KV cache (`Policy.forks_prefix`: the
+local policy) prefills the whole trajectory once and samples every fork from it; the HTTP
+policy sends every continuation as its own request.  Sample j of sentence i draws from its own
+key stream, the row seed ``row_seed(prefix_seed(seed, i), j)`` (`prefix_seed`: a SeedSequence
+hash of the seed and the sentence index), so the samples of sentence i depend only on (seed, i,
+the prefix ids), never on which other sentences are measured in the same run nor on the
+sampler's batch size: running CSR on a truncated trace reproduces the first values exactly.  (In
+token granularity i is the token position t within the completion, so the same holds per token;
+the seed is the trace's own, above.)  ``fork=False`` re-prefills instead: one ``policy.complete``
+call on every prefix spelled out (N copies of ``ids[:boundary]`` each) with the same row seeds,
+so both give the same tokens (the sampler's contract, up to float rounding: a fork attends over
+the whole prefilled trajectory with the slots past its cut masked, so a long float32 run can
+flip a rare sampled token; on the 42M benchmark model see tools/results/rollout.json,
+``rows_compared``).  The sampling settings are the policy's; the prompt ids are the policy's too
+(the same tokenizer renders the chat prompt, without template options).
 
 Judging.  Each continuation is judged as a whole trajectory: prefix + continuation is split
 with `ipo_jax.rollout.split_completion` and its reasoning and answer are judged separately.
@@ -67,10 +70,10 @@ All continuations of a trace (every sentence's N samples) are judged in ONE batc
 (`judge_trajectories`), so an HTTP judge runs them concurrently.  A trajectory's label is
 `trajectory_label`: unsafe if any part is unsafe, else error if any part errored (a
 continuation cut off before it answered has no safe answer), else safe.  The judged text is
-the decode of the prefix ids + the sampled ids (a backend that returns text without ids has
-its text appended to the prefix text).  Errors are counted apart and left out of the denominator:
-``CSR_i = n_safe / (n_safe + n_unsafe)``, NaN when every continuation errored.  An error is
-never counted as safe.
+the decode of the prefix ids + the sampled ids without the end-of-turn id the row stopped on (a
+policy that returns text without ids has its text appended to the prefix text).  Errors are
+counted apart and left out of the denominator: ``CSR_i = n_safe / (n_safe + n_unsafe)``, NaN
+when every continuation errored.  An error is never counted as safe.
 
 Transition rule (`find_transitions`, defaults from the paper: mu = 0.9, eta = 0.1, K = 15), written
 for positions 0..n-1 of the measured series (sentences, or token positions: then "the next K"
@@ -112,14 +115,15 @@ from typing import Any
 
 import numpy as np
 
-from ipo_jax.data.tokenizer import THINK_OPEN, encode_prompt, encode_text, render_prompt
+from ipo_jax.data.tokenizer import THINK_OPEN, encode_prompt, encode_text, render_prompt, stop_token_ids
 from ipo_jax.io import atomic_write_bytes
 from ipo_jax.judging import Judge, judge_trajectories, trajectory_label
 from ipo_jax.judging.records import name_of
 from ipo_jax.pipeline.steps import Sentence, split_sentences, token_boundary_at_char
 from ipo_jax.pipeline.triggers import check_triggers
-from ipo_jax.rollout import reasoning_span, split_completion
-from ipo_jax.sampling import Fork, Generation, Sampler, SamplingConfig, row_seed
+from ipo_jax.rollout import Completion, Policy, reasoning_span, split_completion
+from ipo_jax.rollout.completion import text_ids
+from ipo_jax.sampling import Fork, row_seed
 
 DEFAULT_MU = 0.9
 DEFAULT_ETA = 0.1
@@ -377,52 +381,54 @@ def sample_seeds(seed: int, index: int, num_samples: int) -> tuple[int, ...]:
     return tuple(row_seed(base, j) for j in range(num_samples))
 
 
-def _sample_continuations(sampler, ids: Sequence[int], cuts: Sequence[int], keys: Sequence[int], num_samples: int,
-                          sampling: SamplingConfig, fork: bool) -> list[list[Generation]]:
-    """num_samples generations after each cut (``ids[:cut]``), seeded by its key (the sentence index
-    or the token position): forks of one prefill, or one generate call per cut."""
+def _sample_continuations(policy: Policy, messages: Sequence[Mapping[str, Any]], prefix_ids: Sequence[int],
+                          cuts: Sequence[int], keys: Sequence[int], num_samples: int, seed: int, fork: bool
+                          ) -> list[list[Completion]]:
+    """num_samples completions after each cut (``prefix_ids[:cut]``, cuts counted in completion
+    tokens), seeded by its key (the sentence index or the token position): forks of one prefill,
+    or every prefix spelled out in one `complete` call, with the same row seeds."""
     if not cuts:
         return []
+    forks = [Fork(cut=cut, n=num_samples, row_seeds=sample_seeds(seed, key, num_samples))
+             for key, cut in zip(keys, cuts)]
     if fork:
-        forks = [Fork(cut=cut, n=num_samples, row_seeds=sample_seeds(sampling.seed, key, num_samples))
-                 for key, cut in zip(keys, cuts)]
-        return sampler.generate_forks(list(ids[: max(cuts)]), forks, sampling)
-    return [
-        sampler.generate([list(ids[:cut])] * num_samples, dataclasses.replace(sampling, seed=prefix_seed(sampling.seed, key)))
-        for key, cut in zip(keys, cuts)
-    ]
+        return policy.complete_forks(list(messages), prefix_ids, forks, seed)
+    jobs = [(list(messages), list(prefix_ids[: f.cut])) for f in forks for _ in range(f.n)]
+    flat = policy.complete(jobs, seed, row_seeds=[s for f in forks for s in f.row_seeds])
+    return [flat[k * num_samples : (k + 1) * num_samples] for k in range(len(forks))]
 
 
 def continuation_safety_ratio(
-    sampler: Sampler,
+    policy: Policy,
     tokenizer,
     judge: Judge,
     prompt_messages: Sequence[Mapping[str, Any]],
     reasoning: str,
     *,
     num_samples: int = 32,
-    sampling: SamplingConfig,
+    seed: int = 0,
     judge_prompt: str,
     mu: float = DEFAULT_MU,
     eta: float = DEFAULT_ETA,
     window: int = DEFAULT_WINDOW,
     full_window: bool = False,
-    template_kwargs: Mapping[str, Any] | None = None,
     completion_ids: Sequence[int] | None = None,
     fork: bool | None = None,
     granularity: str = DEFAULT_GRANULARITY,
     token_stride: int = 1,
     trace_id: str | None = None,
 ) -> CSRResult:
-    """CSR of `reasoning` as the answer to `prompt_messages` (see the module docstring).
-    `judge_prompt` is the request text the judge sees; `mu`, `eta`, `window` and `full_window`
-    go to `find_transitions` (`window` in tokens for granularity "token", in sentences for
-    "sentence"); `template_kwargs` to the chat template.  `completion_ids`: the trajectory's ids as
-    sampled (used instead of tokenising `reasoning`).  `fork`: sample from one prefill of the
-    trajectory (``sampler.generate_forks``) or re-prefill each prefix (``sampler.generate``);
-    default: fork when the sampler can.  `granularity`: "token" (the paper's: every
+    """CSR of `reasoning` as the answer to `prompt_messages` (see the module docstring), sampled
+    through `policy` (its sampling settings) with `tokenizer` (the policy's) placing the cuts.
+    `seed` is the base seed; `judge_prompt` is the request text the judge sees; `mu`, `eta`,
+    `window` and `full_window` go to `find_transitions` (`window` in tokens for granularity
+    "token", in sentences for "sentence").  `completion_ids`: the trajectory's ids as sampled
+    (used instead of tokenising `reasoning`).  `fork`: continue every prefix from one prefill of
+    the trajectory (``policy.complete_forks``; True needs a policy that forks its prefix,
+    `Policy.forks_prefix`) or re-prefill each prefix (False: ``policy.complete``); default: the
+    policy's ``complete_forks``, however it samples.  `granularity`: "token" (the paper's: every
     `token_stride`-th token position plus every sentence end) or "sentence".  `trace_id`: the
-    trace's id; its samples are drawn under ``trace_seed(sampling.seed, trace_id)``."""
+    trace's id; its samples are drawn under ``trace_seed(seed, trace_id)``."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
     if granularity not in GRANULARITIES:
@@ -430,16 +436,13 @@ def continuation_safety_ratio(
     if isinstance(token_stride, bool) or not isinstance(token_stride, (int, np.integer)) or token_stride < 1:
         raise ValueError(f"token_stride must be a positive int, got {token_stride!r}")
     _check_thresholds(mu, eta, window)
-    can_fork = callable(getattr(sampler, "generate_forks", None))
-    if fork is None:
-        fork = can_fork
-    elif fork and not can_fork:
-        raise ValueError(f"fork=True needs a sampler with generate_forks; {type(sampler).__name__} has none")
+    if fork and not policy.forks_prefix:
+        raise ValueError(f"fork=True needs a policy whose sampler forks its prefix (generate_forks); "
+                         f"{type(policy).__name__} {policy.policy_id!r} sends every row whole")
     if trace_id is not None:
-        sampling = dataclasses.replace(sampling, seed=trace_seed(sampling.seed, trace_id))
+        seed = trace_seed(seed, trace_id)
     sentences = split_sentences(reasoning)
-    points = continuation_points(tokenizer, prompt_messages, reasoning, sentences,
-                                 completion_ids=completion_ids, template_kwargs=template_kwargs)
+    points = continuation_points(tokenizer, prompt_messages, reasoning, sentences, completion_ids=completion_ids)
     n = len(sentences)
     if granularity == "token":
         cuts = points.token_positions(int(token_stride))
@@ -450,16 +453,19 @@ def continuation_safety_ratio(
     counts = np.zeros((3, m), np.int64)  # safe, unsafe, error per measured position
     row = {"safe": 0, "unsafe": 1, "error": 2}
     items, measured_at = [], []  # every continuation of the trace, judged in one call below
-    groups = _sample_continuations(sampler, points.ids, cuts, keys, num_samples, sampling, fork)
-    for k, (cut, generations) in enumerate(zip(cuts, groups)):
+    completion = points.ids[points.prompt_length :]
+    end_ids = set(stop_token_ids(tokenizer))
+    groups = _sample_continuations(policy, prompt_messages, completion, [cut - points.prompt_length for cut in cuts],
+                                   keys, num_samples, seed, fork is not False)
+    for k, (cut, completions) in enumerate(zip(cuts, groups)):
         prefix_ids = points.ids[points.prompt_length : cut]
         prefix_text = None
-        for generation in generations:
-            if generation.tokens or generation.text is None:
-                text = _decode(tokenizer, prefix_ids + list(generation.tokens))
-            else:  # a backend that returns text only
+        for c in completions:
+            if c.ids or not c.text:
+                text = _decode(tokenizer, prefix_ids + text_ids(c.ids, c.finish_reason, end_ids))
+            else:  # a policy that returns text only
                 prefix_text = _decode(tokenizer, prefix_ids) if prefix_text is None else prefix_text
-                text = prefix_text + generation.text
+                text = prefix_text + c.text
             part_reasoning, answer, _ = split_completion(text)
             items.append((judge_prompt, part_reasoning, answer))
             measured_at.append(k)
@@ -469,7 +475,7 @@ def continuation_safety_ratio(
     with np.errstate(invalid="ignore", divide="ignore"):
         series = np.where(judged > 0, counts[0] / np.maximum(judged, 1), np.nan).astype(np.float64)
     common = dict(sentences=list(sentences), judge=name_of(judge), num_samples=num_samples, mu=mu, eta=eta,
-                  window=window, granularity=granularity, seed=int(sampling.seed))
+                  window=window, granularity=granularity, seed=int(seed))
     if granularity == "sentence":
         triggers, cues = find_transitions(series, mu, eta, window, full_window=full_window)
         return CSRResult(csr=series, n_safe=counts[0].copy(), n_unsafe=counts[1].copy(), n_errors=counts[2].copy(),

@@ -23,7 +23,7 @@ from ipo_jax.pipeline.intervene import (
 )
 from ipo_jax.pipeline.triggers import DEFAULT_TRIGGERS, load_triggers
 from ipo_jax.provenance import prompts_sha256, record_provenance, stage_provenance
-from ipo_jax.rollout import build_policy, split_completion
+from ipo_jax.rollout import build_policy, load_policy_tokenizer, split_completion
 from ipo_jax.sampling import row_seed
 
 __all__ = ["build_judges", "build_policy", "run_build_pairs", "run_csr", "run_sample"]  # build_*: the demo's
@@ -197,6 +197,7 @@ def run_csr(config) -> int:
         config, [prompt_text(r) for r in rows], roles=("judge",), trajectory_tokens=longest + config.sampling.max_new_tokens,
         trajectory_setting="the longest trajectory + sampling.max_new_tokens")
     policy = build_policy(config)
+    tokenizer = load_policy_tokenizer(config)  # the policy's: csr places its cuts on its token ids
     out = Path(config.out)
     provenance = stage_provenance("csr", policy=policy, judge=judge, prompts_digest=prompts_sha256(rows),
                                   judge_servers=servers)
@@ -218,8 +219,8 @@ def run_csr(config) -> int:
                                  "non-negative token ids")
             try:
                 result = continuation_safety_ratio(
-                    policy.sampler, policy.tokenizer, judge, prompt_messages(row), row["reasoning"], num_samples=c.num_samples,
-                    sampling=dataclasses.replace(policy.sampling, seed=c.get("seed", 0)), judge_prompt=prompt_text(row),
+                    policy, tokenizer, judge, prompt_messages(row), row["reasoning"], num_samples=c.num_samples,
+                    seed=c.get("seed", 0), judge_prompt=prompt_text(row),
                     mu=c.mu, eta=c.eta, window=c.window, completion_ids=completion_ids, granularity=c.get("granularity", "token"),
                     token_stride=c.get("token_stride", 1), trace_id=row["id"],  # each trace its own seed
                 )

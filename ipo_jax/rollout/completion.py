@@ -1,6 +1,8 @@
-"""Completions as the pipeline, the judges and eval read them: the one reasoning splitter and
-the refusal check.
+"""Completions as the pipeline, the judges and eval read them: the record a policy returns, the
+one reasoning splitter and the refusal check.
 
+* `Completion` -- one sampled completion: its text, how it ended and the ids as sampled;
+  `text_ids` -- the ids its text is decoded from (the end-of-turn id it ended on left out).
 * `reasoning_span` -- where the reasoning lies in a completion, as character offsets (the
   pipeline needs offsets: the compliance cue is a character position inside the reasoning).
 * `split_completion` -- (reasoning, answer, closed), built on `reasoning_span`.
@@ -18,9 +20,28 @@ reasoning first; the template opened the block).
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from collections.abc import Collection, Sequence
 
 from ipo_jax.data.tokenizer import THINK_CLOSE, THINK_OPEN
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    """What a policy returns for one row: the text (the decode of `text_ids`), how the row ended
+    and the ids as sampled."""
+
+    text: str
+    finish_reason: str  # stop | length (ipo_jax.sampling.FINISH_REASONS)
+    ids: tuple[int, ...] = ()  # the sampled ids, end-of-turn id included when the model produced it
+
+
+def text_ids(ids: Sequence[int], finish_reason: str, end_ids: Collection[int]) -> list[int]:
+    """The ids a completion's text is decoded from: `ids` without the end-of-turn id (one of
+    `end_ids`) the row stopped on, which the ids keep and the text leaves out."""
+    ids = list(ids)
+    return ids[:-1] if finish_reason == "stop" and ids and ids[-1] in end_ids else ids
 
 
 def _bounds(completion: str) -> tuple[int, int, int]:
@@ -100,5 +121,5 @@ def is_refusal(answer: str) -> bool:
 starts_with_refusal = is_refusal
 
 
-__all__ = ["REFUSAL_PREFIXES", "is_refusal", "normalise_quotes", "reasoning_span", "split_completion",
-           "starts_with_refusal", "strip_thinking"]
+__all__ = ["REFUSAL_PREFIXES", "Completion", "is_refusal", "normalise_quotes", "reasoning_span", "split_completion",
+           "starts_with_refusal", "strip_thinking", "text_ids"]
