@@ -691,7 +691,8 @@ def test_the_full_trajectory_baseline_judges_every_sample_in_one_call(server):
 def test_the_intervention_judges_and_detects_a_chunk_per_call(server, tmp_path):
     from test_pipeline import TRIGGERS, ScriptedPolicy
 
-    from ipo_jax.pipeline.intervene import InterventionConfig, build_pairs
+    from ipo_jax.pipeline.chunks import build_pairs
+    from ipo_jax.pipeline.intervene import InterventionConfig
 
     chat_backend = _judge_server(server)
     prompts = [dict(id=f"p{i}", prompt=f"How do I do risky thing {i}? {REQUEST}", kind="harmful") for i in range(4)]

@@ -6,13 +6,9 @@ from pathlib import Path
 import pytest
 
 from ipo_jax.data.pairs import read_pair_records
-from ipo_jax.pipeline.intervene import (
-    InterventionConfig,
-    PromptFileError,
-    build_pairs,
-    is_finished,
-    read_prompt_records,
-)
+from ipo_jax.pipeline.chunks import BuildPairsError, build_pairs
+from ipo_jax.pipeline.intervene import InterventionConfig, PromptFileError, read_prompt_records
+from ipo_jax.pipeline.records import is_finished
 from ipo_jax.judging.pattern import PatternCueDetector, PatternJudge
 from ipo_jax.rollout import Completion, reasoning_span
 from ipo_jax.sampling import SamplingConfig
@@ -45,6 +41,7 @@ class ScriptedPolicy:
         self.calls, self.fail_on_call, self.cut_off = 0, fail_on_call, cut_off
 
     max_prompt_tokens = None  # the sampler's longest prompt (None: no limit)
+    forks_prefix = False  # every round's continuations in one `complete` call
 
     def encode_text(self, text):
         return [ord(c) for c in text]
@@ -172,8 +169,6 @@ def test_interventions_longer_than_the_samplers_prompt_limit_are_dropped_and_cou
 
 
 def test_an_empty_or_missing_answer_is_never_finished():
-    from ipo_jax.pipeline.intervene import is_finished
-
     assert is_finished(SAFE_TAIL, "stop")
     assert not is_finished(SAFE_TAIL, "length")  # cut at the token limit
     assert not is_finished("I should not help.\n</think>\n\n  \n", "stop")  # empty answer
@@ -221,8 +216,6 @@ def test_full_trajectory_baseline_pairs_come_from_build_pairs(tmp_path):
     assert (tmp_path / "crashed" / "pairs.jsonl").read_bytes() == (tmp_path / "whole" / "pairs.jsonl").read_bytes()
 
     # an out directory of IPO pairs is never resumed as another kind
-    from ipo_jax.pipeline.intervene import BuildPairsError
-
     _build(tmp_path / "ipo")
     with pytest.raises(BuildPairsError, match="build: was"):
         _build_full(tmp_path / "ipo")

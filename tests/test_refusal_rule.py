@@ -15,7 +15,8 @@ from ipo_jax.eval.items import EvalItem
 from ipo_jax.eval.metrics import score_generation, summarize
 from ipo_jax.judging import Verdict
 from ipo_jax.judging.pattern import PatternCueDetector, PatternJudge
-from ipo_jax.pipeline.intervene import InterventionConfig, build_pairs
+from ipo_jax.pipeline.chunks import build_pairs
+from ipo_jax.pipeline.intervene import InterventionConfig
 from ipo_jax.rollout import Completion, is_refusal
 from ipo_jax.rollout import completion as completion_module
 from ipo_jax.sampling import SamplingConfig

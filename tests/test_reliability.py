@@ -11,6 +11,7 @@ placeholder ``[harmful details withheld]``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import random
@@ -465,7 +466,7 @@ def _worker(out: Path, fault: dict) -> subprocess.CompletedProcess:
                           cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
 
 
-def test_a_killed_pair_builder_restarts_to_exactly_the_uninterrupted_pair_set(tmp_path, capsys):
+def test_a_killed_pair_builder_restarts_to_exactly_the_uninterrupted_pair_set(tmp_path, caplog):
     """SIGKILL the pair builder (a subprocess) mid-chunk, between a chunk's files and its progress
     record, half way through writing a chunk file, and half way through writing the merged
     pairs.jsonl; damage a finished chunk file as a power loss could. The final restart gives
@@ -508,9 +509,9 @@ def test_a_killed_pair_builder_restarts_to_exactly_the_uninterrupted_pair_set(tm
     damaged = chunks / "pairs-00000.jsonl"
     damaged.write_bytes(damaged.read_bytes()[:-25])
 
-    capsys.readouterr()
-    build_pairs_worker.run(out)  # the same call, uninterrupted
-    printed = capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger="ipo_jax.pipeline.chunks"):
+        build_pairs_worker.run(out)  # the same call, uninterrupted
+    printed = caplog.text
     assert "chunk 0: pairs-00000.jsonl does not match the sha256 in progress-00000.json (cut short or altered); redoing it" in printed
     assert "resuming: 3 of 4 chunks already done" in printed
     assert (out / "pairs.jsonl").read_text() == want_pairs
@@ -524,7 +525,8 @@ def test_pair_builder_refuses_an_out_dir_holding_another_run(tmp_path):
     from test_pipeline import PROMPTS
 
     from ipo_jax.judging.pattern import PatternCueDetector, PatternJudge
-    from ipo_jax.pipeline.intervene import BuildPairsError, InterventionConfig, build_pairs
+    from ipo_jax.pipeline.chunks import BuildPairsError, build_pairs
+    from ipo_jax.pipeline.intervene import InterventionConfig
 
     cfg = InterventionConfig(rounds=3, chunk_prompts=2, benign_candidates=2)
     build_pairs(PROMPTS, tmp_path, ScriptedPolicy(), PatternJudge(), PatternCueDetector(), TRIGGERS, cfg)
@@ -581,7 +583,8 @@ def test_judge_faults_are_retried_then_counted_as_judge_errors_never_as_verdicts
     safe/unsafe counts and counted in the run's summary; the key never reaches a written file."""
     from ipo_jax.judging.chat import HttpChat
     from ipo_jax.judging.llm import LLMCueDetector, LLMJudge
-    from ipo_jax.pipeline.intervene import InterventionConfig, build_pairs
+    from ipo_jax.pipeline.chunks import build_pairs
+    from ipo_jax.pipeline.intervene import InterventionConfig
 
     monkeypatch.setenv(KEY_ENV, KEY)
     server.handler = _endpoint_with_faults()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -16,7 +17,8 @@ from ipo_jax.data.pairs import prompt_messages
 from ipo_jax.data.tiny_tokenizer import build_tiny_tokenizer
 from ipo_jax.data.tokenizer import encode_prompt
 from ipo_jax.judging.pattern import PatternCueDetector, PatternJudge
-from ipo_jax.pipeline.intervene import InterventionConfig, build_pairs, complete_by_forks
+from ipo_jax.pipeline.chunks import build_pairs
+from ipo_jax.pipeline.intervene import InterventionConfig, complete_by_forks
 from ipo_jax.rollout import Completion, LocalPolicy
 from ipo_jax.sampling import Fork, Sampler, SamplingConfig
 
@@ -108,10 +110,11 @@ def test_complete_by_forks_prefills_each_prefix_once_with_completes_seeds(tiny):
     spy = SpySampler(policy.sampler)
     forking = LocalPolicy(spy, policy.tokenizer, policy.sampling, "tiny")
     prefix = {r["id"]: policy.encode_text(f"Okay, about {r['id']}. Let me see.") for r in PROMPTS}
-    jobs = [dict(record=r, prefix_ids=prefix[r["id"]], chosen_ids=policy.encode_text(" " + t))
+    # what complete_by_forks reads of an InterventionJob
+    jobs = [SimpleNamespace(record=r, prefix_ids=prefix[r["id"]], chosen_ids=policy.encode_text(" " + t))
             for r in PROMPTS for t in TRIGGERS]
     got = complete_by_forks(forking, jobs, seed=5)
-    want = policy.complete([(prompt_messages(j["record"]), j["prefix_ids"] + j["chosen_ids"]) for j in jobs], seed=5)
+    want = policy.complete([(prompt_messages(j.record), j.prefix_ids + j.chosen_ids) for j in jobs], seed=5)
     assert got == want
     # one prefill per prompt record: its chat prompt + z[<h], one fork per trigger cut at its end
     assert len(spy.fork_calls) == len(PROMPTS)

@@ -331,7 +331,8 @@ def test_build_pairs_cli_through_serve_equals_in_process_with_a_scripted_sampler
     from ipo_jax.data.prompts import prompt_records_from_config
     from ipo_jax.data.tokenizer import load_tokenizer
     from ipo_jax.judging.pattern import PatternCueDetector, PatternJudge
-    from ipo_jax.pipeline.intervene import InterventionConfig, build_pairs
+    from ipo_jax.pipeline.chunks import build_pairs
+    from ipo_jax.pipeline.intervene import InterventionConfig
     from ipo_jax.pipeline.triggers import load_triggers
     from ipo_jax.rollout import LocalPolicy
     from ipo_jax.serve import ServedModel

@@ -136,7 +136,8 @@ def test_build_pairs_keeps_the_sampled_ids_through_the_policy(name, request, tmp
     import json
 
     from ipo_jax.judging.pattern import PatternCueDetector, PatternJudge
-    from ipo_jax.pipeline.intervene import InterventionConfig, build_pairs
+    from ipo_jax.pipeline.chunks import build_pairs
+    from ipo_jax.pipeline.intervene import InterventionConfig
     from ipo_jax.rollout import LocalPolicy
     from ipo_jax.sampling import SamplingConfig
 

@@ -1,10 +1,14 @@
-"""The `sample` and `build-pairs` stages: config -> policy, judge, detector, triggers -> files."""
+"""The `sample`, `build-pairs` and `csr` stages: config -> policy, judge, detector, triggers -> files.
+
+What a person should see of a stage (counts, where its files went) is logged at INFO
+(`logging.getLogger(__name__)`); the CLI shows INFO by default."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import jax
@@ -12,15 +16,20 @@ import jax
 from ipo_jax.data.pairs import prompt_messages
 from ipo_jax.data.prompts import prompt_records_from_config
 from ipo_jax.distributed import is_main_process, my_share, shares_joined
-from ipo_jax.io import atomic_write_jsonl
+from ipo_jax.data.records import read_jsonl_records
+from ipo_jax.io import atomic_write_bytes, atomic_write_jsonl
 from ipo_jax.judging import judge_trajectories, trajectory_label
 from ipo_jax.judging.build import build_judges, check_judge_fits
-from ipo_jax.pipeline.intervene import (
-    BUILD_KINDS,
-    InterventionConfig,
-    build_pairs,
-    prompt_text,
+from ipo_jax.judging.guard import prepare_judges
+from ipo_jax.pipeline.chunks import BUILD_KINDS, build_pairs
+from ipo_jax.pipeline.csr import (
+    collect_trigger_candidates,
+    continuation_safety_ratio,
+    write_csr_outputs,
+    write_trigger_candidates,
 )
+from ipo_jax.pipeline.intervene import InterventionConfig
+from ipo_jax.pipeline.records import prompt_text
 from ipo_jax.pipeline.triggers import DEFAULT_TRIGGERS, load_triggers
 from ipo_jax.provenance import prompts_sha256, record_provenance, stage_provenance
 from ipo_jax.rollout import build_policy, load_policy_tokenizer, split_completion
@@ -28,12 +37,12 @@ from ipo_jax.sampling import row_seed
 
 __all__ = ["build_judges", "build_policy", "run_build_pairs", "run_csr", "run_sample"]  # build_*: the demo's
 
+logger = logging.getLogger(__name__)
+
 
 def _judges_for(config, prompts, roles=("judge", "detector"), trajectory_tokens=None, trajectory_setting=None):
     """The stage's judge (and detector), probed and context-checked before any sampling and
     guarded while it runs (ipo_jax/judging/guard.py): (judge, detector, budget, servers)."""
-    from ipo_jax.judging.guard import prepare_judges
-
     judge, detector = build_judges(config)
     if "detector" not in roles:
         detector = None
@@ -43,8 +52,6 @@ def _judges_for(config, prompts, roles=("judge", "detector"), trajectory_tokens=
 
 
 def _write_run_json(path: Path, stage: str, provenance: dict, **settings) -> None:
-    from ipo_jax.io import atomic_write_bytes
-
     path.parent.mkdir(parents=True, exist_ok=True)
     body = dict(stage=stage, provenance=provenance, **settings)
     atomic_write_bytes(path, (json.dumps(body, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8"))
@@ -106,19 +113,19 @@ def run_build_pairs(config) -> int:
                           process_index=jax.process_index(), process_count=jax.process_count(), kind=kind, samples=samples,
                           judge_budget=budget, provenance=provenance)
     if budget.requests:  # an LLM judge was asked
-        print(budget.line())
+        logger.info(budget.line())
     if "merged_by_process" in summary:
-        print(f"this process's chunks are done; process 0 writes {Path(config.out) / 'pairs.jsonl'} and summary.json")
+        logger.info("this process's chunks are done; process 0 writes %s and summary.json", Path(config.out) / "pairs.jsonl")
         return 0
     if "pending_chunks" in summary:
-        print(f"this process is done; chunks {summary['pending_chunks']} are still with other processes")
+        logger.info("this process is done; chunks %s are still with other processes", summary["pending_chunks"])
         return 0
     shown = (("prompts", "unsafe_share", "cue_found_share", "success_per_round", "generations_per_prompt", "pairs",
               "over_refusal_pairs", "judge_errors", "cut_off_rejected", "cut_off_chosen") if kind == "ipo"
              else ("prompts", "samples", "unsafe_share", "cut_off", "no_safe_sample", "no_unsafe_sample", "pairs", "judge_errors"))
     shown += ("judge_requests", "judge_failed_requests")
-    print(json.dumps({k: summary.get(k) for k in shown}, indent=2))
-    print(f"pairs: {Path(config.out) / 'pairs.jsonl'}; summary: {Path(config.out) / 'summary.json'}")
+    logger.info(json.dumps({k: summary.get(k) for k in shown}, indent=2))
+    logger.info("pairs: %s; summary: %s", Path(config.out) / "pairs.jsonl", Path(config.out) / "summary.json")
     return 0
 
 
@@ -154,10 +161,10 @@ def run_sample(config) -> int:
         if jax.process_count() > 1:
             atomic_write_jsonl(_share_part(out, "trajectories"), rows)
     if budget.requests:  # an LLM judge was asked
-        print(budget.line())
+        logger.info(budget.line())
     if jax.process_count() > 1:
         if not is_main_process():
-            print(f"{len(rows)} trajectories sampled in this process; process 0 writes {out / 'trajectories.jsonl'}")
+            logger.info("%d trajectories sampled in this process; process 0 writes %s", len(rows), out / "trajectories.jsonl")
             return 0
         rows = _merged_share_parts(out, "trajectories", len(records))
     counts = {"safe": 0, "unsafe": 0, "error": 0}
@@ -168,22 +175,14 @@ def run_sample(config) -> int:
                     if callable(getattr(judge, "settings", None)) else getattr(judge, "name", None))
     atomic_write_jsonl(out / "trajectories.jsonl", rows)
     _remove_share_parts(out, "trajectories")
-    print(f"{len(rows)} trajectories: {counts['unsafe']} unsafe, {counts['safe']} safe, {counts['error']} judge errors "
-          f"-> {out / 'trajectories.jsonl'}")
+    logger.info("%d trajectories: %d unsafe, %d safe, %d judge errors -> %s", len(rows), counts["unsafe"], counts["safe"],
+                counts["error"], out / "trajectories.jsonl")
     return 0
 
 
 def run_csr(config) -> int:
     """Continuation safety ratio of each trajectory (per token position or per sentence: csr.granularity), each
     with its own seed; CSV + PNG each, trigger candidates."""
-    from ipo_jax.data.records import read_jsonl_records
-    from ipo_jax.pipeline.csr import (
-        collect_trigger_candidates,
-        continuation_safety_ratio,
-        write_csr_outputs,
-        write_trigger_candidates,
-    )
-
     c = config.csr
     if not c.trajectories:
         raise ValueError("config.csr.trajectories is empty: give a JSONL of trajectories (id, prompt, reasoning)")
@@ -236,7 +235,7 @@ def run_csr(config) -> int:
             atomic_write_jsonl(_share_part(out, "csr_summary"), table)
     if jax.process_count() > 1:
         if not is_main_process():
-            print(f"{len(table)} trajectories analysed in this process; process 0 writes {out / 'csr_summary.jsonl'}")
+            logger.info("%d trajectories analysed in this process; process 0 writes %s", len(table), out / "csr_summary.jsonl")
             return 0
         table = _merged_share_parts(out, "csr_summary", len(rows))
     # the trigger sentences of all trajectories in order, deduplicated as collect_trigger_candidates does
@@ -251,7 +250,7 @@ def run_csr(config) -> int:
     atomic_write_jsonl(out / "csr_summary.jsonl", table)
     _remove_share_parts(out, "csr_summary")
     if budget.requests:  # an LLM judge was asked
-        print(budget.line())
-    print(f"{len(rows)} trajectories analysed; {sum(len(r['cues']) for r in table)} compliance cues, "
-          f"{len(candidates)} trigger candidates; CSV and PNG per trajectory in {out / 'csr'}")
+        logger.info(budget.line())
+    logger.info("%d trajectories analysed; %d compliance cues, %d trigger candidates; CSV and PNG per trajectory in %s",
+                len(rows), sum(len(r["cues"]) for r in table), len(candidates), out / "csr")
     return 0
