@@ -37,15 +37,15 @@ def _end_ids(model, config, prompts):
     return [int(i) for i in np.argsort(counts)[-2:]]
 
 
-def _count_calls(sampler, name):
+def _count_calls(programs, name):
     calls = []
-    method = getattr(sampler, name)
+    method = getattr(programs, name)
 
     def spy(*args, **kwargs):
         calls.append(1)
         return method(*args, **kwargs)
 
-    setattr(sampler, name, spy)
+    setattr(programs, name, spy)
     return calls
 
 
@@ -61,8 +61,8 @@ def test_continuous_batching_gives_each_prompt_the_static_result_in_fewer_chunks
     make = lambda continuous: Sampler(model, eos_ids=eos, batch_size=4, prompt_buckets=[16, 32],  # noqa: E731
                                       chunk_tokens=4, continuous_batching=continuous)
     static, continuous = make(False), make(True)
-    static_chunks = _count_calls(static, "_decode_chunk")
-    chunks, inserts = _count_calls(continuous, "_decode_chunk"), _count_calls(continuous, "_insert")
+    static_chunks = _count_calls(static.programs, "decode_chunk")
+    chunks, inserts = _count_calls(continuous.programs, "decode_chunk"), _count_calls(continuous.programs, "insert")
     expected = _outcome(static.generate(prompts, config))
     got = _outcome(continuous.generate(prompts, config))
     assert got == expected
@@ -87,7 +87,7 @@ def test_continuous_batching_with_stop_strings_and_a_one_token_budget(model):
     assert _outcome(make(True).generate(prompts, SAMPLED, stop_strings=stop)) == expected
     one = SamplingConfig(temperature=1.0, max_new_tokens=1, seed=2)
     sampler = make(True)
-    chunks = _count_calls(sampler, "_decode_chunk")
+    chunks = _count_calls(sampler.programs, "decode_chunk")
     assert _outcome(sampler.generate(prompts, one)) == _outcome(make(False).generate(prompts, one))
     assert not chunks
 
@@ -100,7 +100,7 @@ def test_continuous_batching_on_the_mesh_equals_static_on_one_device(model):
     mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     sharded = Sampler(shard_model(init_decoder(CFG, seed=0), mesh), eos_ids=eos, batch_size=4,
                       prompt_buckets=[16, 32], chunk_tokens=4, mesh=mesh)
-    inserts = _count_calls(sharded, "_insert")
+    inserts = _count_calls(sharded.programs, "insert")
     assert _outcome(sharded.generate(prompts, GREEDY)) == expected
     assert inserts
-    assert sharded._refill_rows(1) == 4 and sharded._refill_rows(3) == 4  # refills a multiple of data x fsdp
+    assert sharded.scheduler.refill_size(1) == 4 and sharded.scheduler.refill_size(3) == 4  # refills a multiple of data x fsdp

@@ -8,11 +8,11 @@ import optax
 import pytest
 from flax import nnx
 
+from ipo_jax.buckets import default_buckets
 from ipo_jax.data.pairs import (
     PairBatches,
     TokenizedPair,
     best_fit_decreasing,
-    default_buckets,
     fit_to_length,
     pack_pairs,
     pack_rows,
@@ -114,13 +114,14 @@ def test_packing_keeps_padding_under_ten_percent_on_a_realistic_length_mix():
 def test_packing_needs_the_prefix_shared_layout(tmp_path):
     import ml_collections
 
-    from ipo_jax.train.loop import TrainingError, _fit_pairs
+    from ipo_jax.train.data import fit_pairs
+    from ipo_jax.train.errors import TrainingError
 
     with pytest.raises(ValueError, match="packing needs layout 'prefix_shared'"):
         PairBatches(_pairs(4), 2, 1, "duplicated", "cue", [64], packing=True)
     config = ml_collections.ConfigDict({"data": {"packing": True, "layout": "duplicated", "max_length": 64}})
     with pytest.raises(TrainingError, match="data.packing needs data.layout 'prefix_shared', got 'duplicated'"):
-        _fit_pairs(_pairs(4), config, tmp_path)  # the loop says so before it loads the model
+        fit_pairs(_pairs(4), config)  # said before the model loads
 
 
 def test_a_packed_row_keeps_pairs_apart():

@@ -1,6 +1,7 @@
 """Prefix fork: `generate_forks` prefills the prefix once and gives the same tokens as
 `generate` on the spelled-out prompts with the same row seeds."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -46,15 +47,15 @@ def _spelled_out(forks, seed):
     return prompts, seeds
 
 
-def _count_calls(sampler, name):
+def _count_calls(programs, name):
     calls = []
-    program = getattr(sampler, name)
+    program = getattr(programs, name)
 
     def counted(*args, **kwargs):
         calls.append(1)
         return program(*args, **kwargs)
 
-    setattr(sampler, name, counted)
+    setattr(programs, name, counted)
     return calls
 
 
@@ -63,8 +64,8 @@ def test_forks_equal_generate_on_the_spelled_out_prompts(model, config):
     sampler = Sampler(model, eos_ids=[NO_EOS], batch_size=4, prompt_buckets=[32], chunk_tokens=4)
     prompts, seeds = _spelled_out(FORKS, config.seed)
     expected = [g.tokens for g in sampler.generate(prompts, config, row_seeds=seeds)]
-    prefills = _count_calls(sampler, "_prefill_prefix")
-    reprefills = _count_calls(sampler, "_prefill")
+    prefills = _count_calls(sampler.programs, "prefill_prefix")
+    reprefills = _count_calls(sampler.programs, "prefill")
     forks = sampler.generate_forks(PREFIX, FORKS, config)
     assert [len(gs) for gs in forks] == [f.n for f in FORKS]
     assert [g.tokens for gs in forks for g in gs] == expected
@@ -95,8 +96,6 @@ def test_forks_on_the_stacked_layer_path_with_an_end_id_and_stop_strings(qwen3):
 
 
 def test_fork_programs_compile_once_per_bucket(qwen3):
-    import jax
-
     model = qwen3
     sampler = Sampler(model, eos_ids=[NO_EOS], batch_size=4, prompt_buckets=[32], chunk_tokens=4)
     sampler.generate_forks(PREFIX, [Fork(cut=20, n=5)], GREEDY)

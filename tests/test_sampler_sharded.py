@@ -41,18 +41,18 @@ def _spy_caches(sampler):
     """Record (shape, sharding, per-device shapes) of the KV cache arrays every decode chunk
     receives (the chunk donates them, so read them before)."""
     seen = []
-    decode = sampler._decode_chunk
+    decode = sampler.programs.decode_chunk
 
     def layout(array):
         return array.shape, array.sharding, {s.data.shape for s in array.addressable_shards}
 
-    def spy(state, layers, carry, *args, **kwargs):
-        cache = carry["cache"]
-        shared = [layout(a) for a in carry["prefix_k"] + carry["prefix_v"]] if "prefix_k" in carry else []
+    def spy(state, *args, **kwargs):
+        cache, prefix = state.cache, state.prefix
+        shared = [layout(a) for a in prefix.k + prefix.v] if prefix is not None else []
         seen.append(([layout(a) for a in cache.k + cache.v], layout(cache.segment_ids), shared))
-        return decode(state, layers, carry, *args, **kwargs)
+        return decode(state, *args, **kwargs)
 
-    sampler._decode_chunk = spy
+    sampler.programs.decode_chunk = spy
     return seen
 
 

@@ -1,13 +1,14 @@
 """The sampler: greedy equals transformers, sampling settings, EOS and stop strings, bucketing,
 per-row seeds (a row's tokens do not depend on its batch)."""
 
+import jax
 import numpy as np
 import pytest
 import torch
 
 from ipo_jax.checkpoint import load_hf
 from ipo_jax.sampling import Sampler, SamplingConfig, row_seed
-from ipo_jax.sampling.sampler import sample_logits
+from ipo_jax.sampling.draw import filter_logits, sample_logits
 
 GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=12)
 
@@ -57,8 +58,6 @@ def test_sampling_is_seeded_and_varies_with_the_seed(qwen2):
 
 
 def test_top_p_and_top_k_restrict_the_support():
-    import jax
-
     logits = jax.numpy.log(jax.numpy.array([[0.5, 0.3, 0.15, 0.05]] * 2000))
     keys = jax.random.PRNGKey(0)
     top_p = np.asarray(sample_logits(logits, keys, 1.0, 0.7, 0))
@@ -87,8 +86,6 @@ def test_eos_ends_each_row_and_stop_strings_cut_the_text(qwen2):
 @pytest.fixture
 def backend_compiles():
     """Counts real XLA compilations (jax's own monitoring event) while the test runs."""
-    import jax
-
     events = []
 
     def listener(event, duration, **kwargs):
@@ -138,8 +135,6 @@ def test_an_eos_after_max_new_tokens_is_a_length_finish(qwen2):
 @pytest.mark.parametrize("top_p, top_k", [(0.5, 0), (0.9, 0), (0.95, 7), (1.0, 3), (1.0, 0)])
 def test_filtering_keeps_exactly_the_sorted_top_p_top_k_set(top_p, top_k):
     """The bisection thresholds keep the same tokens as the textbook sort-based definition."""
-    from ipo_jax.sampling.sampler import filter_logits
-
     logits = np.random.RandomState(0).randn(64, 50).astype(np.float32) * 3
     kept = np.isfinite(np.asarray(filter_logits(logits, 0.8, top_p, top_k)))
     for row, mask in zip(logits.astype(np.float64) / 0.8, kept):

@@ -20,10 +20,10 @@ import json
 
 import numpy as np
 
+from ipo_jax.buckets import default_buckets
 from ipo_jax.data.pairs import (
     PairBatches,
     TokenizedPair,
-    default_buckets,
     fit_to_length,
     prompt_messages,
     read_pair_records,

@@ -20,15 +20,26 @@ over tensor where they divide) and the parameters are used as sharded for traini
 Each `Generation` says how it ended (finish_reason "stop": an end-of-sequence id or a stop
 string; "length": max_new_tokens) and carries the ids as sampled (`completion_ids`, the end id
 included when the row ended on one), so callers keep the exact token path.
+
+Modules, from the caller down:
+    sampler.py       `Sampler`, the public face: checks a request, hands it on
+    scheduler.py     the host's decode loops: `Row` slots, static and continuous batches
+    forks.py         a shared prefix's fork rows and their host arrays
+    programs.py      the jitted prefill / fork / decode-chunk / insert programs over `DecodeState`
+    layout.py        the shardings of rows and caches on a mesh
+    shared_prefix.py the decoder's forward with a one-row shared prefix cache
+    draw.py          temperature / top-k / top-p and the per-row key streams
+    types.py         `SamplingConfig`, `Fork`, `Generation`, `row_seed` (host-only)
+Bucket lengths come from `ipo_jax.buckets`, which training's batches use too.
 """
 
-from ipo_jax.sampling.sampler import (
+from ipo_jax.sampling.layout import SamplerShardingError
+from ipo_jax.sampling.sampler import Sampler
+from ipo_jax.sampling.types import (
     FINISH_REASONS,
     Fork,
     ForkError,
     Generation,
-    Sampler,
-    SamplerShardingError,
     SamplingConfig,
     row_seed,
 )
