@@ -68,6 +68,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+# default_buckets re-exported: train/loop.py and tests/test_loss.py still import it from here
+from ipo_jax.buckets import bucket_length, default_buckets  # noqa: F401
 from ipo_jax.data.records import RecordFileError, read_jsonl_records
 from ipo_jax.data.tokenizer import chat_eos_text, encode_prompt, encode_text, stop_token_ids
 
@@ -320,32 +322,6 @@ def fit_to_length(pair: TokenizedPair, max_length: int) -> TokenizedPair | None:
     one side) is shorter than it, so a pair that fits one layout's rows fits the other's.
     """
     return pair if pair_length(pair) <= max_length else None
-
-
-def bucket_length(n: int, buckets: Sequence[int]) -> int:
-    for b in sorted(buckets):
-        if n <= b:
-            return b
-    raise ValueError(f"row of {n} tokens is longer than the largest bucket {max(buckets)}")
-
-
-def default_buckets(max_length: int, smallest: int = 64, steps_per_octave: int = 1) -> list[int]:
-    """Row lengths to compile, from `smallest` up to max_length (included).
-
-    steps_per_octave 1: powers of two (at most half of a row is padding); 2: powers of two and
-    1.5x each in between (64, 96, 128, 192, ...; at most a third is padding) for one more
-    compiled shape per octave. Training uses 2: on the sample pairs with the Qwen3 tokenizer the
-    prefix-shared rows (134-156 tokens) went from 44% padding (256-token rows) to 26% (192).
-    """
-    if steps_per_octave not in (1, 2):
-        raise ValueError(f"steps_per_octave must be 1 or 2, got {steps_per_octave}")
-    out, b = [], smallest
-    while b < max_length:
-        out.append(b)
-        if steps_per_octave == 2 and b * 3 // 2 < max_length and (b * 3) % 2 == 0:
-            out.append(b * 3 // 2)
-        b *= 2
-    return out + [max_length]
 
 
 def _empty_batch(rows: int, length: int, pair_slots: int) -> dict[str, np.ndarray]:
