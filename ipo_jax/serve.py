@@ -57,6 +57,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import errno
 import json
 import logging
 import math
@@ -130,6 +131,21 @@ def load_served_model(model: str, *, tokenizer: str = "", name: str = "", mesh: 
     """Load `model` (``hf:DIR`` / ``orbax:DIR`` / ``preset:NAME``) and its tokenizer (`tokenizer`,
     or the ``hf:`` directory's own) into a sampler (`ipo_jax.rollout.load_sampler`, as the
     pipeline's policy); ValueError for a bad spec before anything loads."""
+    mesh_shape = check_served_settings(model, tokenizer=tokenizer, mesh=mesh, batch_size=batch_size,
+                                       max_prompt_length=max_prompt_length, chunk_tokens=chunk_tokens)
+    tokenizer_dir = tokenizer_dir_for(tokenizer, model)
+    tok = load_tokenizer(tokenizer_dir)
+    device_mesh = make_mesh(mesh_shape) if mesh_shape else None
+    # the sampler decodes its rows: stop strings need it, and a choice's text is its decode
+    sampler = load_sampler(model, tok, mesh=device_mesh, param_dtype=param_dtype, dtype=dtype, batch_size=batch_size,
+                           max_prompt_length=max_prompt_length, chunk_tokens=chunk_tokens, decodes_text=True)
+    return ServedModel(sampler, tok, name or model, max(sampler.buckets), sampler.cfg.max_position_embeddings,
+                       sampler.cfg.vocab_size)
+
+
+def check_served_settings(model: str, *, tokenizer: str = "", mesh: str | None = None, batch_size: int = 8,
+                          max_prompt_length: int = 4096, chunk_tokens: int = 32) -> dict[str, int] | None:
+    """ValueError for a bad setting, before anything is bound or loaded; returns the mesh shape."""
     expected = model_spec(model)
     if expected:
         raise ValueError(f"--model {model!r}: expected {expected}")
@@ -140,14 +156,8 @@ def load_served_model(model: str, *, tokenizer: str = "", name: str = "", mesh: 
         if value < 1:
             raise ValueError(f"{flag} is {value}; expected an integer >= 1")
     mesh_shape = _mesh_shape(mesh) if mesh else None
-    tokenizer_dir = tokenizer_dir_for(tokenizer, model)  # ModelSpecError (a ValueError) for a preset without one
-    tok = load_tokenizer(tokenizer_dir)
-    device_mesh = make_mesh(mesh_shape) if mesh_shape else None
-    # the sampler decodes its rows: stop strings need it, and a choice's text is its decode
-    sampler = load_sampler(model, tok, mesh=device_mesh, param_dtype=param_dtype, dtype=dtype, batch_size=batch_size,
-                           max_prompt_length=max_prompt_length, chunk_tokens=chunk_tokens, decodes_text=True)
-    return ServedModel(sampler, tok, name or model, max(sampler.buckets), sampler.cfg.max_position_embeddings,
-                       sampler.cfg.vocab_size)
+    tokenizer_dir_for(tokenizer, model)  # ModelSpecError (a ValueError) for a preset without one
+    return mesh_shape
 
 
 def _mesh_shape(text: str) -> dict[str, int]:
@@ -448,19 +458,40 @@ def create_app(served: ServedModel, engine: CompletionEngine):
     )
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on (host, port); port 0 picks a free one."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+def bind(host: str, port: int, *, listen: bool = True) -> socket.socket:
+    """A TCP socket bound to (host, port), listening unless `listen` is False; port 0 picks a free
+    one. A host that does not resolve, is not this machine's, or a port in use: ValueError."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise ValueError(f"--host {host!r}: cannot resolve it ({getattr(e, 'strerror', None) or e})") from None
+    sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host, port))
+        sock.bind(address)
     except OSError as e:
         sock.close()
-        raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from None
-    sock.listen(128)
+        raise _listen_error(host, port, e) from None
+    if listen:
+        start_listening(sock, host, port)
     sock.set_inheritable(True)
     return sock
+
+
+def start_listening(sock: socket.socket, host: str, port: int) -> None:
+    try:
+        sock.listen(128)
+    except OSError as e:  # another process bound the same port meanwhile and listened first
+        sock.close()
+        raise _listen_error(host, port, e) from None
+
+
+def _listen_error(host: str, port: int, e: OSError) -> ValueError:
+    hint = {errno.EADDRINUSE: " (another process listens there; pick another --port, or 0 for any free one)",
+            errno.EADDRNOTAVAIL: " (not an address of this machine)",
+            errno.EACCES: " (ports below 1024 need privileges)"}.get(e.errno, "")
+    return ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}{hint}")
 
 
 def make_server(served: ServedModel, sock: socket.socket, *, log_level: str = "warning"):
@@ -474,13 +505,22 @@ def make_server(served: ServedModel, sock: socket.socket, *, log_level: str = "w
 
 
 def run_serve(args) -> int:
-    """The CLI stage: load, bind, print where, serve until interrupted."""
-    if args.port < 0 or args.port > 65535:
-        raise ValueError(f"--port {args.port}: expected 0..65535")
-    served = load_served_model(args.model, tokenizer=args.tokenizer or "", name=args.served_model_name or "",
-                               mesh=args.mesh, batch_size=args.batch_size, max_prompt_length=args.max_prompt_length,
-                               chunk_tokens=args.chunk_tokens, param_dtype=args.param_dtype, dtype=args.dtype)
-    sock = bind(args.host, args.port)
+    """The CLI stage: check the settings and bind the address, load, listen, serve until interrupted."""
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port {args.port}: expected 0..65535 (0 = any free port)")
+    check_served_settings(args.model, tokenizer=args.tokenizer or "", mesh=args.mesh, batch_size=args.batch_size,
+                          max_prompt_length=args.max_prompt_length, chunk_tokens=args.chunk_tokens)
+    # Bound before the model loads, so a busy port or a bad host fails in a second, not after the
+    # load; clients are refused (not left waiting) until it listens.
+    sock = bind(args.host, args.port, listen=False)
+    try:
+        served = load_served_model(args.model, tokenizer=args.tokenizer or "", name=args.served_model_name or "",
+                                   mesh=args.mesh, batch_size=args.batch_size, max_prompt_length=args.max_prompt_length,
+                                   chunk_tokens=args.chunk_tokens, param_dtype=args.param_dtype, dtype=args.dtype)
+    except BaseException:
+        sock.close()
+        raise
+    start_listening(sock, args.host, args.port)
     host, port = sock.getsockname()[:2]
     server, engine = make_server(served, sock, log_level="info" if args.verbose else "warning")
     shown = f"[{host}]" if ":" in host else host
@@ -496,5 +536,5 @@ def run_serve(args) -> int:
     return 0
 
 
-__all__ = ["CompletionEngine", "CompletionRequest", "RequestError", "ServedModel", "bind", "create_app",
-           "load_served_model", "make_server", "parse_completion_request", "run_serve"]
+__all__ = ["CompletionEngine", "CompletionRequest", "RequestError", "ServedModel", "bind", "check_served_settings",
+           "create_app", "load_served_model", "make_server", "parse_completion_request", "run_serve"]
