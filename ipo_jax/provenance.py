@@ -60,17 +60,9 @@ def prompts_sha256(records) -> str:
 
 
 def policy_provenance(policy) -> dict[str, Any]:
-    """Backend, id, endpoint, served model and what the server says (http); never raises."""
-    transport = getattr(policy, "transport", None)
-    policy_id = getattr(policy, "policy_id", type(policy).__name__)
-    if transport is None or not callable(getattr(transport, "server_info", None)):
-        return {"backend": "local", "id": policy_id, "endpoint": None, "model": policy_id, "server": None}
-    model = getattr(policy, "model", policy_id)
-    try:
-        info = transport.server_info(model)
-    except Exception as e:  # noqa: BLE001 - provenance never stops a stage
-        info = {"models_error": f"{type(e).__name__}: {e}"}
-    return {"backend": "http", "id": policy_id, "endpoint": transport.endpoint, "model": model, "server": info}
+    """Backend, id, endpoint, served model and what the server says (http): the policy's own
+    `ipo_jax.rollout.Policy.describe`, which never raises."""
+    return policy.describe()
 
 
 def _judge_entry(obj, server: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -81,6 +81,9 @@ class ScriptedPolicy:
         self.answers, self.seen = answers, []
         self.sampling = SamplingConfig(temperature=0.6, top_p=0.95, max_new_tokens=max_new_tokens)
 
+    def describe(self):
+        return {"backend": "local", "id": "scripted-eval", "endpoint": None, "model": "scripted-eval", "server": None}
+
     def complete(self, jobs, seed, row_seeds=None):
         out = []
         for messages, _ in jobs:

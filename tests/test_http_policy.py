@@ -264,18 +264,19 @@ def test_build_pairs_against_a_closed_port_is_one_line_and_exit_2(tokenizer_dir,
     assert not (tmp_path / "out" / "pairs.jsonl").exists()
 
 
-def test_describe_is_what_provenance_records(stub, make, tokenizer):
-    """`Policy.describe()` (both implementations) gives the block `policy_provenance` writes."""
+def test_describe_says_where_completions_come_from(stub, make, tokenizer):
+    """`Policy.describe()`, the run.json provenance block of the policy: the endpoint and model
+    (and what the server said; this stub has no GET /models) or the in-process model."""
     from ipo_jax.provenance import policy_provenance
     from ipo_jax.rollout import LocalPolicy
 
-    policy = make()
-    described = policy.describe()
-    assert described == policy_provenance(policy)
-    assert (described["backend"], described["model"], described["endpoint"]) == ("http", "served/policy",
-                                                                                 f"{stub.url}/completions")
+    described = policy_provenance(make(policy_id="pairs-id"))
+    assert {k: described[k] for k in ("backend", "id", "model", "endpoint")} == {
+        "backend": "http", "id": "pairs-id", "model": "served/policy", "endpoint": f"{stub.url}/completions"}
+    assert described["server"]["models"] is None and "/v1/models" in described["server"]["models_error"]
+    assert stub.requests == []  # describing sends no completion request
     local = LocalPolicy(None, tokenizer, SamplingConfig(), "preset:tiny-qwen3")
-    assert local.describe() == policy_provenance(local) == {
+    assert policy_provenance(local) == {
         "backend": "local", "id": "preset:tiny-qwen3", "endpoint": None, "model": "preset:tiny-qwen3", "server": None}
 
 

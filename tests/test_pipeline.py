@@ -41,6 +41,9 @@ class ScriptedPolicy:
         self.calls, self.fail_on_call, self.cut_off = 0, fail_on_call, cut_off
 
     max_prompt_tokens = None  # the sampler's longest prompt (None: no limit)
+
+    def describe(self):
+        return {"backend": "local", "id": self.policy_id, "endpoint": None, "model": self.policy_id, "server": None}
     forks_prefix = False  # every round's continuations in one `complete` call
 
     def encode_text(self, text):
