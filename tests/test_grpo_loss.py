@@ -42,8 +42,9 @@ def oracle_advantages(rewards, scale, ddof, eps):
     return out
 
 
-def oracle_token_terms(lp, old, ref, adv, mask, eps_low, eps_high, beta):
-    """Per-token loss -min(rho A, clip(rho) A) + beta k3, the k3 KL, rho and the clip flags (0 off the mask)."""
+def oracle_token_terms(lp, old, ref, adv, mask, eps_low, eps_high, beta, kl_correction):
+    """Per-token loss -min(rho A, clip(rho) A) + beta KL, the KL (k3, x rho under kl_correction),
+    rho and the clip flags (0 off the mask)."""
     rows, slots = lp.shape
     loss, kl, ratio = np.zeros((rows, slots)), np.zeros((rows, slots)), np.zeros((rows, slots))
     low, high = np.zeros((rows, slots)), np.zeros((rows, slots))
@@ -55,7 +56,7 @@ def oracle_token_terms(lp, old, ref, adv, mask, eps_low, eps_high, beta):
             rho = math.exp(lp[i, t] - old[i, t])
             clipped = min(max(rho, 1.0 - eps_low), 1.0 + eps_high)
             d = ref[i, t] - lp[i, t]
-            kl[i, t] = math.exp(d) - d - 1.0
+            kl[i, t] = (math.exp(d) - d - 1.0) * (rho if kl_correction else 1.0)
             loss[i, t] = -min(rho * a, clipped * a) + beta * kl[i, t]
             ratio[i, t] = rho
             low[i, t] = rho < 1.0 - eps_low and a < 0
@@ -81,7 +82,8 @@ def oracle_aggregate(per_token, mask, loss_type, max_len=None):
 
 
 def oracle_loss(lp, old, ref, adv, mask, cfg):
-    per_token = oracle_token_terms(lp, old, ref, adv, mask, cfg.epsilon_low, cfg.epsilon_high, cfg.beta)[0]
+    per_token = oracle_token_terms(lp, old, ref, adv, mask, cfg.epsilon_low, cfg.epsilon_high, cfg.beta,
+                                   cfg.kl_bias_correction)[0]
     return oracle_aggregate(per_token, mask, cfg.loss_type, cfg.max_completion_length)
 
 
@@ -112,6 +114,8 @@ CONFIGS = {
     "dr_grpo": dict(loss_type="dr_grpo", beta=0.04, max_completion_length=T + 3),
     "dapo (TRL default, beta 0)": dict(loss_type="dapo"),
     "dapo, clip-higher, KL": dict(loss_type="dapo", beta=0.1, epsilon_high=0.28),
+    "dapo, KL without the ratio (DeepSeekMath)": dict(loss_type="dapo", beta=0.1, kl_bias_correction=False),
+    "grpo, KL without the ratio": dict(loss_type="grpo", beta=0.04, kl_bias_correction=False),
     "grpo, asymmetric clip": dict(loss_type="grpo", epsilon_low=0.1, epsilon_high=0.3),
 }
 
@@ -162,7 +166,8 @@ def test_loss_and_metrics_match_oracle_float64(name):
     cfg = GRPOLossConfig(**CONFIGS[name])
     rewards, lp, old, ref, mask = make_batch()
     adv = oracle_advantages(rewards, cfg.scale_rewards, cfg.reward_std_ddof, cfg.advantage_eps).reshape(-1)
-    _, kl, ratio, low, high = oracle_token_terms(lp, old, ref, adv, mask, cfg.epsilon_low, cfg.epsilon_high, cfg.beta)
+    _, kl, ratio, low, high = oracle_token_terms(lp, old, ref, adv, mask, cfg.epsilon_low, cfg.epsilon_high, cfg.beta,
+                                                 cfg.kl_bias_correction)
     assert low.sum() > 0 and high.sum() > 0 and (~mask).sum() > T  # the batch exercises both clips and padding
     with jax.enable_x64(True):
         loss, sums = _jax_loss(cfg, lp, old, ref, adv, mask, jnp.float64)
@@ -204,10 +209,11 @@ def test_loss_float32_within_tolerance(name):
     loss, sums = _jax_loss(cfg, lp, old, ref, adv, mask, jnp.float32)
     assert loss.dtype == jnp.float32
     np.testing.assert_allclose(float(loss), oracle_loss(lp, old, ref, adv, mask, cfg), rtol=F32_RTOL, atol=F32_ATOL)
-    kl = oracle_token_terms(lp, old, ref, adv, mask, 0.2, 0.2, 0.0)[1]
+    kl = oracle_token_terms(lp, old, ref, adv, mask, 0.2, 0.2, 0.0, cfg.kl_bias_correction)[1]
     np.testing.assert_allclose(float(sums["kl"]), kl.sum(), rtol=F32_RTOL)
     adv32 = jit_advantages(jnp.asarray(rewards, jnp.float32))
-    np.testing.assert_allclose(np.asarray(adv32), oracle_advantages(rewards, "group", 1, 1e-4), rtol=F32_RTOL, atol=F32_ATOL)
+    np.testing.assert_allclose(np.asarray(adv32), oracle_advantages(rewards, "group", 1, 1e-4),
+                               rtol=F32_RTOL, atol=F32_ATOL)
 
 
 # ----------------------------------------------------------------------------- gradients
@@ -223,10 +229,11 @@ def _finite_difference(f, x, h=1e-6):
     return grad
 
 
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
-def test_gradient_matches_finite_differences_of_oracle(loss_type):
+@pytest.mark.parametrize("loss_type, kl_correction", [(lt, True) for lt in LOSS_TYPES] + [("dapo", False)])
+def test_gradient_matches_finite_differences_of_oracle(loss_type, kl_correction):
     """d loss / d logp on a tiny case (2 prompts x 2, 3 tokens) with the KL on, clipped and unclipped tokens."""
-    cfg = GRPOLossConfig(loss_type=loss_type, beta=0.3, epsilon_low=0.2, epsilon_high=0.25, max_completion_length=4)
+    cfg = GRPOLossConfig(loss_type=loss_type, beta=0.3, epsilon_low=0.2, epsilon_high=0.25, max_completion_length=4,
+                         kl_bias_correction=kl_correction)
     lp = np.array([[-1.0, -0.5, -2.0], [-0.3, -1.2, -0.8], [-2.5, -0.1, -1.5], [-0.7, -0.9, -3.0]])
     # ratios 1.1, 1.5 (high clip with A>0), 0.6 (low clip with A<0), ..., all >= 0.01 from a bound
     log_ratio = np.log(np.array([[1.1, 1.5, 0.9], [0.6, 1.05, 0.95], [1.3, 0.7, 1.0], [0.85, 1.4, 1.15]]))
@@ -264,10 +271,11 @@ def test_equal_reward_group_gives_no_policy_gradient_and_no_nan():
     rewards = np.array([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
     lp = -np.linspace(0.5, 2.0, 18).reshape(6, 3)
     cfg = GRPOLossConfig(loss_type="grpo")
+    everything = jnp.ones((6, 3), bool)
     for scale in SCALE_REWARDS:
         adv = jit_advantages(jnp.asarray(rewards), scale).reshape(-1)
         loss, grad = jax.value_and_grad(
-            lambda x: jit_loss(x, jnp.asarray(lp + 0.3), None, adv, jnp.ones((6, 3), bool), cfg)[0])(jnp.asarray(lp))
+            lambda x, a=adv: jit_loss(x, jnp.asarray(lp + 0.3), None, a, everything, cfg)[0])(jnp.asarray(lp))
         assert float(loss) == 0.0 and np.isfinite(np.asarray(grad)).all() and not np.asarray(grad).any()
 
 
@@ -294,8 +302,9 @@ def test_fully_masked_rows_and_padding_garbage_are_inert(loss_type):
         np.testing.assert_array_equal(np.asarray(dirty_grad), np.asarray(clean_grad))
         assert not np.asarray(clean_grad)[~mask].any()
         # every row masked: the loss is 0, not 0/0
+        nothing = jnp.zeros(mask.shape, bool)
         none, none_grad = jax.value_and_grad(lambda v: jit_loss(
-            v, jnp.asarray(old), jnp.asarray(ref), jnp.asarray(adv), jnp.zeros(mask.shape, bool), cfg)[0])(jnp.asarray(lp))
+            v, jnp.asarray(old), jnp.asarray(ref), jnp.asarray(adv), nothing, cfg)[0])(jnp.asarray(lp))
         assert float(none) == 0.0 and not np.asarray(none_grad).any()
 
 
@@ -342,7 +351,7 @@ def test_micro_batches_add_up_to_the_whole_batch():
             cfg = GRPOLossConfig(loss_type=loss_type, beta=0.04, max_completion_length=T)
             whole, whole_sums = _jax_loss(cfg, lp, old, ref, adv, mask, jnp.float64)
 
-            def micro_batches(own_totals):
+            def micro_batches(own_totals, cfg=cfg):
                 return [jit_loss(*(jnp.asarray(x[rows]) for x in (lp, old, ref, adv, mask)), cfg,
                                  total_sequences=len(adv[rows]) if own_totals else len(adv),
                                  total_tokens=int(mask[rows].sum()) if own_totals else int(mask.sum()))
@@ -350,7 +359,8 @@ def test_micro_batches_add_up_to_the_whole_batch():
 
             parts, own = micro_batches(own_totals=False), micro_batches(own_totals=True)
             for key in ("kl", "clip_high", "tokens", "sequences"):
-                np.testing.assert_allclose(float(parts[0][1][key] + parts[1][1][key]), float(whole_sums[key]), rtol=1e-13)
+                added_up = float(parts[0][1][key] + parts[1][1][key])
+                np.testing.assert_allclose(added_up, float(whole_sums[key]), rtol=1e-13)
             added, added_own = float(parts[0][0] + parts[1][0]), float(own[0][0] + own[1][0])
             assert abs(added_own - float(whole)) > 1e-6
             if loss_type == "bnpo":
@@ -371,7 +381,8 @@ def test_aggregate_rejects_unknown_and_incomplete():
 
 @pytest.mark.parametrize("field, value", [
     ("loss_type", "ppo"), ("beta", -0.1), ("beta", float("nan")), ("epsilon_low", 1.0), ("epsilon_high", -0.1),
-    ("scale_rewards", True), ("reward_std_ddof", 2), ("advantage_eps", 0.0), ("max_completion_length", 0),
+    ("scale_rewards", True), ("kl_bias_correction", 1), ("reward_std_ddof", 2), ("advantage_eps", 0.0),
+    ("max_completion_length", 0),
 ])
 def test_config_refuses_out_of_range(field, value):
     with pytest.raises(ValueError, match=f"grpo.{field} must be"):

@@ -12,6 +12,9 @@ tensors):
   ratio       rho = exp(logp - old_logp)              (old_logp None: on-policy, stop_gradient(logp))
   objective   -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A)       (PPO's pessimistic bound)
   KL (k3)     exp(ref - logp) - (ref - logp) - 1       (DeepSeekMath eq. 4: >= 0, unbiased for KL(pi || ref))
+                times rho when kl_bias_correction (TRL 1.16's use_bias_correction_kl, on by default,
+                from DeepSeek-V3.2: the tokens were sampled by the old policy, rho reweights them; rho
+                is differentiated, so this changes the KL gradient even on-policy where rho is 1)
   per token   objective + beta KL
 
 A token is clipped when rho is strictly past its bound on the side the advantage pushes
@@ -63,6 +66,7 @@ def _count(v) -> bool:
 GRPO_FIELD_CHECKS = {
     "loss_type": lambda v: None if v in LOSS_TYPES else "one of " + ", ".join(map(repr, LOSS_TYPES)),
     "beta": lambda v: None if _finite(v) and v >= 0 else "a finite number >= 0 (0: no KL term)",
+    "kl_bias_correction": lambda v: None if isinstance(v, bool) else "True or False",
     "epsilon_low": lambda v: None if _finite(v) and 0 <= v < 1 else "a finite number in [0, 1)",
     "epsilon_high": lambda v: None if _finite(v) and v >= 0 else "a finite number >= 0",
     "scale_rewards": lambda v: None if v in SCALE_REWARDS else "one of " + ", ".join(map(repr, SCALE_REWARDS)),
@@ -75,10 +79,11 @@ GRPO_FIELD_CHECKS = {
 @dataclasses.dataclass(frozen=True)
 class GRPOLossConfig:
     """GRPO's loss settings; the defaults are TRL 1.16's GRPOConfig (loss_type 'dapo', beta 0,
-    epsilon 0.2 both sides, scale_rewards 'group')."""
+    epsilon 0.2 both sides, scale_rewards 'group', use_bias_correction_kl True)."""
 
     loss_type: str = "dapo"  # how token losses become one number (see the module docstring)
     beta: float = 0.0  # weight of the k3 KL to the frozen reference (DeepSeekMath 0.04, DeepSeek-R1 0.001)
+    kl_bias_correction: bool = True  # KL x rho (DeepSeek-V3.2, TRL's default); False: DeepSeekMath's k3 alone
     epsilon_low: float = 0.2  # ratio clipped below at 1 - epsilon_low
     epsilon_high: float = 0.2  # ratio clipped above at 1 + epsilon_high (DAPO's clip-higher: 0.28)
     scale_rewards: str = "group"  # advantage divided by the group's std, the batch's, or nothing (Dr. GRPO)
@@ -193,8 +198,9 @@ def grpo_loss(
     or [R,T]; mask [R,T]: the completion's loss tokens.
 
     Metrics: 'loss' (the value returned), sums over loss tokens of 'ratio', 'clip_low',
-    'clip_high', 'clip_region' (TRL's clip_ratio/*) and 'kl' (when ref_logp is given), and
-    the counts 'tokens' and 'sequences'."""
+    'clip_high', 'clip_region' (TRL's clip_ratio/*) and 'kl' (when ref_logp is given: the KL
+    term as the loss has it, x rho under kl_bias_correction, as TRL logs it), and the counts
+    'tokens' and 'sequences'."""
     if cfg.beta > 0 and ref_logp is None:
         raise ValueError(f"grpo.beta={cfg.beta} weights a KL to the reference: ref_logp is needed")
     mask = mask.astype(bool)
@@ -207,6 +213,8 @@ def grpo_loss(
     if ref_logp is not None:
         ref_minus_policy = jnp.where(mask, ref_logp - logp, 0.0)
         kl = jnp.exp(ref_minus_policy) - ref_minus_policy - 1.0  # k3_kl on the masked difference
+        if cfg.kl_bias_correction:
+            kl = kl * ratio
         if cfg.beta > 0:
             per_token = per_token + cfg.beta * kl
     loss = aggregate_token_loss(
