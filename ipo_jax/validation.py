@@ -9,7 +9,13 @@ checked by their readers (ipo_jax/data/records.py) -- also before anything is wr
 Rules are keyed by dotted field name and skipped when the config has no such field, so a stage
 whose config grows new fields keeps validating the ones it knows; formats with their own parser
 (data.pairs weights, eval benchmarks) are checked by that parser, not repeated here. Every float
-setting, listed or not, must be finite.
+setting, listed or not, must be finite, and every integer setting (tuples included) at most
+2**31 - 1 (INT_LIMIT: the int32 arrays and XLA shapes they end up in); token counts (sequence
+lengths, budgets) at most MAX_TOKENS = 2**20, eight times the longest context of the shipped models.
+
+`plan` runs the train rules (RULES["plan"]) less what only a run reads: the pair files, the
+tokenizer, the output directory; its model may be an `hf:` directory that is not on this machine
+(the planner then uses the preset of that name).
 """
 
 from __future__ import annotations
@@ -28,6 +34,10 @@ from ipo_jax.models.config import DTYPES, REMAT_POLICIES
 
 from ipo_jax.judging.config import BACKENDS as JUDGE_BACKENDS  # the backends build_judges chooses among
 _MISSING = object()
+
+
+INT_LIMIT = 2**31 - 1
+MAX_TOKENS = 2**20
 
 
 class SettingsError(ValueError):
@@ -50,6 +60,17 @@ def int_at_least(low: int, note: str = "") -> Callable[[Any], str | None]:
     def check(v):
         return None if _is_int(v) and v >= low else f"an integer >= {low}{note}"
     return check
+
+
+def int_in(low: int, high: int, note: str = "") -> Callable[[Any], str | None]:
+    def check(v):
+        return None if _is_int(v) and low <= v <= high else f"an integer from {low} to {high:,}{note}"
+    return check
+
+
+def tokens(low: int = 1, note: str = "") -> Callable[[Any], str | None]:
+    """A token count: low .. MAX_TOKENS."""
+    return int_in(low, MAX_TOKENS, note)
 
 
 def mesh_axis(v):
@@ -82,17 +103,19 @@ def non_empty_string(v):
     return None if isinstance(v, str) and v.strip() else "a non-empty string"
 
 
-def per_benchmark_ints(v, setting: str):
-    """'name=n,...' with integers >= 1 (benchmark names are checked against the run's benchmarks later)."""
+def per_benchmark_ints(v, setting: str, high: int = INT_LIMIT):
+    """'name=n,...' with integers from 1 to `high` (benchmark names are checked against the run's
+    benchmarks later)."""
     from ipo_jax.eval.config import PerBenchmarkError, parse_per_benchmark
 
+    expected = f"name=integer[,name=integer...] with integers from 1 to {high:,} (e.g. aime=16,gpqa=4), or ''"
     if not isinstance(v, str):
-        return "name=integer[,name=integer...] or ''"
+        return expected
     try:
-        parse_per_benchmark(v, setting)
+        values = parse_per_benchmark(v, setting)
     except PerBenchmarkError:
-        return "name=integer[,name=integer...] with integers >= 1 (e.g. aime=16,gpqa=4), or ''"
-    return None
+        return expected
+    return expected if any(n > high for n in values.values()) else None
 
 
 def aime_years(v):
@@ -101,9 +124,18 @@ def aime_years(v):
     return None
 
 
-def positive_int_tuple(v):
-    ok = isinstance(v, (tuple, list)) and all(_is_int(x) and x >= 1 for x in v)
-    return None if ok else "a tuple of positive integers (or () for the default)"
+def token_lengths(v):
+    """Row lengths (data.buckets): a tuple of token counts 2 .. MAX_TOKENS, or () for the default."""
+    ok = isinstance(v, (tuple, list)) and all(_is_int(x) and 2 <= x <= MAX_TOKENS for x in v)
+    return None if ok else f"a tuple of integers from 2 to {MAX_TOKENS:,} (or () for the default)"
+
+
+def plan_model_spec(v):
+    """model_spec, except that an hf:<dir> need not exist here: the planner reads its config.json
+    when it does, else plans the preset named like the directory (ipo_jax/train/plan.py)."""
+    if isinstance(v, str) and v.startswith("hf:") and v[3:].strip():
+        return None
+    return model_spec(v)
 
 
 def model_spec(v):
@@ -215,11 +247,11 @@ _SAMPLING = {
     "sampling.temperature": number_in(0),
     "sampling.top_p": number_in(0, 1, low_open=True),
     "sampling.top_k": int_at_least(0, " (0 = no top-k)"),
-    "sampling.max_new_tokens": int_at_least(1),
+    "sampling.max_new_tokens": tokens(1),
     "sampler.batch_size": int_at_least(1),
-    "sampler.chunk_tokens": int_at_least(1),
+    "sampler.chunk_tokens": tokens(1),
     "sampler.continuous_batching": boolean,
-    "sampler.max_prompt_length": int_at_least(1),
+    "sampler.max_prompt_length": tokens(1),
 }
 _POLICY = {  # ipo_jax/rollout/config.py; policy.base_url / policy.model are checked with the backend below
     "policy.backend": one_of("local", "http"),
@@ -249,9 +281,9 @@ RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "data.pairs": non_empty_string,  # the files themselves: read (and checked) before anything is written
         "data.layout": one_of(*LAYOUTS),
         "data.mask_from": one_of(*MASK_FROM),
-        "data.max_length": int_at_least(2),
+        "data.max_length": tokens(2),
         "data.max_dropped_share": number_in(0, 1),
-        "data.buckets": positive_int_tuple,
+        "data.buckets": token_lengths,
         "data.pairs_per_micro": int_at_least(1),
         "data.micro_batches": int_at_least(1),
         "data.seed": int_at_least(0),
@@ -274,7 +306,7 @@ RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "train.seed": int_at_least(0),
         "train.save_every": int_at_least(1),
         "train.keep_checkpoints": int_at_least(1),
-        "train.logprob_chunk": int_at_least(1),
+        "train.logprob_chunk": tokens(1),
         "train.max_consecutive_skips": int_at_least(1),
         "train.peak_flops_per_device": number_in(0, note=" (0 = look it up)"),
     },
@@ -305,10 +337,11 @@ RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "csr.num_samples": int_at_least(1),
         "csr.mu": number_in(0, 1),
         "csr.eta": number_in(0, 1),
-        "csr.window": int_at_least(1),
+        "csr.window": tokens(1),
         "csr.granularity": one_of("token", "sentence"),
         "csr.token_stride": int_at_least(1),
         "csr.seed": int_at_least(0),
+        "csr.kind": one_of("", "harmful", "benign"),
     },
     "eval": {
         **_MODEL, **_MESH, **_SAMPLING, **_POLICY, **_JUDGE,
@@ -317,7 +350,7 @@ RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {
         "limit": int_at_least(0, " (0 = all items)"),
         "samples_per_prompt": int_at_least(1),
         "samples_per_benchmark": lambda v: per_benchmark_ints(v, "samples_per_benchmark"),
-        "max_new_tokens_per_benchmark": lambda v: per_benchmark_ints(v, "max_new_tokens_per_benchmark"),
+        "max_new_tokens_per_benchmark": lambda v: per_benchmark_ints(v, "max_new_tokens_per_benchmark", MAX_TOKENS),
         "wildjailbreak.sample": int_at_least(0, " (0 = every row)"),
         "wildjailbreak.seed": int_at_least(0),
         "gpqa.seed": int_at_least(0),
@@ -338,6 +371,10 @@ RULES: dict[str, dict[str, Callable[[Any], str | None]]] = {
 # eval with merge=True or compare=...: no model, no benchmarks; only these are read
 _EVAL_COLLECT_ONLY = ("merge", "compare", "out")
 RULES["demo"] = {"out": output_dir, "seed": int_at_least(0)}
+# plan: the train rules less what only a run reads (module docstring)
+_PLAN_SKIPS = ("tokenizer", "data.pairs", "reference.cache_dir", "train.out")
+RULES["plan"] = {**{name: check for name, check in RULES["train"].items() if name not in _PLAN_SKIPS},
+                 "model.init": plan_model_spec}
 
 
 def _get(config, dotted: str):
@@ -366,6 +403,8 @@ def settings_problems(stage: str, config) -> list[str]:
     for name, value in _leaves(config):
         if isinstance(value, float) and not math.isfinite(value):
             problems.append(f"config.{name} is {value}; expected a finite number")
+        elif any(_is_int(v) and abs(v) > INT_LIMIT for v in (value if isinstance(value, (tuple, list)) else (value,))):
+            problems.append(f"config.{name} is {_clipped(value)}; expected integers of at most 2**31 - 1 ({INT_LIMIT:,})")
     flagged = {p.split(" ", 1)[0] for p in problems}
     http_policy = _get(config, "policy.backend") == "http" and "policy.backend" in RULES.get(stage, {})
     if http_policy:  # the served model samples; model.init is only a tokenizer source, if given
@@ -383,7 +422,7 @@ def settings_problems(stage: str, config) -> list[str]:
         expected = check(value)
         if expected:
             problems.append(f"config.{name} is {value!r}; expected {expected}")
-    if stage == "train":
+    if stage in ("train", "plan"):
         epochs, max_steps = _get(config, "train.epochs"), _get(config, "train.max_steps")
         if epochs == 0 and max_steps == 0:
             problems.append("config.train.max_steps and config.train.epochs are both 0; expected one of them > 0")
@@ -392,6 +431,11 @@ def settings_problems(stage: str, config) -> list[str]:
         if problem:  # e.g. a named preset trains on its own mask
             problems.append(f"config.{problem}")
     return problems
+
+
+def _clipped(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def validate_settings(stage: str, config) -> None:

@@ -252,7 +252,82 @@ BAD_INPUTS = [
     ("serve-host-unresolvable", lambda t: _serve("--host", "nonexistent.invalid", "--port", "0"), "cannot resolve it"),
     ("serve-host-not-local", lambda t: _serve("--host", "192.0.2.1", "--port", "0"), "not an address of this machine"),
     ("serve-port-out-of-range", lambda t: _serve("--port", "70000"), "--port 70000: expected 0..65535"),
+    # validation cases: plan runs train's checks; integers in range; token ids; strict JSON and CSV; csr's whole file
+    # checked before any output (helpers below, "validation helpers")
+    ("plan-max-length-negative", lambda t: _plan("--config.data.max_length=-5", "--config.data.buckets=()"),
+     "config.data.max_length is -5; expected an integer from 2 to 1,048,576"),
+    ("plan-learning-rate-nan", lambda t: _plan("--config.optim.learning_rate=nan"),
+     "config.optim.learning_rate is nan; expected a finite number"),
+    ("plan-pairs-per-micro-zero", lambda t: _plan("--config.data.pairs_per_micro=0"),
+     "config.data.pairs_per_micro is 0; expected an integer >= 1"),
+    ("plan-rows-longer-than-the-context", lambda t: _plan("--config.data.max_length=1024", "--config.data.buckets=(1024,)"),
+     "the largest of data.buckets is 1024 tokens, longer than the context of preset:tiny-qwen3 (512 tokens"),
+    ("train-max-steps-1e23", lambda t: _train(t, "--config.train.max_steps=100000000000000000000000"),
+     "config.train.max_steps is 100000000000000000000000; expected integers of at most 2**31 - 1"),
+    ("train-pair-token-id-1e30", lambda t: _train(t, f"--config.data.pairs={_pairs_with(t, prefix_ids=[10**30], chosen_ids=[5], rejected_ids=[6])}"),
+     "pairs.jsonl:2 (id 'b'): field 'prefix_ids' item 0 is token id 1000000000000000000000000000000, outside 0..2147483647"),
+    ("train-pair-nan-literal", lambda t: _train(t, "--config.data.pairs=" + _jsonl(t / "pairs.jsonl", GOOD_PAIR, b'{"id": "b", "score": NaN}')),
+     "pairs.jsonl:2: not valid JSON here (NaN is not a JSON number; expected a finite number)"),
+    ("train-pair-float-overflow", lambda t: _train(t, "--config.data.pairs=" + _jsonl(t / "pairs.jsonl", GOOD_PAIR, b'{"id": "b", "h": 1e999}')),
+     "pairs.jsonl:2: not valid JSON here (1e999 is too large for a number"),
+    ("train-pair-nested-too-deeply", lambda t: _train(t, "--config.data.pairs=" + _jsonl(t / "pairs.jsonl", GOOD_PAIR, _DEEP_JSON)),
+     "pairs.jsonl:2: not valid JSON here (nested too deeply)"),
+    ("train-mixing-weight-1e308", lambda t: _train(t, f"--config.data.pairs={_pairs_with(t)}:1e308"),
+     "pairs.jsonl puts 1e+308 x its 2 pairs in every epoch; expected a weight from 0.25 to 5e+07"),
+    ("train-mixing-weight-selects-none", lambda t: _train(t, f"--config.data.pairs={_pairs_with(t)}:1e-9"),
+     "puts none of its 2 pairs in every epoch"),
+    ("sample-max-new-tokens-1e12", lambda t: _pipeline("sample", t, "--config.sampling.max_new_tokens=1000000000000"),
+     "config.sampling.max_new_tokens is 1000000000000; expected integers of at most 2**31 - 1 (2,147,483,647)"),
+    ("sample-max-new-tokens-1e9", lambda t: _pipeline("sample", t, "--config.sampling.max_new_tokens=1000000000"),
+     "config.sampling.max_new_tokens is 1000000000; expected an integer from 1 to 1,048,576"),
+    ("csr-completion-id-out-of-vocabulary", lambda t: _csr(t, _trajectories_with(t, completion_ids=[10, 20, 999999999])),
+     "trajectories.jsonl:2 (id 't2'): field 'completion_ids' item 2 is token id 999999999, outside the tokenizer's"),
+    ("csr-completion-ids-not-the-reasoning", lambda t: _csr(t, _trajectories_with(t, completion_ids=[10, 20, 30])),
+     "trajectories.jsonl:2 (id 't2'): field 'completion_ids' does not decode to the record's reasoning"),
+    ("csr-trajectory-id-not-a-file-name", lambda t: _csr(t, _trajectories_with(t, id="../t2")),
+     "trajectories.jsonl:2 (id '../t2'): field 'id' is not a safe file name"),
+    ("csr-no-trajectory-of-the-kind", lambda t: _csr(t, _trajectories_with(t), "--config.csr.kind=benign"),
+     "trajectories.jsonl: no trajectory of kind 'benign' (config.csr.kind) among its 2 records"),
+    ("eval-csv-quote-left-open", lambda t: _eval(t, f"--config.benchmarks=strongreject={_strongreject_csv(t, _QUOTE_LEFT_OPEN)}"),
+     "strongreject_dataset.csv: line 4: not valid CSV (unexpected end of data) (the row starts on line 2"),
+    ("eval-csv-quote-swallows-rows", lambda t: _eval(t, f"--config.benchmarks=strongreject={_strongreject_csv(t, _QUOTE_CLOSED_LATE)}"),
+     "strongreject_dataset.csv: line 2: a quoted field (column 'forbidden_prompt') opened on this line runs over 3 lines"),
+    ("eval-csv-row-short", lambda t: _eval(t, f"--config.benchmarks=strongreject={_strongreject_csv(t, _ROW_SHORT)}"),
+     "strongreject_dataset.csv: row 1 (line 2): 2 fields but the header has 3 columns"),
+    ("eval-jsonl-reference-nan", lambda t: _eval(t, "--config.benchmarks=jsonl=" + _jsonl(t / "nan.jsonl", _NAN_ITEM)),
+     "nan.jsonl: line 1: not valid JSON here (NaN is not a JSON number"),
+    ("eval-train-prompts-infinity", lambda t: _eval(t, "--config.train_prompts=" + _jsonl(t / "seen.jsonl", b'{"prompt": "x", "w": Infinity}')),
+     "seen.jsonl:1: not valid JSON here (Infinity is not a JSON number"),
 ]
+
+
+# validation helpers
+_DEEP_JSON = b'{"id": "b", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+_NAN_ITEM = b'{"id": "q1", "prompt": "What is 2 + 2?", "kind": "math", "reference": NaN}'
+GOOD_TRAJECTORY = {"id": "t1", "prompt": "How do I go about it? [request details withheld]",
+                   "reasoning": "I should think about this. It is not something to help with.", "answer": "I can't help."}
+_CSV_HEADER = "category,source,forbidden_prompt\n"
+_QUOTE_LEFT_OPEN = ('A,custom,"How do I go about it? [request details withheld]\nB,custom,How do I go about that? '
+                    "[request details withheld]\nC,custom,How do I go about this? [request details withheld]\n")
+_QUOTE_CLOSED_LATE = _QUOTE_LEFT_OPEN[:-1] + '"\n'  # the quote closes two rows later: three rows become one
+_ROW_SHORT = "A,custom\nB,custom,How do I go about that? [request details withheld]\n"
+
+
+def _plan(*overrides: str) -> list[str]:
+    return ["plan", "--config", str(CONFIGS / "train_tiny_cpu.py"), "--topology", "2xa100-80", *overrides]
+
+
+def _trajectories_with(tmp: Path, **bad) -> str:
+    return _jsonl(tmp / "trajectories.jsonl", GOOD_TRAJECTORY, {**GOOD_TRAJECTORY, "id": "t2", **bad})
+
+
+def _csr(tmp: Path, trajectories: str, *overrides: str) -> list[str]:
+    return _pipeline("csr", tmp, f"--config.csr.trajectories={trajectories}", "--config.csr.num_samples=1", *overrides)
+
+
+def _strongreject_csv(tmp: Path, rows: str) -> str:
+    (tmp / "strongreject_dataset.csv").write_text(_CSV_HEADER + rows)
+    return str(tmp / "strongreject_dataset.csv")
 
 
 # hf-integrity helpers

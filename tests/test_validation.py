@@ -117,7 +117,10 @@ def test_every_rule_names_a_field_of_the_stage(stage):
     ("data.layout", "sideways", "config.data.layout is 'sideways'; expected one of 'duplicated', 'prefix_shared'"),
     ("data.mask_from", "everything", "config.data.mask_from is 'everything'; expected one of 'cue', 'reasoning'"),
     ("model.remat", "some", "config.model.remat is 'some'; expected one of 'none', 'full', 'dots_saveable'"),
-    ("data.buckets", (128, 0), "config.data.buckets is (128, 0); expected a tuple of positive integers"),
+    ("data.buckets", (128, 0), "config.data.buckets is (128, 0); expected a tuple of integers from 2 to 1,048,576"),
+    ("data.max_length", 10**9, "config.data.max_length is 1000000000; expected an integer from 2 to 1,048,576"),
+    ("data.seed", 2**31, "config.data.seed is 2147483648; expected integers of at most 2**31 - 1 (2,147,483,647)"),
+    ("data.buckets", (128, 10**30), "config.data.buckets is (128, 1000000000000000000000000000000); expected integers of at most"),
     ("mesh.tensor", -2, "config.mesh.tensor is -2; expected an integer >= 1, or -1"),
     ("train.peak_flops_per_device", float("inf"), "config.train.peak_flops_per_device is inf; expected a finite number"),
 ])

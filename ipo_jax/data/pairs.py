@@ -47,8 +47,11 @@ Several pair files (`read_pair_sources`, the training config's data.pairs):
 A weight w > 0 puts round(w * n) of the file's n usable pairs (those that fit max_length) in every
 epoch, rounded half up: floor(w) copies of each pair, plus a draw without replacement of the
 rest, made once per run from data.seed (so w = 0.5 trains on the same half in every epoch; change
-data.seed for another half). Ids must be unique across the files: a repeated id is an error
-naming both places. Each record keeps `_file` and `_source` (the file's index in the spec).
+data.seed for another half). Counted on all the file's records when it is read, round(w * n) must
+be 1 to MAX_EPOCH_PAIRS (10^8): a weight that selects nothing, or one that would fill memory, is an
+error naming the file and the weights that are accepted. Ids must be unique across the files: a
+repeated id is an error naming both places. Each record keeps `_file` and `_source` (the file's
+index in the spec).
 
 Packing (`PairBatches(packing=True)`, prefix_shared only): several pairs share a row of the
 largest bucket's length (data.max_length), each pair its own segment (segment ids 1, 2, ... in
@@ -70,7 +73,7 @@ import numpy as np
 
 # default_buckets re-exported: train/loop.py and tests/test_loss.py still import it from here
 from ipo_jax.buckets import bucket_length, default_buckets  # noqa: F401
-from ipo_jax.data.records import RecordFileError, read_jsonl_records
+from ipo_jax.data.records import RecordFileError, check_token_ids, read_jsonl_records
 from ipo_jax.data.tokenizer import chat_eos_text, encode_prompt, encode_text, stop_token_ids
 
 LAYOUTS = ("duplicated", "prefix_shared")
@@ -107,15 +110,8 @@ def _check_token_fields(path, record: dict[str, Any]) -> None:
     if present and len(present) != len(ID_FIELDS):
         missing = [f for f in ID_FIELDS if f not in present]
         raise PairFileError(f"{where}: has {', '.join(present)} but not {', '.join(missing)}; token ids come as all three or none")
-    for field in present:
-        ids = record[field]
-        if not isinstance(ids, list):
-            raise PairFileError(f"{where}: field {field!r} should be a list of token ids, got {type(ids).__name__}")
-        for i, value in enumerate(ids):
-            if not _is_index(value) or value < 0:
-                raise PairFileError(f"{where}: field {field!r} item {i} should be a non-negative integer token id, got {value!r}")
-        if field != "prefix_ids" and not ids:
-            raise PairFileError(f"{where}: field {field!r} is empty")
+    for field in present:  # in [0, 2**31) here; below the tokenizer's size when tokenising
+        check_token_ids(record[field], where, field, non_empty=field != "prefix_ids", error=PairFileError)
     if present and record["chosen_ids"] == record["rejected_ids"]:
         raise PairFileError(f"{where}: chosen_ids and rejected_ids are identical")
     reasons = record.get("finish_reasons")
@@ -176,7 +172,9 @@ def read_pair_sources(spec: str) -> tuple[list[dict[str, Any]], list[PairSource]
     sources = parse_pair_sources(spec)
     records, seen = [], {}
     for index, source in enumerate(sources):
-        for record in read_pair_records(source.path):
+        in_file = read_pair_records(source.path)
+        _check_weight_count(spec, source, len(in_file))
+        for record in in_file:
             if record["id"] in seen:
                 raise PairFileError(
                     f"{source.path}:{record['_line']}: id {record['id']!r} is also at {seen[record['id']]}; "
@@ -186,6 +184,23 @@ def read_pair_sources(spec: str) -> tuple[list[dict[str, Any]], list[PairSource]
             record["_source"] = index
             records.append(record)
     return records, sources
+
+
+MAX_EPOCH_PAIRS = 10**8  # what one file's weight may put in an epoch (800 MB of pair indices); real sets are far smaller
+
+
+def _check_weight_count(spec: str, source: PairSource, n: int) -> None:
+    """A weight must select at least one of the file's n pairs and at most MAX_EPOCH_PAIRS per epoch
+    (round(w * n) counted on every record of the file; the length rule may drop some later)."""
+    if source.weight == 1.0:
+        return
+    count = source.weight * n + 0.5
+    if count >= 1 and count <= MAX_EPOCH_PAIRS:
+        return
+    what = "none of" if count < 1 else f"{source.weight:g} x"
+    raise PairFileError(f"data.pairs {spec!r}: weight {source.weight:g} of {source.path} puts {what} its {n} pairs in "
+                        f"every epoch; expected a weight from {0.5 / n:.3g} to {MAX_EPOCH_PAIRS / n:.3g} (1 to "
+                        f"{MAX_EPOCH_PAIRS:,} pairs per epoch)")
 
 
 def _is_index(value) -> bool:

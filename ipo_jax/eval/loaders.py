@@ -54,6 +54,14 @@ Errors are `EvalDataError` (a ValueError: the CLI exits 2 with one line) naming 
 was expected: a missing column (with the columns found), an empty prompt, a duplicate id, a GPQA
 row with fewer than four non-empty options, an answer-less math row, a file that is not UTF-8, an
 unknown benchmark name (with the known ones).  No row is skipped silently.
+
+Every file is parsed whole, strictly, before any model loads: CSV / TSV in the csv module's strict
+mode (a stray quote or one left open to the end of the file is an error naming the line), every row
+with exactly the header's number of fields, and a quoted field whose line breaks hold a line that
+is a row of its own (the header's number of fields: rows swallowed by a quote left open and closed
+rows later) refused, naming the line where the quote opened; JSON without NaN / Infinity (an answer
+"nan" would score); JSONL read one line at a time, each at most 64 MiB
+(`ipo_jax.data.records.MAX_LINE_BYTES`), split at newlines only (U+2028 inside a string is text).
 """
 
 from __future__ import annotations
@@ -64,6 +72,7 @@ import gzip
 import hashlib
 import io
 import json
+import math
 import os
 import random
 import re
@@ -71,6 +80,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ipo_jax.data.records import MAX_LINE_BYTES, STRICT_NUMBERS
 from ipo_jax.eval.items import KINDS, EvalItem
 
 
@@ -124,63 +134,122 @@ class _Table:
 # ---------------------------------------------------------------- reading files and datasets
 
 
-def _decode(data: bytes, path: Path) -> str:
+def _decode(data: bytes, path: Path, line: int = 1) -> str:
+    """`data` (the whole file, or its line `line`) as UTF-8; an error names line and column."""
     try:
         return data.decode("utf-8-sig")  # a BOM (spreadsheet exports) is not part of the first column name
     except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
+        line += data[: e.start].count(b"\n")
         column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
         raise EvalDataError(f"{path}: line {line}, column {column}: byte 0x{data[e.start]:02x} is not valid UTF-8; "
                             "expected a UTF-8 text file") from None
+
+
+def _csv_rows(path: Path, text: str, delimiter: str) -> tuple[list[str], list[tuple[str, dict[str, Any]]]]:
+    """The header and (location, row) of every row, strictly (module docstring)."""
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    lines = reader.reader  # its line_num also counts a row that failed (DictReader's only successful ones)
+    try:
+        columns = list(reader.fieldnames or [])
+    except csv.Error as e:
+        raise EvalDataError(f"{path}: line {lines.line_num}: not valid CSV ({e})") from None
+    rows, index = [], 0
+    while True:
+        start = lines.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            opened = f" (the row starts on line {start}: a quote left open?)" if lines.line_num > start else ""
+            raise EvalDataError(f"{path}: line {lines.line_num}: not valid CSV ({e}){opened}") from None
+        index += 1
+        location = f"row {index} (line {start})"
+        if None in row:  # more fields than the header has columns
+            raise EvalDataError(f"{path}: {location}: {len(columns) + len(row[None])} fields but the header has "
+                                f"{len(columns)} columns {columns}")
+        if any(value is None for value in row.values()):  # fewer
+            count = sum(value is not None for value in row.values())
+            raise EvalDataError(f"{path}: {location}: {count} field{'s' if count != 1 else ''} but the header has "
+                                f"{len(columns)} columns {columns}")
+        if lines.line_num > start:
+            _check_no_swallowed_rows(path, start, row, len(columns), delimiter)
+        rows.append((location, row))
+    return columns, rows
+
+
+def _check_no_swallowed_rows(path: Path, start: int, row: dict[str, Any], columns: int, delimiter: str) -> None:
+    """A row spanning lines (a quoted field with line breaks) must not hold a line that is itself
+    a row of `columns` fields: that is rows swallowed by a quote left open (module docstring)."""
+    for column, value in row.items():
+        if "\n" not in value or columns < 2:
+            continue
+        for line in value.split("\n")[1:]:
+            try:
+                fields = next(csv.reader([line], delimiter=delimiter, strict=True), [])
+            except csv.Error:
+                continue
+            if len(fields) == columns:
+                raise EvalDataError(
+                    f"{path}: line {start}: a quoted field (column {column!r}) opened on this line runs over "
+                    f"{value.count(chr(10)) + 1} lines and holds {_clip(line)!r}, a row of {columns} fields of its own; "
+                    "a quote left open? (close it, or double a quote inside a field: \"\")")
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _jsonl_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(location, row) of every line of a .jsonl / .jsonl.gz file, read one line at a time."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    rows = []
+    try:
+        with opener(path, "rb") as f:
+            n = 0
+            while raw := f.readline(MAX_LINE_BYTES + 1):
+                n += 1
+                if len(raw) > MAX_LINE_BYTES:
+                    raise EvalDataError(f"{path}: line {n}: longer than {MAX_LINE_BYTES // 2**20} MiB, the limit for "
+                                        "one record; expected one JSON object per line")
+                line = _decode(raw, path, line=n).removesuffix("\n").removesuffix("\r")
+                if n == 1:
+                    line = line.removeprefix("\ufeff")
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line, **STRICT_NUMBERS)
+                except json.JSONDecodeError as e:
+                    raise EvalDataError(f"{path}: line {n}: not valid JSON ({e.msg}, column {e.colno})") from None
+                except (ValueError, RecursionError) as e:  # NaN, 1e999, 5000 digits, deep nesting
+                    raise EvalDataError(f"{path}: line {n}: not valid JSON here "
+                                        f"({e if isinstance(e, ValueError) else 'nested too deeply'})") from None
+                if not isinstance(row, dict):
+                    raise EvalDataError(f"{path}: line {n}: expected a JSON object, got {type(row).__name__}")
+                rows.append((f"line {n}", row))
+    except (OSError, EOFError) as e:
+        if isinstance(e, FileNotFoundError) or not path.name.lower().endswith(".gz"):
+            raise
+        raise EvalDataError(f"{path}: not a valid gzip file ({e})") from None
+    return rows
 
 
 def _read_file(path: Path, part: str | None = None) -> _Table:
     name = path.name.lower()
     part = part or path.name
     if name.endswith((".csv", ".tsv")):
-        text = _decode(path.read_bytes(), path)
-        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if name.endswith(".tsv") else ",")
-        columns = [c for c in (reader.fieldnames or [])]
-        rows, index = [], 0
-        while True:
-            start = reader.line_num + 1
-            try:
-                row = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as e:
-                raise EvalDataError(f"{path}: line {reader.line_num}: not valid CSV ({e})") from None
-            index += 1
-            location = f"row {index} (line {start})"
-            if None in row:  # more fields than the header has columns
-                raise EvalDataError(f"{path}: {location}: {len(columns) + len(row[None])} fields but the header has "
-                                    f"{len(columns)} columns {columns}")
-            rows.append((location, row))
+        columns, rows = _csv_rows(path, _decode(path.read_bytes(), path), "\t" if name.endswith(".tsv") else ",")
         return _Table(str(path), part, columns, rows)
     if name.endswith((".jsonl", ".jsonl.gz")):
-        data = path.read_bytes()
-        if name.endswith(".gz"):
-            try:
-                data = gzip.decompress(data)
-            except (OSError, EOFError) as e:
-                raise EvalDataError(f"{path}: not a valid gzip file ({e})") from None
-        rows = []
-        for n, line in enumerate(_decode(data, path).splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise EvalDataError(f"{path}: line {n}: not valid JSON ({e.msg}, column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise EvalDataError(f"{path}: line {n}: expected a JSON object, got {type(row).__name__}")
-            rows.append((f"line {n}", row))
+        rows = _jsonl_rows(path)
         return _Table(str(path), part, list(rows[0][1]) if rows else [], rows)
     if name.endswith(".json"):
         try:
-            data = json.loads(_decode(path.read_bytes(), path))
+            data = json.loads(_decode(path.read_bytes(), path), **STRICT_NUMBERS)
         except json.JSONDecodeError as e:
             raise EvalDataError(f"{path}: line {e.lineno}, column {e.colno}: not valid JSON ({e.msg})") from None
+        except (ValueError, RecursionError) as e:
+            raise EvalDataError(f"{path}: not valid JSON ({e if isinstance(e, ValueError) else 'nested too deeply'})") from None
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
@@ -375,6 +444,8 @@ def _text(table: _Table, location: str, row: dict, column: str, *, strip: bool =
 def _scalar(table: _Table, location: str, row: dict, column: str) -> str:
     """A non-empty id or answer cell as a string (an integer column -- AIME answers -- reads as digits)."""
     value = _cell(table, location, row, column)
+    if isinstance(value, float) and not math.isfinite(value):  # a parquet / dataset NaN is no answer
+        raise EvalDataError(f"{table.at(location)}: column {column!r} is {value}; expected a non-empty string or a finite number")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, (str, int, float)) or not str(value).strip():

@@ -16,7 +16,6 @@ import jax
 from ipo_jax.data.pairs import prompt_messages
 from ipo_jax.data.prompts import prompt_records_from_config
 from ipo_jax.distributed import is_main_process, my_share, shares_joined
-from ipo_jax.data.records import read_jsonl_records
 from ipo_jax.io import atomic_write_bytes, atomic_write_jsonl
 from ipo_jax.judging import judge_trajectories, trajectory_label
 from ipo_jax.judging.build import build_judges, check_judge_fits
@@ -30,6 +29,7 @@ from ipo_jax.pipeline.csr import (
 )
 from ipo_jax.pipeline.intervene import InterventionConfig
 from ipo_jax.pipeline.records import prompt_text
+from ipo_jax.pipeline.trajectories import read_trajectories
 from ipo_jax.pipeline.triggers import DEFAULT_TRIGGERS, load_triggers
 from ipo_jax.provenance import prompts_sha256, record_provenance, stage_provenance
 from ipo_jax.rollout import build_policy, load_policy_tokenizer, split_completion
@@ -186,8 +186,8 @@ def run_csr(config) -> int:
     c = config.csr
     if not c.trajectories:
         raise ValueError("config.csr.trajectories is empty: give a JSONL of trajectories (id, prompt, reasoning)")
-    rows = read_jsonl_records(c.trajectories, {"id": str, "prompt": (str, list), "reasoning": str}, kind="trajectory")
-    rows = [r for r in rows if not c.kind or r.get("kind", "harmful") == c.kind]
+    tokenizer = load_policy_tokenizer(config)  # the policy's: csr places its cuts on its token ids
+    rows = read_trajectories(c.trajectories, tokenizer, kind=c.kind)  # every record checked before any work or output
     check_judge_fits(config, [prompt_text(r) for r in rows], c.trajectories, roles=("judge",))
     # a judged continuation is a trajectory prefix (up to the whole reasoning) + one generation
     longest = max((len(r["completion_ids"]) if isinstance(r.get("completion_ids"), list) else -(-len(r["reasoning"]) // 3)
@@ -196,7 +196,6 @@ def run_csr(config) -> int:
         config, [prompt_text(r) for r in rows], roles=("judge",), trajectory_tokens=longest + config.sampling.max_new_tokens,
         trajectory_setting="the longest trajectory + sampling.max_new_tokens")
     policy = build_policy(config)
-    tokenizer = load_policy_tokenizer(config)  # the policy's: csr places its cuts on its token ids
     out = Path(config.out)
     provenance = stage_provenance("csr", policy=policy, judge=judge, prompts_digest=prompts_sha256(rows),
                                   judge_servers=servers)
@@ -210,12 +209,6 @@ def run_csr(config) -> int:
         for row in [rows[k] for k in my_share(len(rows))]:
             budget.start_chunk(f"trajectory {row['id']!r}")
             completion_ids = row.get("completion_ids")  # the ids as sampled (ipo-jax sample writes them)
-            if completion_ids is not None and (
-                not isinstance(completion_ids, list)
-                or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in completion_ids)
-            ):
-                raise ValueError(f"{c.trajectories}: trajectory {row['id']!r}: completion_ids must be a list of "
-                                 "non-negative token ids")
             try:
                 result = continuation_safety_ratio(
                     policy, tokenizer, judge, prompt_messages(row), row["reasoning"], num_samples=c.num_samples,

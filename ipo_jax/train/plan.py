@@ -28,6 +28,11 @@ When a run does not fit, `suggest_change` plans alternatives in order of their c
 (remat policy, fewer rows per micro-batch with more micro-batches for the same pairs per update,
 a tensor-parallel axis, a shorter sequence) and reports the first that fits.
 
+Settings are validated as `ipo-jax train` validates them (`ipo_jax.validation`, stage "plan":
+the train rules less the pair files, tokenizer and output directory, which a plan never reads)
+before anything is compiled, and the longest row (`sequence_length`) must fit the model's
+context (max_position_embeddings): a bad setting is a PlanError / SettingsError, exit code 2.
+
 The per-host view (`host_view`): a run on several hosts is one JAX process per host (TPU VM
 worker, GPU node), each driving its own devices. The plan says how many processes, which mesh
 axes cross hosts (their collectives go over the host network: DCN / InfiniBand, not ICI /
@@ -47,6 +52,8 @@ import re
 import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
+
+from ipo_jax.validation import validate_settings
 
 GIB = 1024**3
 DEFAULT_HEADROOM = 0.10
@@ -208,6 +215,15 @@ def model_config_for(config):
 def sequence_length(config) -> int:
     """The longest row the run compiles: the largest bucket (data.max_length unless buckets are set)."""
     return max(config.data.buckets) if config.data.buckets else config.data.max_length
+
+
+def check_sequence_fits_model(config, model_cfg) -> None:
+    """The longest row the run compiles must fit the model's context (max_position_embeddings)."""
+    length, context = sequence_length(config), model_cfg.max_position_embeddings
+    if length > context:
+        setting = "the largest of data.buckets" if config.data.buckets else "data.max_length"
+        raise PlanError(f"{setting} is {length} tokens, longer than the context of {config.model.init} "
+                        f"({context} tokens, max_position_embeddings); expected at most {context}")
 
 
 def rows_per_micro(config) -> int:
@@ -476,6 +492,7 @@ def measure(config, topology: Topology, layers: tuple[int, int] | None = None) -
 
     start = time.perf_counter()
     model_cfg = model_config_for(config)
+    check_sequence_fits_model(config, model_cfg)
     devices = topology_devices(topology)
     try:
         mesh = make_mesh(dict(config.mesh), devices=devices)
@@ -636,6 +653,7 @@ def run_plan(config, topology_name: str, *, headroom: float = DEFAULT_HEADROOM, 
     `device_memory_gib` replaces the topology's memory per device (another card, a reserved share)."""
     if not 0 <= headroom < 1:
         raise PlanError(f"--headroom {headroom}: expected a fraction in [0, 1)")
+    validate_settings("plan", config)  # the train stage's rules: a config plan calls fine, train refuses, is no plan
     topology = parse_topology(topology_name)
     if device_memory_gib is not None:
         if not (math.isfinite(device_memory_gib) and device_memory_gib > 0):
@@ -644,6 +662,7 @@ def run_plan(config, topology_name: str, *, headroom: float = DEFAULT_HEADROOM, 
                                        device_label=f"{topology.device_label} (budget set to {device_memory_gib:g} GiB)")
     if simulated(topology) and not request_cpu_devices(topology.devices):
         topology_devices(topology)  # raises the PlanError naming the device counts
+    check_sequence_fits_model(config, model_config_for(config))  # before anything is printed or compiled
     log(f"plan: {describe_run(config)}")
     log(f"topology: {topology_note(topology)}")
     m = measure(config, topology, layers)
