@@ -29,7 +29,7 @@ from ipo_jax.pipeline.csr import (
 )
 from ipo_jax.pipeline.intervene import InterventionConfig
 from ipo_jax.pipeline.records import prompt_text
-from ipo_jax.pipeline.trajectories import read_trajectories
+from ipo_jax.pipeline.trajectories import check_trajectory_tokens, read_trajectories
 from ipo_jax.pipeline.triggers import DEFAULT_TRIGGERS, load_triggers
 from ipo_jax.provenance import prompts_sha256, record_provenance, stage_provenance
 from ipo_jax.rollout import build_policy, load_policy_tokenizer, split_completion
@@ -186,9 +186,10 @@ def run_csr(config) -> int:
     c = config.csr
     if not c.trajectories:
         raise ValueError("config.csr.trajectories is empty: give a JSONL of trajectories (id, prompt, reasoning)")
-    tokenizer = load_policy_tokenizer(config)  # the policy's: csr places its cuts on its token ids
-    rows = read_trajectories(c.trajectories, tokenizer, kind=c.kind)  # every record checked before any work or output
+    rows = read_trajectories(c.trajectories, kind=c.kind)  # every record checked before any work or output
     check_judge_fits(config, [prompt_text(r) for r in rows], c.trajectories, roles=("judge",))
+    tokenizer = load_policy_tokenizer(config)  # the policy's: csr places its cuts on its token ids
+    check_trajectory_tokens(rows, c.trajectories, tokenizer)
     # a judged continuation is a trajectory prefix (up to the whole reasoning) + one generation
     longest = max((len(r["completion_ids"]) if isinstance(r.get("completion_ids"), list) else -(-len(r["reasoning"]) // 3)
                    for r in rows), default=0)

@@ -15,7 +15,10 @@ Without completion_ids csr tokenises the completion text (``<think>\\n`` + reaso
 rendered prompt does not open the reasoning itself), which the tokenizer must decode back to
 itself: the rules of `ipo_jax.pipeline.csr.continuation_points`, checked here for every record
 up front so a bad record fails the stage before its first trajectory's files are written.
-Errors are `TrajectoryFileError` (a ValueError: exit code 2) naming file:line, id and field.
+`read_trajectories(path, kind=...)` reads the file and checks what needs no tokenizer (ids, kinds,
+token ids in [0, 2**31)); `check_trajectory_tokens(records, path, tokenizer)` then checks every
+record against the policy tokenizer. Errors are `TrajectoryFileError` (a ValueError: exit code 2)
+naming file:line, id and field.
 """
 
 from __future__ import annotations
@@ -47,16 +50,30 @@ def _decode(tokenizer, ids) -> str:
     return tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
-def check_trajectory(record: dict[str, Any], where: str, tokenizer) -> None:
-    """One record's id, kind, completion_ids and their decode (module docstring); `where` is
-    "file:line"."""
-    identifier = record["id"]
-    located = f"{where} (id {identifier!r})"
-    if not SAFE_ID.fullmatch(identifier) or ".." in identifier:
+def _located(record: dict[str, Any], path) -> str:
+    return f"{path}:{record['_line']} (id {record['id']!r})"
+
+
+def check_trajectory_fields(record: dict[str, Any], path) -> None:
+    """One record's id, kind and completion_ids (in [0, 2**31)): what needs no tokenizer."""
+    located = _located(record, path)
+    if not SAFE_ID.fullmatch(record["id"]) or ".." in record["id"]:
         raise TrajectoryFileError(f"{located}: field 'id' is not a safe file name; expected letters, digits, '.', '_', "
                                   "'-', starting with a letter or digit (csr writes <id>.csr.csv)")
     if record.get("kind") is not None and record["kind"] not in PROMPT_KINDS:
         raise TrajectoryFileError(f"{located}: field 'kind' is {record['kind']!r}; expected one of {', '.join(PROMPT_KINDS)}")
+    if record.get("completion_ids") is not None:
+        check_token_ids(record["completion_ids"], located, "completion_ids", error=TrajectoryFileError)
+
+
+def check_trajectory_tokens(records: list[dict[str, Any]], path, tokenizer) -> None:
+    """Every record against the policy `tokenizer`: completion_ids below its size and decoding to
+    the record's reasoning, or a reasoning the tokenizer decodes back to itself (module docstring)."""
+    for record in records:
+        _check_tokens(record, _located(record, path), tokenizer)
+
+
+def _check_tokens(record: dict[str, Any], located: str, tokenizer) -> None:
     ids = record.get("completion_ids")
     if ids is not None:
         check_token_ids(ids, located, "completion_ids", vocab_size=len(tokenizer), error=TrajectoryFileError)
@@ -77,15 +94,14 @@ def check_trajectory(record: dict[str, Any], where: str, tokenizer) -> None:
             f"{_clip(head + record['reasoning'])!r}), so csr cannot place sentence ends on token boundaries")
 
 
-def read_trajectories(path: str | Path, tokenizer, *, kind: str = "") -> list[dict[str, Any]]:
-    """The records of `path` of `kind` ('' = every kind), each checked (module docstring) against
-    the policy's `tokenizer`; every record of the file is checked, whatever its kind. A file with
-    no record of `kind` is an error too."""
+def read_trajectories(path: str | Path, *, kind: str = "") -> list[dict[str, Any]]:
+    """The records of `path` of `kind` ('' = every kind), every record of the file checked
+    (`check_trajectory_fields`) whatever its kind; a file with no record of `kind` is an error."""
     if kind and kind not in PROMPT_KINDS:
         raise TrajectoryFileError(f"config.csr.kind is {kind!r}; expected one of {', '.join(PROMPT_KINDS)} or ''")
     records = read_jsonl_records(path, REQUIRED_FIELDS, kind="trajectory", error=TrajectoryFileError)
     for record in records:
-        check_trajectory(record, f"{path}:{record['_line']}", tokenizer)
+        check_trajectory_fields(record, path)
     chosen = [r for r in records if not kind or r.get("kind", "harmful") == kind]
     if not chosen:
         found = sorted({r.get("kind", "harmful") for r in records})
@@ -94,4 +110,5 @@ def read_trajectories(path: str | Path, tokenizer, *, kind: str = "") -> list[di
     return chosen
 
 
-__all__ = ["REQUIRED_FIELDS", "SAFE_ID", "TrajectoryFileError", "check_trajectory", "read_trajectories"]
+__all__ = ["REQUIRED_FIELDS", "SAFE_ID", "TrajectoryFileError", "check_trajectory_fields", "check_trajectory_tokens",
+           "read_trajectories"]
