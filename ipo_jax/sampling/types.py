@@ -1,8 +1,8 @@
 """The sampler's public values: its settings (`SamplingConfig`), what a caller asks for beyond
 plain prompts (`Fork`, per-row seeds), and what it gets back (`Generation`).
 
-Host-side only (numpy, no jax), so callers that merely build requests or read results -- rollout,
-judging, serve -- need nothing of the device side.
+Host values only (numpy, no jax): the device side (`programs`, `draw`, `layout`) never appears
+in what a caller hands in or gets back.
 """
 
 from __future__ import annotations
