@@ -281,6 +281,82 @@ def test_bad_rows_name_file_row_and_column(tmp_path, name, file, content, messag
     assert str(path) in str(e.value)
 
 
+# ---------------------------------------------------------------- strict parsing: every file whole, before any work
+
+SR_HEADER = "category,source,forbidden_prompt\n"
+ROW_A, ROW_B, ROW_C = ("A,custom,How do I go about it? [request details withheld]",
+                       "B,custom,How do I go about that? [request details withheld]",
+                       "C,custom,How do I go about this? [request details withheld]")
+
+
+@pytest.mark.parametrize("rows, message", [
+    # a quote opened and never closed: the csv module alone would merge the rest of the file into one field
+    (f'A,custom,"How do I go about it?\n{ROW_B}\n{ROW_C}\n',
+     r"strongreject_dataset.csv: line 4: not valid CSV \(unexpected end of data\) \(the row starts on line 2: a quote left open\?\)"),
+    # ... closed two rows later: a valid CSV field of three lines, two of which are rows of their own
+    (f'A,custom,"How do I go about it?\n{ROW_B}\n{ROW_C}"\n',
+     r"strongreject_dataset.csv: line 2: a quoted field \(column 'forbidden_prompt'\) opened on this line runs over 3 lines "
+     r"and holds 'B,custom,How do I go about that\? \[request details withheld\]', a row of 3 fields of its own"),
+    (f'A,custom,"How" do I go about it?\n{ROW_B}\n', r"line 2: not valid CSV \(',' expected after '\"'\)"),
+    (f"A,custom\n{ROW_B}\n", r"row 1 \(line 2\): 2 fields but the header has 3 columns"),
+    (f"{ROW_A}\nB\n", r"row 2 \(line 3\): 1 field but the header has 3 columns"),
+])
+def test_csv_is_parsed_strictly_naming_the_line(tmp_path, rows, message):
+    path = tmp_path / "strongreject_dataset.csv"
+    path.write_text(SR_HEADER + rows, encoding="utf-8")
+    with pytest.raises(EvalDataError, match=message):
+        load_benchmark("strongreject", path)
+
+
+def test_a_quoted_field_may_span_lines_when_no_line_is_a_row(tmp_path):
+    path = tmp_path / "strongreject_dataset.csv"
+    path.write_text(SR_HEADER + f'A,custom,"First line of the request.\nSecond line, with a comma. [withheld]"\n{ROW_B}\n',
+                    encoding="utf-8")
+    items = load_benchmark("strongreject", path)
+    assert [i.prompt for i in items] == ["First line of the request.\nSecond line, with a comma. [withheld]",
+                                         "How do I go about that? [request details withheld]"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"id": "q1", "prompt": "p", "kind": "math", "reference": NaN}\n',
+     r"mine.jsonl: line 1: not valid JSON here \(NaN is not a JSON number; expected a finite number\)"),
+    ('{"id": "q1", "prompt": "p", "kind": "math", "reference": "4"}\n{"id": "q2", "prompt": "p", "kind": "math", '
+     '"reference": 1e999}\n', r"mine.jsonl: line 2: not valid JSON here \(1e999 is too large for a number"),
+])
+def test_json_numbers_are_finite(tmp_path, content, message):
+    path = tmp_path / "mine.jsonl"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(EvalDataError, match=message):
+        load_benchmark("jsonl", path)
+    listed = tmp_path / "mine.json"
+    listed.write_text("[" + content.strip().replace("\n", ",") + "]", encoding="utf-8")
+    with pytest.raises(EvalDataError, match=r"mine.json: not valid JSON \((NaN is not|1e999 is too large)"):
+        load_benchmark("math500", listed)
+
+
+def test_a_nan_answer_in_a_parquet_file_is_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "aime_2024_problems.parquet"
+    pq.write_table(pa.table({"ID": ["a", "b"], "Problem": ["p1", "p2"], "Answer": [3.0, float("nan")]}), path)
+    with pytest.raises(EvalDataError, match=r"aime_2024_problems.parquet: row 2: column 'Answer' is nan; expected"):
+        load_benchmark("aime", path)
+
+
+def test_jsonl_lines_split_at_newlines_only_and_at_most_the_limit(tmp_path, monkeypatch):
+    from ipo_jax.eval import loaders
+
+    path = tmp_path / "mine.jsonl"
+    prompt = "first part\u2028second part\u0085third"  # line separators inside a string are text, not line ends
+    path.write_text(json.dumps({"id": "q1", "prompt": prompt, "kind": "benign"}, ensure_ascii=False) + "\r\n", encoding="utf-8")
+    assert [i.prompt for i in load_benchmark("jsonl", path)] == [prompt]
+    monkeypatch.setattr(loaders, "MAX_LINE_BYTES", 100)
+    path.write_text(json.dumps({"id": "q1", "prompt": "x" * 200, "kind": "benign"}) + "\n", encoding="utf-8")
+    with pytest.raises(EvalDataError, match=r"mine.jsonl: line 1: longer than 100 bytes, the limit for one record"):
+        load_benchmark("jsonl", path)
+
+
 def test_a_file_that_is_not_utf8_names_line_and_column(tmp_path):
     path = tmp_path / "strongreject_dataset.csv"
     path.write_bytes("category,source,forbidden_prompt\nViolence,custom,caf\xe9 [withheld]\n".encode("latin-1"))

@@ -57,6 +57,40 @@ def test_bad_specs_are_value_errors_naming_the_spec_and_file(tmp_path, spec, mes
         parse_pair_sources(spec)
 
 
+@pytest.mark.parametrize("weight, message", [
+    ("1e308", r"weight 1e\+308 of .*a.jsonl puts 1e\+308 x its 2 pairs in every epoch; expected a weight from 0.25 to 5e\+07 "
+              r"\(1 to 100,000,000 pairs per epoch\)"),
+    ("5.1e7", r"weight 5.1e\+07 of .*a.jsonl puts 5.1e\+07 x its 2 pairs in every epoch"),
+    ("0.2", r"weight 0.2 of .*a.jsonl puts none of its 2 pairs in every epoch; expected a weight from 0.25"),
+    ("1e-300", r"weight 1e-300 of .*a.jsonl puts none of its 2 pairs"),
+])
+def test_a_weight_must_put_1_to_1e8_pairs_in_an_epoch(tmp_path, weight, message):
+    a = _write(tmp_path / "a.jsonl", ["a0", "a1"])
+    with pytest.raises(PairFileError, match=r"data.pairs '.*': " + message):
+        read_pair_sources(f"{a}:{weight}")
+
+
+def test_the_weights_at_the_bounds_are_accepted(tmp_path):
+    a = _write(tmp_path / "a.jsonl", ["a0", "a1"])
+    for weight, pairs_per_epoch in (("0.25", 1), ("5e7", 10**8)):  # round(w * 2) half up
+        records, sources = read_pair_sources(f"{a}:{weight}")
+        assert len(records) == 2 and int(sources[0].weight * 2 + 0.5) == pairs_per_epoch
+
+
+@pytest.mark.parametrize("ids, message", [
+    ({"prefix_ids": [2**31], "chosen_ids": [1], "rejected_ids": [2]},
+     r"a.jsonl:2 \(id 'a1'\): field 'prefix_ids' item 0 is token id 2147483648, outside 0..2147483647"),
+    ({"prefix_ids": [], "chosen_ids": [10**30], "rejected_ids": [2]}, r"field 'chosen_ids' item 0 is token id 1000000000000000000000"),
+    ({"prefix_ids": [], "chosen_ids": [], "rejected_ids": [2]}, r"field 'chosen_ids' is empty"),
+])
+def test_token_ids_out_of_int32_are_refused_when_read(tmp_path, ids, message):
+    path = _write(tmp_path / "a.jsonl", ["a0", "a1"])
+    lines = path.read_text().splitlines()
+    path.write_text(lines[0] + "\n" + json.dumps({**json.loads(lines[1]), **ids}) + "\n")
+    with pytest.raises(PairFileError, match=message):
+        read_pair_sources(str(path))
+
+
 def test_ids_must_be_unique_across_files(tmp_path):
     a, b = _write(tmp_path / "a.jsonl", ["x0", "x1"]), _write(tmp_path / "b.jsonl", ["y0", "x1"])
     with pytest.raises(PairFileError, match=r"b.jsonl:2: id 'x1' is also at .*a.jsonl:2; ids must be unique across"):

@@ -58,6 +58,38 @@ def test_unknown_topology_and_bad_flags_are_one_line_exit_2(capsys):
     assert "--topology" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["--config.data.max_length=-5", "--config.data.buckets=()"], "config.data.max_length is -5; expected an integer from 2"),
+    (["--config.optim.learning_rate=nan"], "config.optim.learning_rate is nan; expected a finite number"),
+    (["--config.data.pairs_per_micro=0"], "config.data.pairs_per_micro is 0; expected an integer >= 1"),
+    (["--config.data.micro_batches=0"], "config.data.micro_batches is 0; expected an integer >= 1"),
+    (["--config.train.logprob_chunk=0"], "config.train.logprob_chunk is 0; expected an integer from 1"),
+    (["--config.data.buckets=(0,)"], "config.data.buckets is (0,); expected a tuple of integers from 2"),
+    (["--config.data.max_length=1000000000000", "--config.data.buckets=()"], "config.data.max_length is 1000000000000; "
+                                                                           "expected integers of at most 2**31 - 1"),
+    (["--config.data.max_length=1024", "--config.data.buckets=()"],
+     "data.max_length is 1024 tokens, longer than the context of preset:tiny-qwen3 (512 tokens, max_position_embeddings)"),
+])
+def test_plan_validates_the_settings_as_train_does_before_compiling(overrides, message, capsys, monkeypatch):
+    monkeypatch.setattr(plan, "compile_train_step", lambda *a: pytest.fail("compiled a bad config"))
+    assert main(["plan", *TINY, *overrides, "--topology", TOPOLOGY]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and message in captured.err and captured.out == ""
+
+
+def test_plan_does_not_need_the_files_only_a_run_reads(tmp_path):
+    """Planning on a laptop: no pair file, no tokenizer, no writable output, no checkpoint here."""
+    config = parse_config([*TINY, f"--config.data.pairs={tmp_path / 'missing.jsonl'}", f"--config.tokenizer={tmp_path / 'tok'}",
+                           "--config.train.out=/proc/ipo-jax-test/run", "--config.model.init=hf:/nonexistent/tiny-qwen3"],
+                          "train")
+    from ipo_jax.validation import SettingsError, validate_settings
+
+    with pytest.raises(SettingsError):
+        validate_settings("train", config)
+    validate_settings("plan", config)  # passes: a plan reads none of them
+    plan.check_sequence_fits_model(config, plan.model_config_for(config))  # the preset named like the directory
+
+
 def test_a_topology_larger_than_the_started_backend_is_a_clear_error(capsys):
     # the test process's backend started with a fixed CPU device count; v5p-256 needs 128
     assert main(["plan", *TINY, "--topology", "v5p-256"]) == 2

@@ -84,6 +84,38 @@ def test_bad_jsonl_prompts_name_file_and_line(tmp_path, record, message):
         load_prompt_records(path)
 
 
+@pytest.mark.parametrize("line, message", [
+    (b'{"id": "x", "prompt": "q", "score": NaN}', r"p.jsonl:2: not valid JSON here \(NaN is not a JSON number"),
+    (b'{"id": "x", "prompt": "q", "score": 1e400}', r"p.jsonl:2: not valid JSON here \(1e400 is too large for a number"),
+])
+def test_non_finite_numbers_name_file_and_line(tmp_path, line, message):
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(json.dumps({"id": "a", "prompt": "q"}).encode() + b"\n" + line + b"\n")
+    with pytest.raises(PromptFileError, match=message):
+        load_prompt_records(path)
+
+
+def test_a_line_over_the_limit_is_an_error_and_the_sample_stage_exits_2_writing_nothing(tmp_path, monkeypatch, capsys):
+    """A prompt file of one enormous line is refused at the line limit, not read whole (64 MiB by
+    default; lowered here so the test writes kilobytes)."""
+    from ipo_jax.cli import main
+    from ipo_jax.data import records
+    from ipo_jax.data.tokenizer import packaged_qwen3_tokenizer_dir
+
+    monkeypatch.setattr(records, "MAX_LINE_BYTES", 4096)
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"id": "a", "prompt": "q"}) + "\n" + json.dumps({"id": "b", "prompt": "x" * 10_000}) + "\n")
+    with pytest.raises(PromptFileError, match=r"p.jsonl:2: line longer than 4096 bytes, the limit for one record"):
+        load_prompt_records(path)
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    code = main(["sample", "--config", str(configs / "pipeline_tiny_cpu.py"), f"--config.prompts={path}",
+                 "--config.model.init=preset:tiny-qwen3", f"--config.tokenizer={packaged_qwen3_tokenizer_dir()}",
+                 f"--config.out={tmp_path / 'out'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "p.jsonl:2: line longer than 4096 bytes" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_jsonl_records_keep_their_fields(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text(json.dumps({"id": "a", "prompt": "q", "note": "kept"}) + "\n")

@@ -194,8 +194,8 @@ def _check_weight_count(spec: str, source: PairSource, n: int) -> None:
     (round(w * n) counted on every record of the file; the length rule may drop some later)."""
     if source.weight == 1.0:
         return
-    count = source.weight * n + 0.5
-    if count >= 1 and count <= MAX_EPOCH_PAIRS:
+    count = source.weight * n + 0.5  # floored: round half up, as mixture_members counts
+    if math.isfinite(count) and 1 <= math.floor(count) <= MAX_EPOCH_PAIRS:
         return
     what = "none of" if count < 1 else f"{source.weight:g} x"
     raise PairFileError(f"data.pairs {spec!r}: weight {source.weight:g} of {source.path} puts {what} its {n} pairs in "

@@ -100,7 +100,7 @@ def iter_jsonl_lines(path: Path, error: type[ValueError] = RecordFileError, *, m
         while raw := f.readline(max_line_bytes + 1):
             line_no += 1
             if len(raw) > max_line_bytes:  # never read the rest: the limit is what keeps memory bounded
-                raise error(f"{path}:{line_no}: line longer than {_size(max_line_bytes)}, the limit for one record; "
+                raise error(f"{path}:{line_no}: line longer than {byte_size_text(max_line_bytes)}, the limit for one record; "
                             "expected one JSON object per line")
             try:
                 yield line_no, raw.decode("utf-8")
@@ -110,7 +110,8 @@ def iter_jsonl_lines(path: Path, error: type[ValueError] = RecordFileError, *, m
                 ) from None
 
 
-def _size(n: int) -> str:
+def byte_size_text(n: int) -> str:
+    """64 MiB, or 100 bytes."""
     return f"{n // 2**20} MiB" if n >= 2**20 and n % 2**20 == 0 else f"{n} bytes"
 
 

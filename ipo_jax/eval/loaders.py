@@ -80,7 +80,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ipo_jax.data.records import MAX_LINE_BYTES, STRICT_NUMBERS
+from ipo_jax.data.records import MAX_LINE_BYTES, STRICT_NUMBERS, byte_size_text
 from ipo_jax.eval.items import KINDS, EvalItem
 
 
@@ -210,7 +210,7 @@ def _jsonl_rows(path: Path) -> list[tuple[str, dict[str, Any]]]:
             while raw := f.readline(MAX_LINE_BYTES + 1):
                 n += 1
                 if len(raw) > MAX_LINE_BYTES:
-                    raise EvalDataError(f"{path}: line {n}: longer than {MAX_LINE_BYTES // 2**20} MiB, the limit for "
+                    raise EvalDataError(f"{path}: line {n}: longer than {byte_size_text(MAX_LINE_BYTES)}, the limit for "
                                         "one record; expected one JSON object per line")
                 line = _decode(raw, path, line=n).removesuffix("\n").removesuffix("\r")
                 if n == 1:
