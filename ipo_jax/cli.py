@@ -34,10 +34,11 @@ from __future__ import annotations
 
 import argparse
 import errno
-import logging
 import os
 import sys
 from pathlib import Path
+
+from ipo_jax.log import cli_logging
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 # The config stages: their help line and the config files shipped for them (under configs/).
@@ -439,7 +440,7 @@ def _output_path(config) -> str | None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(prog="ipo-jax", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level; show tracebacks")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log everything at DEBUG, third-party libraries too; show tracebacks")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="stage", parser_class=_ArgumentParser)
 
     conv = sub.add_parser(
@@ -586,8 +587,8 @@ def main(argv: list[str] | None = None) -> int:
         args, rest = parser.parse_known_args(argv)
         args.output = None
         verbose = args.verbose
-        logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-        return _dispatch(args, rest, parser)
+        with cli_logging(verbose):  # ipo_jax's report at INFO, third parties quiet (ipo_jax/log.py)
+            return _dispatch(args, rest, parser)
     except SystemExit as e:  # argparse's own --help / usage exits
         return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
     except BrokenPipeError:

@@ -1,5 +1,5 @@
-"""One length rule for every layout (ipo_jax/data/pairs.py fit_to_length, ipo_jax/train/loop.py
-_fit_pairs): a pair whose prompt + prefix + chosen + rejected exceed data.max_length is dropped
+"""One length rule for every layout (ipo_jax/data/pairs.py fit_to_length, ipo_jax/train/data.py
+fit_pairs): a pair whose prompt + prefix + chosen + rejected exceed data.max_length is dropped
 whole, never cut; the kept set is the same in both layouts; dropped pairs are listed with their
 reason, and more than data.max_dropped_share of them stops `ipo-jax train` with exit 2."""
 
@@ -13,7 +13,8 @@ import pytest
 
 from ipo_jax.cli import main
 from ipo_jax.data.pairs import TokenizedPair, fit_to_length
-from ipo_jax.train import loop
+from ipo_jax.train import data
+from ipo_jax.train.errors import TrainingError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "train_tiny_cpu.py")
@@ -35,17 +36,16 @@ def _mix():
 
 
 @pytest.mark.parametrize("layout", ["prefix_shared", "duplicated"])
-def test_a_5000_6000_token_pair_is_dropped_whole_in_both_layouts(tmp_path, layout):
+def test_a_5000_6000_token_pair_is_dropped_whole_in_both_layouts(layout):
     pairs = _mix()
-    kept, dropped = loop._fit_pairs(pairs, _config(layout), tmp_path)
+    kept, dropped = data.fit_pairs(pairs, _config(layout))
     # the same kept set in both layouts, each pair untouched (was: prefix_shared cut it to
     # 3296 / 3296 tokens, duplicated kept 5000 / 6000)
     assert [p.id for p in kept] == [f"s{i}" for i in range(19)]
     assert all(k is p for k, p in zip(kept, pairs))
     assert [(d["id"], d["reason"], d["tokens"], d["chosen"], d["rejected"]) for d in dropped] == [
         ("long", "pair_too_long", 11100, 5000, 6000)]
-    (line,) = (tmp_path / "skipped_pairs.jsonl").read_text().splitlines()
-    assert json.loads(line)["id"] == "long" and json.loads(line)["max_length"] == 8192
+    assert dropped[0]["max_length"] == 8192  # as skipped_pairs.jsonl will list it
 
 
 def test_no_pair_is_ever_cut_at_any_length():
@@ -58,17 +58,16 @@ def test_no_pair_is_ever_cut_at_any_length():
             assert fitted is (pair if len(pair.prompt) + len(pair.prefix) + len(pair.chosen) + len(pair.rejected) <= max_length else None)
 
 
-def test_a_drop_share_over_the_limit_stops_before_the_model_loads(tmp_path):
+def test_a_drop_share_over_the_limit_stops_before_the_model_loads():
     pairs = _mix()[1:]  # 18 short + the long one: 1 of 19 = 5.3% > 5%
-    with pytest.raises(loop.TrainingError) as e:
-        loop._fit_pairs(pairs, _config("duplicated"), tmp_path, where={"long": "pairs.jsonl:19"})
+    with pytest.raises(TrainingError) as e:
+        data.fit_pairs(pairs, _config("duplicated"), where={"long": "pairs.jsonl:19"})
     assert str(e.value).startswith(
         "1 of 19 pairs (5.3%) are longer than data.max_length 8192 and would be dropped (more than "
         "data.max_dropped_share 0.05); the longest, 'long' (pairs.jsonl:19), has 11100 tokens "
         "(prompt + prefix + chosen + rejected); raise data.max_length to at least 11100")
-    assert (tmp_path / "skipped_pairs.jsonl").is_file()  # what would be dropped, for the user to look at
     # 1 of 20 is exactly 5%: not more than the limit
-    kept, dropped = loop._fit_pairs(_mix(), _config("duplicated"), tmp_path)
+    kept, dropped = data.fit_pairs(_mix(), _config("duplicated"))
     assert (len(kept), len(dropped)) == (19, 1)
 
 
@@ -94,8 +93,8 @@ def test_train_exits_2_naming_the_longest_pair_when_too_many_would_be_dropped(tm
     assert re.search(r"1 of 17 pairs \(5\.9%\) are longer than data\.max_length 256 and would be dropped \(more than "
                      r"data\.max_dropped_share 0\.05\); the longest, 'long-0' \(.*pairs\.jsonl:17\), has \d{4} tokens .*"
                      r"raise data\.max_length to at least \d{4}", err), err
-    # one line ('.' matches no newline), and the run stopped before the model loaded
-    assert not (out / "checkpoints").exists()
+    # one line ('.' matches no newline), and the run stopped before anything was written
+    assert len(err.splitlines()) == 1 and not out.exists()
 
 
 def test_train_within_the_share_drops_the_long_pair_and_trains(tmp_path, capsys):

@@ -132,11 +132,12 @@ def test_an_id_outside_the_tokenizer_names_file_line_id_and_field(tiny):
 
 
 def test_the_loop_tokenises_mixed_files_keeping_ids_and_refuses_a_tiny_tokenizer_for_ids(tmp_path, qwen3):
-    from ipo_jax.train.loop import TrainingError, _tokenize, _tokenizer
+    from ipo_jax.train.data import build_tokenizer, tokenize_records
+    from ipo_jax.train.errors import TrainingError
 
     with_ids = _sampled_record(qwen3)
     text_only = {**{k: v for k, v in with_ids.items() if not k.endswith("_ids") and k != "finish_reasons"}, "id": "p1", "_line": 2}
-    pairs = _tokenize([with_ids, text_only], qwen3)  # through the datasets table, as training does
+    pairs = tokenize_records([with_ids, text_only], qwen3)  # as training does
     for pair, record in zip(pairs, [with_ids, text_only]):
         expected = tokenize_pair(qwen3, record)
         for field in ("prompt", "prefix", "chosen", "rejected"):
@@ -144,7 +145,7 @@ def test_the_loop_tokenises_mixed_files_keeping_ids_and_refuses_a_tiny_tokenizer
     np.testing.assert_array_equal(pairs[0].prefix, with_ids["prefix_ids"])
     config = ml_collections.ConfigDict({"tokenizer": "tiny", "tiny_tokenizer_vocab": 300, "model": {"init": ""}})
     with pytest.raises(TrainingError, match=r"pairs.jsonl:1 \(id 'p0'\) carries token ids .* tokenizer='tiny'"):
-        _tokenizer(config, [text_only, with_ids], tmp_path)
+        build_tokenizer(config, [text_only, with_ids])
 
 
 def test_the_sampler_is_prompted_with_the_ids_training_uses(qwen3):

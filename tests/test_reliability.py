@@ -33,7 +33,7 @@ from test_pipeline import COMPLIANT, SAFE_TAIL, TRIGGERS, ScriptedPolicy
 from test_train import REPO, _finish, _losses, _metrics, _run_cli, _train_args
 
 from ipo_jax.cli import main
-from ipo_jax.train import loop
+from ipo_jax.train import checkpoints, data, loop, run_dir
 from ipo_jax.train.step import TrainState
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reliability"
@@ -142,7 +142,7 @@ def _tiny_state(value: float, step: int, shape=(4, 8)) -> TrainState:
 def three_checkpoints(tmp_path):
     """A run directory with checkpoints 2, 4, 6 written by the loop's own manager settings."""
     out = tmp_path / "run"
-    manager = loop.checkpoint_manager(out / "checkpoints", keep=5, asynchronous=False)
+    manager = checkpoints.checkpoint_manager(out / "checkpoints", keep=5, asynchronous=False)
     for step in (2, 4, 6):
         manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_tiny_state(float(step), step)),
                                                    meta=ocp.args.JsonSave({"position": {"epoch": 0, "batch": step}})))
@@ -151,9 +151,9 @@ def three_checkpoints(tmp_path):
 
 
 def _restore(out: Path, template: TrainState):
-    manager = loop.checkpoint_manager(out / "checkpoints", keep=5, asynchronous=False)
+    manager = checkpoints.checkpoint_manager(out / "checkpoints", keep=5, asynchronous=False)
     shardings = jax.tree.map(lambda x: x.sharding, template)
-    return manager, loop._restore_newest_readable(manager, template, shardings, {"epoch": 0, "batch": 0}, out, "preset:test")
+    return manager, checkpoints.restore_newest_readable(manager, template, shardings, {"epoch": 0, "batch": 0}, out, "preset:test")
 
 
 def _truncate_files(d: Path):
@@ -182,11 +182,12 @@ def _garble_meta(d: Path):
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("damage", [_truncate_files, _flip_bytes, _remove_array_data, _garble_meta],
                          ids=["truncated", "flipped-bytes", "array-data-missing", "meta-cut"])
-def test_a_damaged_latest_checkpoint_is_reported_and_the_previous_one_used(three_checkpoints, damage, capsys):
+def test_a_damaged_latest_checkpoint_is_reported_and_the_previous_one_used(three_checkpoints, damage, caplog):
     out = three_checkpoints
     damage(out / "checkpoints" / "6")
-    manager, (state, position, step) = _restore(out, _tiny_state(0.0, 0))
-    printed = capsys.readouterr().out
+    with caplog.at_level("INFO", logger="ipo_jax"):
+        manager, (state, position, step) = _restore(out, _tiny_state(0.0, 0))
+    printed = caplog.text
     assert step == 4 and position == {"epoch": 0, "batch": 4} and int(state.step) == 4
     np.testing.assert_array_equal(np.asarray(state.params["w"]), np.full((4, 8), 4.0, np.float32))
     assert f"checkpoint {out / 'checkpoints' / '6'} is unreadable (" in printed
@@ -223,7 +224,7 @@ def _checkpoints_with_checksums(out: Path) -> Path:
     """Checkpoints 2, 4, 6 as the loop writes them: the meta item records each array's checksum."""
     from ipo_jax.checkpoint.orbax import CHECKSUMS_KEY, array_checksums
 
-    manager = loop.checkpoint_manager(out / "checkpoints", keep=5, asynchronous=False)
+    manager = checkpoints.checkpoint_manager(out / "checkpoints", keep=5, asynchronous=False)
     rng = np.random.RandomState(0)
     for step in (2, 4, 6):
         state = _tiny_state(float(step), step)
@@ -248,34 +249,36 @@ def _flip_64_bytes_of_the_largest_array_file(d: Path, seed: int) -> None:
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_flipped_bits_that_still_decode_fail_the_checksums_and_the_previous_checkpoint_is_used(tmp_path, capsys, seed):
+def test_flipped_bits_that_still_decode_fail_the_checksums_and_the_previous_checkpoint_is_used(tmp_path, capsys, caplog, seed):
     out = _checkpoints_with_checksums(tmp_path / "run")
     template = _tiny_state(0.0, 0).replace(params={"w": jnp.zeros((64, 64), jnp.float32)})
     _flip_64_bytes_of_the_largest_array_file(out / "checkpoints" / "6", seed)
     # orbax alone reads the damaged checkpoint back without complaint, as different numbers
-    manager = loop.checkpoint_manager(out / "checkpoints", keep=5, asynchronous=False)
+    manager = checkpoints.checkpoint_manager(out / "checkpoints", keep=5, asynchronous=False)
     raw = manager.restore(6, args=ocp.args.Composite(state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()))
     rng = np.random.RandomState(0)
     saved = {step: rng.randn(64, 64).astype(np.float32) for step in (2, 4, 6)}
     assert not np.array_equal(np.asarray(raw["state"].params["w"]), saved[6])
     manager.close()
 
-    manager, (state, position, step) = _restore(out, template)
+    with caplog.at_level("INFO", logger="ipo_jax"):
+        manager, (state, position, step) = _restore(out, template)
     printed = capsys.readouterr()
     assert step == 4 and position == {"epoch": 0, "batch": 4}
     np.testing.assert_array_equal(np.asarray(state.params["w"]), saved[4])
-    (line,) = [l for l in printed.out.splitlines() if "is unreadable" in l]
+    (line,) = [r.getMessage() for r in caplog.records if "is unreadable" in r.getMessage()]
     assert line.startswith(f"checkpoint {out / 'checkpoints' / '6'} is unreadable (ValueError: ")
     assert "differ from the checksums recorded at save time: params/w: checksum" in line
     assert "Traceback" not in printed.out + printed.err
     assert (out / "unreadable_checkpoints" / "6").is_dir() and manager.all_steps() == [2, 4]
 
 
-def test_a_step_moved_aside_twice_is_kept_twice_side_by_side(three_checkpoints, capsys):
+def test_a_step_moved_aside_twice_is_kept_twice_side_by_side(three_checkpoints, caplog):
     out = three_checkpoints
     for round_ in (1, 2):
         _truncate_files(out / "checkpoints" / "6")
-        manager, (_, _, step) = _restore(out, _tiny_state(0.0, 0))
+        with caplog.at_level("INFO", logger="ipo_jax"):
+            manager, (_, _, step) = _restore(out, _tiny_state(0.0, 0))
         assert step == 4
         manager.save(6, args=ocp.args.Composite(state=ocp.args.StandardSave(_tiny_state(6.0, 6)),
                                                 meta=ocp.args.JsonSave({"position": {"epoch": 0, "batch": 6}})))
@@ -284,7 +287,7 @@ def test_a_step_moved_aside_twice_is_kept_twice_side_by_side(three_checkpoints, 
     aside = out / "unreadable_checkpoints"
     assert sorted(p.name for p in aside.iterdir()) == ["6", "6.2"]
     assert not (aside / "6" / "6").exists() and (aside / "6.2" / "state").is_dir()
-    assert f"moved unreadable checkpoint {out / 'checkpoints' / '6'} to {aside / '6.2'}" in capsys.readouterr().out
+    assert f"moved unreadable checkpoint {out / 'checkpoints' / '6'} to {aside / '6.2'}" in caplog.text
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -292,17 +295,17 @@ def test_the_fallback_prints_one_line_per_unreadable_checkpoint_and_no_traceback
     out = three_checkpoints
     _truncate_files(out / "checkpoints" / "6")
     _truncate_files(out / "checkpoints" / "4")
-    with caplog.at_level("WARNING"):
+    with caplog.at_level("INFO"):
         _, (_, _, step) = _restore(out, _tiny_state(0.0, 0))
         jax.effects_barrier()
     printed = capsys.readouterr()
     assert step == 2
     assert [r.getMessage()[:80] for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []  # orbax's own
     assert "Traceback" not in printed.out + printed.err and printed.err.strip() == ""
-    lines = printed.out.splitlines()
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("ipo_jax")]
     assert [l.split(" is unreadable")[0] for l in lines if "is unreadable" in l] == \
         [f"checkpoint {out / 'checkpoints' / '6'}", f"checkpoint {out / 'checkpoints' / '4'}"]
-    assert len(lines) == 5  # two unreadable, two moved, one resumed
+    assert len(lines) == 5 and all("\n" not in l for l in lines)  # two unreadable, two moved, one resumed
 
 
 def test_an_update_that_leaves_an_optimizer_moment_non_finite_is_skipped():
@@ -410,7 +413,9 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run_with_the_last_goo
     out = tmp_path / "run"
     # the tiny config's 30 steps (compiled once with test_train's 30-step run); stops at step 8
     assert main(_train_args(out, "--config.train.save_every=5", "--config.train.max_consecutive_skips=3")) == loop.EXIT_TOO_MANY_SKIPS
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.err  # warnings: one line each
+    assert printed.count("\n") == 5 and "Traceback" not in captured.out + captured.err  # 4 skipped steps, the stop
     rows = {r["step"]: r for r in _metrics(out)}
     assert sorted(rows) == list(range(1, 9))
     assert [s for s, r in rows.items() if r["update_applied"] == 0] == [3, 6, 7, 8]
@@ -432,12 +437,23 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run_with_the_last_goo
 
 
 def test_a_run_whose_every_update_is_skipped_exits_4_without_a_final_model(tmp_path, monkeypatch, capsys):
-    """A start rejected after the settings pass (no pair fits max_length 16) leaves config.json, and
-    a killed final save left .final.tmp-PID: neither blocks the corrected rerun. That rerun's
-    every update is non-finite (NaN reference log-probs): exit 4, no final/, metrics strict JSON."""
+    """A start refused for its data (no pair fits max_length 16) leaves nothing; one that failed
+    after its checks (the model could not be read) left config.json of other settings, and a killed
+    final save left .final.tmp-PID: neither blocks the corrected rerun. That rerun's every update
+    is non-finite (NaN reference log-probs): exit 4, no final/, metrics strict JSON."""
+    from ipo_jax.train import build
+
     out = tmp_path / "run"
     assert main(_train_args(out, "--config.data.max_length=16")) == 2
-    assert (out / "config.json").is_file()
+    assert not out.exists()  # refused before anything was written
+
+    def unreadable_model(*args, **kwargs):
+        raise OSError(5, "Input/output error", "/models/policy/model.safetensors")
+
+    monkeypatch.setattr(build, "load_model", unreadable_model)
+    assert main(_train_args(out, "--config.data.seed=3")) == 2
+    assert (out / "config.json").is_file() and json.loads((out / "config.json").read_text())["data"]["seed"] == 3
+    monkeypatch.undo()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (out / f".final.tmp-{dead.pid}").mkdir()
@@ -448,7 +464,8 @@ def test_a_run_whose_every_update_is_skipped_exits_4_without_a_final_model(tmp_p
         dict(batch, ref_chosen=np.full_like(batch["ref_chosen"], np.nan)), shardings))
     args = _train_args(out, "--config.train.max_steps=3", "--config.train.save_every=5")
     assert main(args) == loop.EXIT_NOT_TRAINED == 4
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out + captured.err
     assert "the previous start with other settings never completed a step; starting afresh" in printed
     assert f"removed {out / f'.final.tmp-{dead.pid}'} (left by a save that was killed)" in printed
     assert "not trained: all 3 updates were skipped (non-finite loss, gradient or update); no final model written; exit code 4" in printed
@@ -666,8 +683,9 @@ def test_the_length_rule_drops_whole_pairs_counts_and_reports_each_reason(tmp_pa
              TokenizedPair("long", ids(4), ids(4), ids(20), ids(5)),           # 33: dropped, not cut
              TokenizedPair("hopeless", ids(10), ids(20), ids(3), ids(3))]      # trunk 30 > 24
     config = ml_collections.ConfigDict({"data": {"max_length": 24, "layout": "prefix_shared", "max_dropped_share": 0.7}})
-    kept, dropped = loop._fit_pairs(pairs, config, tmp_path, where={"long": "p.jsonl:2"})
+    kept, dropped = data.fit_pairs(pairs, config, where={"long": "p.jsonl:2"})
     assert kept == pairs[:1] and [d["id"] for d in dropped] == ["long", "hopeless"]
+    run_dir.write_skipped_pairs(tmp_path / "skipped_pairs.jsonl", dropped)
     lines = [json.loads(line) for line in (tmp_path / "skipped_pairs.jsonl").read_text().splitlines()]
     assert lines == [
         {"id": "long", "reason": "pair_too_long", "at": "p.jsonl:2", "tokens": 33, "max_length": 24,
@@ -678,15 +696,15 @@ def test_the_length_rule_drops_whole_pairs_counts_and_reports_each_reason(tmp_pa
     config.data.max_dropped_share = 0.6  # 2 of 3 is more than that
     with pytest.raises(loop.TrainingError, match=r"2 of 3 pairs \(66.7%\) are longer than data.max_length 24 .*"
                                                  r"the longest, 'hopeless', has 36 tokens"):
-        loop._fit_pairs(pairs, config, tmp_path)
+        data.fit_pairs(pairs, config)
 
 
 def test_no_pair_fitting_max_length_is_a_clear_error(tmp_path, capsys):
     assert main(_train_args(tmp_path / "out", "--config.data.max_length=16", "--config.data.max_dropped_share=1.0")) == 2
     err = capsys.readouterr().err
     assert "16 of 16 pairs (100.0%) are longer than data.max_length 16 and would be dropped (every pair would be dropped)" in err
-    assert "raise data.max_length" in err and "skipped_pairs.jsonl" in err
-    assert len((tmp_path / "out" / "skipped_pairs.jsonl").read_text().splitlines()) == 16
+    assert "raise data.max_length" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
 def test_a_tokenizer_larger_than_the_models_vocabulary_is_refused(hf_dirs, tmp_path, capsys):

@@ -302,8 +302,9 @@ def test_a_corrupted_latest_checkpoint_is_reported_and_the_previous_one_used(tmp
     capsys.readouterr()
 
     assert main(args) == 0
-    printed = capsys.readouterr().out
-    assert "checkpoints/6 is unreadable" in printed and "resumed from" in printed and "(step 4," in printed
+    captured = capsys.readouterr()
+    printed = captured.out + captured.err
+    assert "checkpoints/6 is unreadable" in captured.err and "resumed from" in captured.out and "(step 4," in printed
     assert (out / "unreadable_checkpoints" / "6").is_dir()  # kept for inspection, not deleted
     rerun = _metrics(out)[len(first):]
     assert [r["step"] for r in rerun] == [5, 6]
@@ -322,7 +323,7 @@ def test_consecutive_non_finite_steps_stop_the_run_with_a_checkpoint_of_the_last
     args = _train_args(out, "--config.optim.learning_rate=1e9", "--config.optim.warmup_steps=1",
                        "--config.train.max_steps=12", "--config.train.max_consecutive_skips=3", "--config.train.save_every=100")
     assert main(args) == EXIT_TOO_MANY_SKIPS
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err  # warnings
     rows = _metrics(out)
     last = rows[-1]["step"]
     assert f"stopping: 3 consecutive non-finite steps (loss or gradient); last good state saved at step {last}" in printed

@@ -79,7 +79,8 @@ def test_a_reference_of_another_shape_is_a_clear_error(tmp_path, capsys):
 def test_a_run_started_before_a_setting_existed_still_resumes(tmp_path):
     """Settings added later (reference.init, data.packing, loss.nll_norm) are read as their defaults
     in an older run's config.json, so upgrading does not lock a run out; other changes still refuse."""
-    from ipo_jax.train.loop import TrainingError, check_output_dir
+    from ipo_jax.train.errors import TrainingError
+    from ipo_jax.train.run_dir import check_output_dir
 
     config = _tiny_run(tmp_path / "run")
     old = json.loads(config.to_json_best_effort())

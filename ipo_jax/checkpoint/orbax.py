@@ -10,11 +10,18 @@ After restoring, every array's checksum (`array_checksums`, recorded in model_co
 save time) is compared with the restored values: flipped bits are a CheckpointError, never a
 silently different model. The training loop records and checks the same checksums for its
 checkpoints.
+
+A write that fails (a full disk, a read-only directory) is the OSError it stands for, naming the
+directory (`os_error_from`: tensorstore reports a full disk as "RESOURCE_EXHAUSTED ...
+[os_error_code='28']"); the temporary directory is removed (ipo_jax.checkpoint.atomic).
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import re
 from pathlib import Path
 
 import jax
@@ -34,6 +41,25 @@ PARAMS_DIR = "params"
 
 
 CHECKSUMS_KEY = "checksums"
+_OS_ERROR_CODE = re.compile(r"\[os_error_code='?(\d+)'?\]")
+
+
+def os_error_from(error: BaseException, path: str | Path) -> OSError | None:
+    """The OSError a failed orbax / tensorstore write stands for, naming `path`; None if it is not one.
+
+    tensorstore reports the system error inside a ValueError's text ("... No space left on device
+    [os_error_code='28']"), possibly as the cause of the exception orbax raises."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno is not None:
+            return OSError(error.errno, error.strerror or os.strerror(error.errno), error.filename or str(path))
+        match = _OS_ERROR_CODE.search(str(error))
+        if match and int(match[1]) in errno.errorcode:
+            code = int(match[1])
+            return OSError(code, os.strerror(code), str(path))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _array_checksum(x: jax.Array) -> jax.Array:
@@ -95,14 +121,20 @@ def save_orbax(model: Decoder, out_dir: str | Path, *, overwrite: bool = False) 
     is_writer = is_main_process()
     checksums = array_checksums(params)  # every process: the computation spans all devices
     # orbax coordinates all processes itself; only the config file is ours to write.
-    with atomic_output_dir(out_dir, overwrite) as tmp:
-        with ocp.StandardCheckpointer() as checkpointer:
-            checkpointer.save(tmp / PARAMS_DIR, params)
-            checkpointer.wait_until_finished()
-        if is_writer:
-            meta = {"hf_config": cfg.to_hf_dict(), "param_dtype": cfg.param_dtype, "dtype": cfg.dtype}
-            meta[CHECKSUMS_KEY] = checksums
-            (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    try:
+        with atomic_output_dir(out_dir, overwrite) as tmp:
+            with ocp.StandardCheckpointer() as checkpointer:
+                checkpointer.save(tmp / PARAMS_DIR, params)
+                checkpointer.wait_until_finished()
+            if is_writer:
+                meta = {"hf_config": cfg.to_hf_dict(), "param_dtype": cfg.param_dtype, "dtype": cfg.dtype}
+                meta[CHECKSUMS_KEY] = checksums
+                (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    except Exception as e:  # noqa: BLE001 -- tensorstore reports a failed write as a ValueError holding the OS error
+        error = os_error_from(e, out_dir)
+        if error is None:
+            raise
+        raise error from None
     return out_dir
 
 
