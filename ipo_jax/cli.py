@@ -145,23 +145,24 @@ def _load_config_file(path: Path):
     return module.get_config()
 
 
-def _config_sources(stage: str) -> list[Path]:
-    """The files whose `c.<field> = value  # comment` lines describe the stage's fields, in order
-    of precedence: the stage's own config module, then every other config module of the package
-    (sections such as judge/ or model/ are built there)."""
-    package = Path(__file__).resolve().parent
-    own = {
-        "train": [package / "train" / "config.py"],
-        "eval": [package / "eval" / "config.py", package / "pipeline" / "config.py"],
-        "demo": [CONFIGS_DIR / "demo.py"],
-    }.get(stage, [package / "pipeline" / "config.py"])
-    return own + [p for p in sorted(package.glob("*/config.py")) if p not in own]
+def _field_help(stage: str) -> dict[str, str]:
+    """The stage's field help from its settings dataclasses (ipo_jax/settings.py): the one source of
+    each field's help. The demo's config file is not built from dataclasses: its comments are its help."""
+    if stage == "train":
+        from ipo_jax.train.config import field_help
+    elif stage == "eval":
+        from ipo_jax.eval.config import field_help
+    elif stage == "demo":
+        return field_comments([CONFIGS_DIR / "demo.py"])
+    else:
+        from ipo_jax.pipeline.config import field_help
+    return {**dataclass_field_comments(), **field_help()}
 
 
 def field_comments(sources: list[Path]) -> dict[str, str]:
     """{'data.max_length': 'its comment'} from assignments `c.data.max_length = ...  # comment` (or a
-    comment line right above them): the config files' comments are the one source of field help.
-    The first file (and within it the first assignment) that describes a field wins."""
+    comment line right above them) in config files: the help of a field its dataclass leaves without
+    one. The first file (and within it the first assignment) that describes a field wins."""
     import io
     import tokenize
 
@@ -186,8 +187,8 @@ def field_comments(sources: list[Path]) -> dict[str, str]:
     return comments
 
 
-# Config sections built from the dataclass that consumes them (ipo_jax/train/config.py `_section`):
-# their fields' help is the comment on each dataclass field.
+# Config sections built from the dataclass that consumes them (ipo_jax/train/config.py): their
+# fields' help is the comment on each dataclass field (the other sections' is in their settings metadata).
 DATACLASS_SECTIONS = {"loss": ("loss/preference.py", "LossConfig"), "optim": ("train/step.py", "OptimConfig")}
 
 
@@ -210,7 +211,7 @@ def dataclass_field_comments() -> dict[str, str]:
 
 
 def _describe(name: str, comments: dict[str, str]) -> str:
-    """A field's comment; for a copied section (detector.* from judge.*) the one field of that name."""
+    """A field's help; else the one field of that name elsewhere (a section copied under another name)."""
     if name in comments:
         return comments[name]
     leaf = name.rsplit(".", 1)[-1]
@@ -259,14 +260,14 @@ def _kind(value) -> str:
 
 def stage_help(stage: str, argv: list[str]) -> str:
     """The stage's usage, config files, and every field: default, meaning, accepted values."""
-    from ipo_jax.validation import RULES
+    from ipo_jax.validation import stage_rules
 
     config_file = next((a.split("=", 1)[1] if a.startswith("--config=") else argv[i + 1]
                         for i, a in enumerate(argv) if a.startswith("--config=") or (a == "--config" and i + 1 < len(argv))), None)
     config = _load_config_file(Path(config_file)) if config_file and Path(config_file).is_file() else _base_config(stage)
-    sources = _config_sources(stage) + ([Path(config_file)] if config_file else [])
-    comments = {**dataclass_field_comments(), **field_comments(sources)}
-    rules = RULES.get(stage, {})
+    # the dataclasses' help first; a config file's comments describe what they leave without help
+    comments = {**field_comments([Path(config_file)] if config_file else []), **_field_help(stage)}
+    rules = stage_rules(stage)
     fields = list(_flatten(config))
     width = min(48, max(len(f"{name} = {value!r}") for name, value in fields))
     lines = [

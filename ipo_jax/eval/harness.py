@@ -130,7 +130,7 @@ def generate_and_score(policy: Policy, judge: Judge, items: Sequence[EvalItem], 
                        seed: int = 0, batch: int = 64, desc: str = "eval", max_new_tokens: int | None = None,
                        xstest_judge=None, indices: Sequence[int] | None = None, code_workers: int = 4,
                        code_timeout: float = 10.0, judge_budget=None,
-                       provenance: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                       provenance: dict[str, Any] | None = None, **sandbox_limits) -> list[dict[str, Any]]:
     """Sample `samples_per_prompt` completions per item with at most `max_new_tokens` new tokens
     (None: the policy's setting), then per chunk of `batch` generations: judge the harmful /
     benign ones (one batched judge call), classify them with `xstest_judge` when given, score
@@ -166,7 +166,7 @@ def generate_and_score(policy: Policy, judge: Judge, items: Sequence[EvalItem], 
                 classes_at = dict(zip(judged_at, classes))
             scored_at = [k for k, (_, item, _) in enumerate(chunk) if item.kind in CAPABILITY_KINDS]
             scores = score_answers([(chunk[k][1], scored_text(completions[k].text)[0]) for k in scored_at],
-                                   workers=code_workers, timeout=code_timeout) if scored_at else []
+                                   workers=code_workers, timeout=code_timeout, **sandbox_limits) if scored_at else []
             scores_at = dict(zip(scored_at, scores))
             for k, ((pos, item, sample), completion) in enumerate(zip(chunk, completions)):
                 rows.append(score_generation(item, sample, completion.text, completion.finish_reason, verdicts_at.get(k),
@@ -459,6 +459,7 @@ def run_eval(config) -> int:
                                        batch=config.sampler.batch_size * 4, desc=label,
                                        xstest_judge=xstest_judge if label == "xstest" else None,
                                        code_workers=config.code.workers, code_timeout=config.code.timeout,
+                                       memory_mb=config.code.memory_mb, max_disk_mb=config.code.max_disk_mb,
                                        judge_budget=budget, provenance=stamp)
         if budget.requests:  # an LLM judge was asked
             print(budget.line())

@@ -50,10 +50,11 @@ from typing import Any, Protocol, runtime_checkable
 
 from ipo_jax.data.tokenizer import THINK_CLOSE, THINK_OPEN, encode_text, render_prompt
 from ipo_jax.http import HttpFailure, HttpTransport, response_object, snippet
+from ipo_jax.judging.config import JudgeSettings
 from ipo_jax.rollout.local import BucketedSampler
 from ipo_jax.sampling import SamplingConfig
 
-DEFAULT_MAX_TOKENS = 1024
+DEFAULT_MAX_TOKENS = JudgeSettings.max_tokens
 ANSWER_OPEN = "</think>\n\n"  # appended to a generation prompt that ends inside <think>
 
 
@@ -130,12 +131,12 @@ class HttpChat(HttpTransport):
         base_url: str,
         model: str,
         *,
-        api_key_env: str | None = "OPENAI_API_KEY",
-        timeout: float = 30.0,
-        max_retries: int = 4,
-        backoff: float = 1.0,
-        max_backoff: float = 30.0,
-        concurrency: int = 8,
+        api_key_env: str | None = JudgeSettings.api_key_env,  # the defaults: the config's judge section
+        timeout: float = JudgeSettings.timeout,
+        max_retries: int = JudgeSettings.max_retries,
+        backoff: float = JudgeSettings.backoff,
+        max_backoff: float = JudgeSettings.max_backoff,
+        concurrency: int = JudgeSettings.concurrency,
         name: str | None = None,
         max_tokens: int | None = None,
         jitter: float = 0.0,

@@ -1,46 +1,81 @@
 """The judge and cue-detector settings (the ``judge`` and ``detector`` sections of the pipeline and
-eval configs), every field with its default.  `ipo_jax.judging.build` reads them."""
+eval configs): `JudgeSettings`, whose fields carry default, help and range check
+(ipo_jax/settings.py).  `ipo_jax.judging.build` reads them; `HttpChat` takes its defaults from them."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
+
+from ipo_jax.settings import boolean, help_of, int_at_least, number_in, one_of, rules_of, section, setting, tokens
+from ipo_jax.validation import optional_file
 
 BACKENDS = ("pattern", "llm", "http")
 
 
+@dataclasses.dataclass(frozen=True)
+class JudgeSettings:
+    """The judge (and, copied, the cue detector: its backend '' = the judge's settings)."""
+
+    backend: str = setting("pattern", "pattern (the demo world's offline judge, refused on prompts without its "
+                           "marker), llm (a local checkpoint through our sampler) or http (an OpenAI-compatible "
+                           "endpoint, e.g. vLLM)", one_of(*BACKENDS))
+    patterns_file: str = setting("", "pattern: JSON with pattern lists overriding the defaults", optional_file)
+    model: str = setting("", "llm: 'hf:<dir>' / 'orbax:<dir>' / 'preset:<name>'; http: the served model's name")
+    tokenizer: str = setting("", "llm: tokenizer directory ('' = the HF model directory); http: optional, the served "
+                             "judge's tokenizer, used only to count judge prompt tokens for the context check "
+                             "('' = estimated at 3 characters per token)")
+    base_url: str = setting("", "http: e.g. http://localhost:8000/v1")
+    api_key_env: str = setting("OPENAI_API_KEY", "http: the variable holding the key (never logged)")
+    timeout: float = setting(30.0, "http: seconds per attempt", number_in(0, low_open=True))
+    max_retries: int = setting(4, "http: retries after the first attempt (timeouts, connection errors, 5xx, 429)",
+                               int_at_least(0))
+    backoff: float = setting(1.0, "http: seconds before the first retry, doubled each time", number_in(0))
+    max_backoff: float = setting(30.0, "http: cap on one wait (also on a server's Retry-After)", number_in(0))
+    concurrency: int = setting(8, "http: requests in flight at once", int_at_least(1))
+    max_tokens: int = setting(1024, "llm / http: reply budget; enough for a thinking judge to reason, then answer",
+                              tokens(1))
+    extra_body: str = setting("", "http: a JSON object merged into each request, e.g. "
+                              '\'{"chat_template_kwargs": {"enable_thinking": false}}\'')
+    prompts_file: str = setting("", 'llm / http: JSON {"reasoning": ..., "answer": ..., "cue": ...}: system prompts')
+    few_shot_file: str = setting("", "llm / http: JSONL few-shot examples (format: ipo_jax/judging/prompts.py)")
+    answer_directly: bool = setting(True, "llm: close an open <think> so the judge answers at once", boolean)
+    batch_size: int = setting(8, "llm: sampler batch", int_at_least(1))
+    max_prompt_length: int = setting(4096, "llm: the longest judge prompt, in tokens", tokens(1))
+    max_error_share: float = setting(
+        0.05, "llm / http: the stage stops (exit 5) when more than this share of one chunk's judge and cue-detector "
+        "requests fail, or when the first batch fails entirely (ipo_jax/judging/guard.py)", number_in(0, 1))
+
+
+_JUDGE_ONLY = ("max_error_share",)  # the stage's, so the judge section holds it, not the detector's
+DETECTOR_BACKEND_HELP = "'' = the judge's settings (llm / http: the same model, shared); else as judge.*"
+
+
 def add_judge_sections(c: ml_collections.ConfigDict, *, detector: bool = True) -> ml_collections.ConfigDict:
     """Add the ``judge`` (and, with `detector`, the ``detector``) section to `c`; returns `c`."""
-    c.judge = ml_collections.ConfigDict()
-    # pattern: the demo world's offline judge (refused on prompts without its marker), llm: a local
-    # checkpoint through our sampler, http: an OpenAI-compatible endpoint (e.g. vLLM)
-    c.judge.backend = "pattern"  # pattern (the demo world's), llm (a local checkpoint) or http (an OpenAI-compatible endpoint)
-    c.judge.patterns_file = ""  # pattern: JSON with pattern lists overriding the defaults
-    c.judge.model = ""  # llm: 'hf:<dir>' / 'orbax:<dir>' / 'preset:<name>'; http: the served model's name
-    # llm: tokenizer directory ('' = the HF model directory); http: optional, the served judge's tokenizer,
-    # used only to count judge prompt tokens for the context check ('' = estimated at 3 characters per token)
-    c.judge.tokenizer = ""
-    c.judge.base_url = ""  # http: e.g. http://localhost:8000/v1
-    c.judge.api_key_env = "OPENAI_API_KEY"  # http: the variable holding the key (never logged)
-    c.judge.timeout = 30.0  # http: seconds per attempt
-    c.judge.max_retries = 4  # http: retries after the first attempt (timeouts, connection errors, 5xx, 429)
-    c.judge.backoff = 1.0  # http: seconds before the first retry, doubled each time
-    c.judge.max_backoff = 30.0  # http: cap on one wait (also on a server's Retry-After)
-    c.judge.concurrency = 8  # http: requests in flight at once
-    c.judge.max_tokens = 1024  # llm / http: reply budget; enough for a thinking judge to reason, then answer
-    # http: a JSON object merged into each request, e.g. '{"chat_template_kwargs": {"enable_thinking": false}}'
-    c.judge.extra_body = ""
-    c.judge.prompts_file = ""  # llm / http: JSON {"reasoning": ..., "answer": ..., "cue": ...}: system prompts
-    c.judge.few_shot_file = ""  # llm / http: JSONL few-shot examples (format: ipo_jax/judging/prompts.py)
-    c.judge.answer_directly = True  # llm: close an open <think> so the judge answers at once
-    c.judge.batch_size = 8  # llm: sampler batch
-    c.judge.max_prompt_length = 4096  # llm: the longest judge prompt, in tokens
+    c.judge = section(JudgeSettings)
     if detector:
-        c.detector = ml_collections.ConfigDict(c.judge.to_dict())
-        c.detector.backend = ""  # '' = the judge's settings (llm / http: the same model, shared); else as judge.*
-    # llm / http: the stage stops (exit 5) when more than this share of one chunk's judge and cue-detector
-    # requests fail, or when the first batch fails entirely (ipo_jax/judging/guard.py)
-    c.judge.max_error_share = 0.05
+        c.detector = section(JudgeSettings, exclude=_JUDGE_ONLY, backend="")
     return c
 
 
-__all__ = ["BACKENDS", "add_judge_sections"]
+def judge_rules(*, detector: bool = True) -> dict:
+    """{'judge.timeout': check, ...}; the detector's fields are checked as the judge's, its backend may be ''."""
+    rules = rules_of(JudgeSettings, "judge")
+    if detector:
+        rules.update(rules_of(JudgeSettings, "detector", exclude=_JUDGE_ONLY))
+        rules["detector.backend"] = one_of("", *BACKENDS)
+    return rules
+
+
+def judge_help(*, detector: bool = True) -> dict[str, str]:
+    texts = help_of(JudgeSettings, "judge")
+    if detector:
+        texts.update({k: v for k, v in help_of(JudgeSettings, "detector").items()
+                      if k.rsplit(".", 1)[1] not in _JUDGE_ONLY})
+        texts["detector.backend"] = DETECTOR_BACKEND_HELP
+    return texts
+
+
+__all__ = ["BACKENDS", "JudgeSettings", "add_judge_sections", "judge_help", "judge_rules"]

@@ -66,6 +66,7 @@ from collections.abc import Callable, Sequence
 from ipo_jax.data.pairs import prompt_messages
 from ipo_jax.data.prompts import PROMPT_KINDS, PromptFileError, load_prompt_records  # noqa: F401 (re-exported)
 from ipo_jax.judging import CueDetector, CueRequest, CueResult, Judge, detect_all
+from ipo_jax.pipeline.config import InterventionConfig  # noqa: F401 (re-exported: the loop's settings)
 from ipo_jax.pipeline.records import (
     BENIGN_STAGE,
     ORIGINALS_STAGE,
@@ -90,15 +91,6 @@ def read_prompt_records(path) -> list[PromptRecord]:
     """Prompt records from a JSONL file or any source of `ipo_jax.data.prompts.load_prompt_records`
     (default field mapping; kind defaults to harmful)."""
     return load_prompt_records(path)
-
-
-@dataclasses.dataclass(frozen=True)
-class InterventionConfig:
-    rounds: int = 3
-    max_generations_per_prompt: int = 14  # the original sample included (paper: at most 14)
-    chunk_prompts: int = 8  # prompts per resumable unit of work
-    benign_candidates: int = 4
-    seed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

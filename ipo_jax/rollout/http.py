@@ -60,6 +60,7 @@ from typing import Any
 from ipo_jax.data.tokenizer import stop_token_ids
 from ipo_jax.http import HttpFailure, HttpTransport, response_object, snippet
 from ipo_jax.rollout.completion import Completion, text_ids
+from ipo_jax.rollout.config import PolicySettings
 from ipo_jax.rollout.tokens import Job, Messages, PolicyTokens, fork_rows, group_rows
 from ipo_jax.sampling import Fork, SamplingConfig, row_seed
 
@@ -115,12 +116,12 @@ class HttpPolicy(PolicyTokens):
         *,
         base_url: str,
         model: str,
-        api_key_env: str | None = "OPENAI_API_KEY",
-        timeout: float = 600.0,
-        max_retries: int = 4,
-        backoff: float = 1.0,
-        max_backoff: float = 30.0,
-        concurrency: int = 32,
+        api_key_env: str | None = PolicySettings.api_key_env,  # the defaults: the config's policy section
+        timeout: float = PolicySettings.timeout,
+        max_retries: int = PolicySettings.max_retries,
+        backoff: float = PolicySettings.backoff,
+        max_backoff: float = PolicySettings.max_backoff,
+        concurrency: int = PolicySettings.concurrency,
         extra_body: Mapping[str, Any] | None = None,
         max_prompt_tokens: int | None = None,
         policy_id: str | None = None,

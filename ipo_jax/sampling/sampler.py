@@ -25,6 +25,7 @@ from ipo_jax.sampling.types import (
     Fork,
     ForkError,
     Generation,
+    SamplerSettings,
     SamplingConfig,
     checked_row_seeds,
     row_seed,
@@ -51,14 +52,14 @@ class Sampler:
         *,
         eos_ids: Sequence[int],
         pad_id: int = 0,
-        batch_size: int = 8,
-        max_prompt_length: int = 4096,
+        batch_size: int = SamplerSettings.batch_size,  # the config's sampler section (one default)
+        max_prompt_length: int = SamplerSettings.max_prompt_length,
         prompt_buckets: Sequence[int] | None = None,
-        chunk_tokens: int = 32,
+        chunk_tokens: int = SamplerSettings.chunk_tokens,
         mesh: Mesh | None = None,
         decode: Callable[[list[int]], str] | None = None,
         unstack_layers: bool | None = None,
-        continuous_batching: bool = True,
+        continuous_batching: bool = SamplerSettings.continuous_batching,
     ):
         """unstack_layers: keep a per-layer copy of the block weights for decoding (one more copy
         of the weights in memory), so a decode step reads each weight once instead of slicing it

@@ -22,12 +22,23 @@ class SamplingConfig:
     temperature: float = 0.6  # 0 = greedy (paper's evaluation decoding: 0.6, top-p 0.95)
     top_p: float = 0.95  # 1.0 = off
     top_k: int = 0  # 0 = off
-    max_new_tokens: int = 256
+    max_new_tokens: int = 1024
     seed: int = 0
 
     def __post_init__(self):
         if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.max_new_tokens < 1:
             raise ValueError(f"bad sampling settings: {self}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSettings:
+    """The sampler's batching defaults: `Sampler`'s keyword defaults and the config's ``sampler``
+    section (ipo_jax/rollout/config.py, which adds help and range checks) are these."""
+
+    batch_size: int = 8
+    chunk_tokens: int = 32
+    max_prompt_length: int = 4096
+    continuous_batching: bool = True
 
 
 def row_seed(seed: int, row: int) -> int:

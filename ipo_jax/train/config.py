@@ -1,101 +1,165 @@
-"""The training config: every field with its default. Config files under configs/ start from
-`base_config()` and change what their setting needs; the CLI applies --config.* overrides.
+"""The training config: its sections as dataclasses whose fields carry default, help and range
+check (ipo_jax/settings.py), the ConfigDict built from them (`base_config`), and the train and plan
+stages' validation rules (registered with ipo_jax/validation.py). Config files under configs/ start
+from `base_config()` and change what their setting needs; the CLI applies --config.* overrides.
 
 The `loss` and `optim` sections are built from the dataclasses that the step consumes
-(`LossConfig`, `OptimConfig`), so each default is written once; ml_collections is the override
-layer on top.
+(`LossConfig`, `OptimConfig`; their help is the comment on each field, their ranges LossConfig's
+FIELD_CHECKS and OPTIM_CHECKS here), so each default is written once.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import typing
 
 import ml_collections
-from ml_collections import config_dict
 
+from ipo_jax.data.pairs import LAYOUTS, MASK_FROM
 from ipo_jax.loss import LossConfig
-from ipo_jax.train.step import OptimConfig
+from ipo_jax.loss.preference import FIELD_CHECKS as LOSS_CHECKS
+from ipo_jax.models.config import ATTENTION_KINDS, DTYPES, REMAT_POLICIES
+from ipo_jax.settings import (
+    add_fields, boolean, help_of, int_at_least, mesh_axis, non_empty_string, number_in, one_of, rules_of, section,
+    setting, token_lengths, tokens,
+)
+from ipo_jax.train.step import MOMENT_DTYPES, OptimConfig
+from ipo_jax.validation import (
+    cache_dir, model_spec, output_dir, plan_model_spec, register_rules, tokenizer_source,
+)
 
 
-def _section(dataclass_type, exclude=()) -> ml_collections.ConfigDict:
-    """The dataclass's fields and defaults; a None default (`alpha: float | None = None`) becomes a
-    typed placeholder, so `--config.loss.alpha=0.5` still parses as a float."""
-    hints = typing.get_type_hints(dataclass_type)
+@dataclasses.dataclass(frozen=True)
+class TrainModelSettings:
+    init: str = setting("", "'preset:<name>' (random init), 'hf:<dir>' or 'orbax:<dir>'", model_spec)
+    param_dtype: str = setting("float32", "master weights (checkpoints hold these); keep float32 to train",
+                               one_of(*DTYPES))
+    dtype: str = setting("float32", "compute dtype of activations and matmuls (bfloat16 on accelerators)",
+                         one_of(*DTYPES))
+    remat: str = setting("none", "none | full | dots_saveable", one_of(*REMAT_POLICIES))
+    attention: str = setting("dense", "dense | blockwise (flash-style, nothing [T,S]-sized kept) | cudnn",
+                             one_of(*ATTENTION_KINDS))
 
-    def default(field):
-        if field.default is not None:
-            return field.default
-        kinds = [t for t in typing.get_args(hints[field.name]) if t is not type(None)]
-        return config_dict.placeholder(kinds[0])
 
-    return ml_collections.ConfigDict(
-        {f.name: default(f) for f in dataclasses.fields(dataclass_type) if f.name not in exclude}
-    )
+@dataclasses.dataclass(frozen=True)
+class TrainTopSettings:
+    """The train stage's top-level fields."""
+
+    tokenizer: str = setting("", "a tokenizer directory; '' = the HF init directory; 'tiny' = build from the pairs",
+                             tokenizer_source)
+    tiny_tokenizer_vocab: int = setting(512, "tokenizer 'tiny': its vocabulary size", int_at_least(1))
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+    pairs: str = setting(
+        "", "pair JSONL written by `ipo-jax build-pairs` (see ipo_jax/data/pairs.py), or several files with mixing "
+        "weights: \"a.jsonl,b.jsonl:0.5\" (weight 1 by default; w puts round(w * n) of a file's n pairs in every "
+        "epoch: w < 1 a subsample drawn once from data.seed, w > 1 repeats); ids must be unique across files",
+        non_empty_string)  # the files themselves: read (and checked) before anything is written
+    layout: str = setting("prefix_shared", "prefix_shared | duplicated (same numbers; shared saves the prefix "
+                          "compute)", one_of(*LAYOUTS))
+    mask_from: str = setting("cue", "cue: loss on the suffix only (IPO); reasoning: the whole completion. A named "
+                             "loss.preset says which it needs", one_of(*MASK_FROM))
+    max_length: int = setting(
+        4096, "a pair (prompt + prefix + chosen + rejected tokens, whatever the layout) longer than this is dropped, "
+        "never cut; dropped pairs are listed in train.out/skipped_pairs.jsonl (ipo_jax/data/pairs.py fit_to_length)",
+        tokens(2))
+    max_dropped_share: float = setting(0.05, "more than this share of the pairs dropped for length: train refuses "
+                                       "(exit 2)", number_in(0, 1))
+    buckets: tuple = setting((), "row lengths compiled; () = 64, 96, 128, 192, ... (2^k and 1.5 * 2^k) up to "
+                             "max_length", token_lengths)
+    pairs_per_micro: int = setting(8, "pairs per micro-batch (one row each in prefix_shared); with packing: rows",
+                                   int_at_least(1))
+    micro_batches: int = setting(1, "gradient accumulation: pairs per step = pairs_per_micro * micro_batches",
+                                 int_at_least(1))
+    packing: bool = setting(False, "packing (prefix_shared): several pairs per row of max_length tokens, each its own "
+                            "segment (same log-probs); a micro-batch is pairs_per_micro such rows, so the number of "
+                            "pairs per step varies", boolean)
+    seed: int = setting(0, "the seed of the pair order (and of mixing subsamples)", int_at_least(0))
+    shuffle: bool = setting(True, "shuffle the pairs each epoch", boolean)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceSettings:
+    mode: str = setting("precomputed", "precomputed (cached beside the pairs) | on_the_fly",
+                        one_of("precomputed", "on_the_fly"))
+    init: str = setting("", "the frozen reference model; '' = model.init (stage 2: the base model or stage 1's "
+                        "final/)")
+    cache_dir: str = setting("", "'' = the pair file's directory", cache_dir)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainMeshSettings:
+    """The device mesh (ipo_jax/sharding): training defaults to fully sharded weights."""
+
+    data: int = setting(1, "data-parallel axis (-1: all remaining devices)", mesh_axis)
+    fsdp: int = setting(-1, "fully sharded weights axis; -1: all remaining devices", mesh_axis)
+    tensor: int = setting(1, "tensor-parallel axis", mesh_axis)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    out: str = setting("runs/train", "the run directory (checkpoints, metrics, final/)", output_dir)
+    epochs: int = setting(2, "passes over the pairs", int_at_least(0))
+    max_steps: int = setting(0, "> 0 overrides epochs", int_at_least(0, " (0 = train.epochs epochs)"))
+    seed: int = setting(0, "random init of preset models", int_at_least(0))
+    save_every: int = setting(50, "steps between checkpoints", int_at_least(1))
+    keep_checkpoints: int = setting(3, "checkpoints kept (the oldest removed first)", int_at_least(1))
+    logprob_chunk: int = setting(512, "sequence chunk of the vocabulary projection", tokens(1))
+    max_consecutive_skips: int = setting(10, "stop after this many non-finite steps in a row", int_at_least(1))
+    peak_flops_per_device: float = setting(0.0, "for MFU; 0 = look up the device kind (unknown on CPU)",
+                                           number_in(0, note=" (0 = look it up)"))
+
+
+# The optimizer's ranges (OptimConfig's fields; total_steps is derived, not a setting).
+OPTIM_CHECKS = {
+    "learning_rate": number_in(0, low_open=True),
+    "warmup_steps": int_at_least(0),
+    "end_lr_ratio": number_in(0, 1),
+    "weight_decay": number_in(0),
+    "b1": number_in(0, 1, high_open=True),
+    "b2": number_in(0, 1, high_open=True),
+    "eps": number_in(0, low_open=True),
+    "clip_norm": number_in(0, low_open=True),
+    "moment_dtype": one_of(*MOMENT_DTYPES),
+}
+# section name -> settings dataclass (loss and optim: the step's own dataclasses, checks beside them)
+SECTIONS = {"model": TrainModelSettings, "data": DataSettings, "reference": ReferenceSettings,
+            "mesh": TrainMeshSettings, "train": TrainSettings}
 
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-
-    c.model = ml_collections.ConfigDict()
-    c.model.init = ""  # 'preset:<name>' (random init), 'hf:<dir>' or 'orbax:<dir>'
-    c.model.param_dtype = "float32"  # master weights (checkpoints hold these); keep float32 to train
-    c.model.dtype = "float32"  # compute dtype of activations and matmuls (bfloat16 on accelerators)
-    c.model.remat = "none"  # none | full | dots_saveable
-    c.model.attention = "dense"  # dense | blockwise (flash-style, nothing [T,S]-sized kept) | cudnn
-
-    c.tokenizer = ""  # a tokenizer directory; '' = the HF init directory; 'tiny' = build from the pairs
-    c.tiny_tokenizer_vocab = 512
-
-    c.data = ml_collections.ConfigDict()
-    # pair JSONL written by `ipo-jax build-pairs` (see ipo_jax/data/pairs.py), or several files with mixing
-    # weights: "a.jsonl,b.jsonl:0.5" (weight 1 by default; w puts round(w * n) of a file's n pairs in every
-    # epoch: w < 1 a subsample drawn once from data.seed, w > 1 repeats); ids must be unique across files
-    c.data.pairs = ""
-    c.data.layout = "prefix_shared"  # prefix_shared | duplicated (same numbers; shared saves the prefix compute)
-    # cue: loss on the suffix only (IPO); reasoning: the whole completion. A named loss.preset says which it needs
-    c.data.mask_from = "cue"
-    # a pair (prompt + prefix + chosen + rejected tokens, whatever the layout) longer than this is dropped,
-    # never cut; dropped pairs are listed in train.out/skipped_pairs.jsonl (ipo_jax/data/pairs.py fit_to_length)
-    c.data.max_length = 4096
-    c.data.max_dropped_share = 0.05  # more than this share of the pairs dropped for length: train refuses (exit 2)
-    c.data.buckets = ()  # row lengths compiled; () = 64, 96, 128, 192, ... (2^k and 1.5 * 2^k) up to max_length
-    c.data.pairs_per_micro = 8  # pairs per micro-batch (one row each in prefix_shared); with packing: rows
-    c.data.micro_batches = 1  # gradient accumulation: pairs per step = pairs_per_micro * micro_batches
-    # packing (prefix_shared): several pairs per row of max_length tokens, each its own segment (same
-    # log-probs); a micro-batch is pairs_per_micro such rows, so the number of pairs per step varies
-    c.data.packing = False
-    c.data.seed = 0
-    c.data.shuffle = True
-
+    add_fields(c, TrainTopSettings)
+    for name, settings_type in SECTIONS.items():
+        setattr(c, name, section(settings_type))
     # the loss by name (loss.preset, default 'ipo'); the fields and their help: LossConfig (ipo_jax/loss/preference.py),
     # the presets and what each expands to: ipo_jax/loss/presets.py (and `ipo-jax train --help`)
-    c.loss = _section(LossConfig)
-
-    c.reference = ml_collections.ConfigDict()
-    c.reference.mode = "precomputed"  # precomputed (cached beside the pairs) | on_the_fly
-    c.reference.init = ""  # the frozen reference model; '' = model.init (stage 2: the base model or stage 1's final/)
-    c.reference.cache_dir = ""  # '' = the pair file's directory
-
+    c.loss = section(LossConfig)
     # AdamW on the master weights; the fields and their help: OptimConfig (ipo_jax/train/step.py)
-    c.optim = _section(OptimConfig, exclude=("total_steps",))
-
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = 1
-    c.mesh.fsdp = -1  # -1: all remaining devices
-    c.mesh.tensor = 1
-
-    c.train = ml_collections.ConfigDict()
-    c.train.out = "runs/train"
-    c.train.epochs = 2
-    c.train.max_steps = 0  # > 0 overrides epochs
-    c.train.seed = 0  # random init of preset models
-    c.train.save_every = 50
-    c.train.keep_checkpoints = 3
-    c.train.logprob_chunk = 512  # sequence chunk of the vocabulary projection
-    c.train.max_consecutive_skips = 10  # stop after this many non-finite steps in a row
-    c.train.peak_flops_per_device = 0.0  # for MFU; 0 = look up the device kind (unknown on CPU)
+    c.optim = section(OptimConfig, exclude=("total_steps",))
     return c
+
+
+RULES = {"train": {
+    **rules_of(TrainTopSettings),
+    **{k: v for name, t in SECTIONS.items() for k, v in rules_of(t, name).items()},
+    **{f"loss.{name}": check for name, check in LOSS_CHECKS.items()},  # the loss's own ranges (LossConfig)
+    **{f"optim.{name}": check for name, check in OPTIM_CHECKS.items()},
+}}
+# plan: the train rules less what only a run reads (the pair files, the tokenizer, the output
+# directory); its model may be an hf: directory that is not on this machine (ipo_jax/train/plan.py)
+_PLAN_SKIPS = ("tokenizer", "data.pairs", "reference.cache_dir", "train.out")
+RULES["plan"] = {**{name: check for name, check in RULES["train"].items() if name not in _PLAN_SKIPS},
+                 "model.init": plan_model_spec}
+for _stage, _rules in RULES.items():
+    register_rules(_stage, _rules)
+
+
+def field_help() -> dict[str, str]:
+    """{'data.max_length': help text, ...} for `ipo-jax train --help` (loss and optim: their
+    dataclasses' field comments, read by the CLI)."""
+    return {**help_of(TrainTopSettings), **{k: v for name, t in SECTIONS.items() for k, v in help_of(t, name).items()}}
 
 
 def paper_model_config(hf_name: str, run_name: str) -> ml_collections.ConfigDict:
