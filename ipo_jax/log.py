@@ -12,10 +12,12 @@ command in `cli_logging(verbose)`:
   -v        every logger at DEBUG, Python warnings too, every record to stderr as
             "LEVEL logger.name: message" with its traceback (where each line comes from).
 
-Why orbax and absl are quiet: every failure they log (a save on a full disk, a damaged
+Why orbax, absl and asyncio are quiet: every failure they log (a save on a full disk, a damaged
 checkpoint) is also raised to the caller, which reports it in one line of its own; their logs
-repeated it with four tracebacks (a full-disk save printed 326 lines). The stage's one error line
-is printed by the CLI itself (ipo_jax/cli.py `error_line`), not through logging.
+repeated it with four tracebacks (a full-disk save printed 326 lines), and asyncio then logged
+each of orbax's write tasks whose error nobody read ("Task exception was never retrieved", one
+traceback per array shard). The stage's one error line is printed by the CLI itself
+(ipo_jax/cli.py `error_line`), not through logging.
 
 The streams are looked up when a record is written, so a test's captured sys.stdout / sys.stderr
 see the lines, and `cli_logging` restores the previous set-up on exit (a command run in-process
@@ -30,7 +32,7 @@ import sys
 from typing import Iterator
 
 PACKAGE = "ipo_jax"
-QUIET_THIRD_PARTY = ("absl", "orbax")  # their failures reach us as exceptions: see the module doc
+QUIET_THIRD_PARTY = ("absl", "orbax", "asyncio")  # their failures reach us as exceptions: see the module doc
 
 
 def _is_ours(record: logging.LogRecord) -> bool:

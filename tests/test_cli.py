@@ -298,7 +298,33 @@ BAD_INPUTS = [
      "nan.jsonl: line 1: not valid JSON here (NaN is not a JSON number"),
     ("eval-train-prompts-infinity", lambda t: _eval(t, "--config.train_prompts=" + _jsonl(t / "seen.jsonl", b'{"prompt": "x", "w": Infinity}')),
      "seen.jsonl:1: not valid JSON here (Infinity is not a JSON number"),
+    # train-hardening cases: the pairs read, tokenised, fitted and sized before train.out is written
+    # (ipo_jax/train/data.py); the model's split over the mesh checked on its shapes before the load
+    ("train-pair-id-outside-the-tokenizer", lambda t: _train(t, f"--config.tokenizer={_qwen3_tokenizer()}", "--config.data.pairs="
+                                                         + _pairs_with(t, prefix_ids=[9], chosen_ids=[5, 999999999], rejected_ids=[6])),
+     "pairs.jsonl:2 (id 'b'): field 'chosen_ids' holds token id 999999999, outside the tokenizer's"),
+    ("train-no-pair-fits-max-length", lambda t: _train(t, "--config.data.max_length=16"),
+     "16 of 16 pairs (100.0%) are longer than data.max_length 16 and would be dropped"),
+    ("train-max-length-beyond-the-context", lambda t: _train(t, "--config.data.max_length=1024"),
+     "data.max_length 1024 is longer than the model's context: model.init 'preset:tiny-qwen3' has a context of 512 positions"),
+    ("train-packed-pair-beyond-the-context", lambda t: _train(t, "--config.data.packing=True", "--config.data.max_length=8192",
+                                                          "--config.data.buckets=()", f"--config.data.pairs={_pairs_with(t, chosen=_LONG_TEXT)}"),
+     "positions (prompt + prefix + its longer side) but model.init 'preset:tiny-qwen3' has a context of 512 positions"),
+    ("train-pairs-per-micro-beyond-the-data", lambda t: _train(t, "--config.data.pairs_per_micro=1000000"),
+     "data.pairs_per_micro 1000000 is larger than the data needs: an epoch holds 16 pairs"),
+    ("train-micro-batches-beyond-the-data", lambda t: _train(t, "--config.data.micro_batches=100000"),
+     "so the last micro-batch of every step would hold only padding; set data.micro_batches to at most 8"),
+    ("train-tensor-axis-splits-no-kv-heads", lambda t: _train(t, "--config.mesh.fsdp=2", "--config.mesh.tensor=4"),
+     "is not divisible by mesh axes tensor (size 4)"),
 ]
+
+_LONG_TEXT = " ".join(str(i) for i in range(1000)) + " I refuse."  # over 512 tiny-tokenizer tokens
+
+
+def _qwen3_tokenizer() -> str:
+    from ipo_jax.data.tokenizer import packaged_qwen3_tokenizer_dir
+
+    return str(packaged_qwen3_tokenizer_dir())
 
 
 # validation helpers

@@ -13,6 +13,7 @@ step was moved aside before); a checkpoint of another model shape is a TrainingE
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import shutil
 import sys
@@ -77,6 +78,9 @@ class Checkpoints:
             if step is not None and is_main_process():  # a full disk keeps none of the partial save
                 for partial in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
                     shutil.rmtree(partial, ignore_errors=True)
+            # orbax's other write tasks failed too and nobody reads their errors: asyncio reports each
+            # when it is collected; collected now, while the command's logging set-up is in place
+            gc.collect()
             raise error from None
 
 

@@ -32,13 +32,12 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from ipo_jax.buckets import bucket_length, default_buckets
 from ipo_jax.checkpoint.init import tokenizer_dir_for
 from ipo_jax.data.pairs import (
     PairBatches,
     PairSource,
     TokenizedPair,
-    bucket_length,
-    default_buckets,
     has_token_ids,
     length_problem,
     pack_pairs,
@@ -198,7 +197,7 @@ def _check_rows_against_data(config, data: TrainData, multiple: int) -> None:
             f"data.pairs_per_micro {d.pairs_per_micro} is larger than the data needs: an epoch holds {units} {what}, so "
             f"every micro-batch would be mostly padding; set data.pairs_per_micro to at most {most}")
     if d.pairs_per_micro * (d.micro_batches - 1) >= max(units, MIN_ROWS_PER_MICRO):
-        most_micro = max(units, MIN_ROWS_PER_MICRO) // d.pairs_per_micro + 1
+        most_micro = -(-max(units, MIN_ROWS_PER_MICRO) // d.pairs_per_micro)  # (most - 1) x rows stays below
         raise TrainingError(
             f"data.micro_batches {d.micro_batches} x data.pairs_per_micro {d.pairs_per_micro} is larger than the data "
             f"needs: an epoch holds {units} {what}, so the last micro-batch of every step would hold only padding; "

@@ -1,0 +1,119 @@
+"""Issue #25 for training: handled failures are one line per event (the CLI's logging set-up,
+ipo_jax/log.py), a save on a full disk is one error line, and the size rules of
+ipo_jax/train/data.py refuse a run before anything is written. The table-driven bad-input cases
+(exit 2, one line, nothing written) are rows of tests/test_cli.py BAD_INPUTS."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import warnings
+from pathlib import Path
+
+import pytest
+
+from ipo_jax import log as cli_log
+from ipo_jax.cli import main
+from ipo_jax.train import data
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / "configs" / "train_tiny_cpu.py")
+
+
+def _train_args(out: Path, *extra: str) -> list[str]:
+    return ["train", "--config", CONFIG, f"--config.train.out={out}", f"--config.reference.cache_dir={out.parent}", *extra]
+
+
+# ----------------------------------------------------------------------------- the logging set-up
+
+
+def _emit_one_of_each():
+    logging.getLogger("ipo_jax.train.loop").info("resumed from somewhere")
+    logging.getLogger("ipo_jax.train.checkpoints").warning("checkpoint 6 is unreadable")
+    logging.getLogger("jax._src.dispatch").info("compiling a program")  # third-party INFO
+    logging.getLogger("jax._src.xla_bridge").warning("a backend note\nwith a second line")
+    logging.getLogger("absl").error("Save Finalize thread failed.")  # orbax's echo of a failure raised to us
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # shown every time, not once per place
+        warnings.warn("a library's DeprecationWarning", DeprecationWarning, stacklevel=1)
+    try:
+        raise RuntimeError("inner")
+    except RuntimeError:
+        logging.getLogger("ipo_jax.x").exception("a handled failure")
+
+
+def test_default_logging_is_ours_at_info_and_third_parties_one_line_at_warning(capsys):
+    with cli_log.cli_logging(verbose=False):
+        _emit_one_of_each()
+    captured = capsys.readouterr()
+    assert captured.out == "resumed from somewhere\n"
+    assert captured.err.splitlines() == ["warning: checkpoint 6 is unreadable", "warning (jax._src.xla_bridge): a backend note",
+                                         "error: a handled failure"]
+    assert "Traceback" not in captured.err
+
+
+def test_verbose_logging_shows_everything_with_names_and_tracebacks(capsys):
+    with cli_log.cli_logging(verbose=True):
+        _emit_one_of_each()
+    err = capsys.readouterr().err
+    for line in ("INFO ipo_jax.train.loop: resumed from somewhere", "INFO jax._src.dispatch: compiling a program",
+                 "ERROR absl: Save Finalize thread failed.", "DeprecationWarning: a library's DeprecationWarning",
+                 "ERROR ipo_jax.x: a handled failure", "Traceback (most recent call last):", "RuntimeError: inner"):
+        assert line in err, line
+
+
+def test_the_set_up_is_undone_after_the_command(capsys):
+    root, before = logging.getLogger(), list(logging.getLogger().handlers)
+    levels = {name: logging.getLogger(name).level for name in ("", "ipo_jax", "absl", "orbax", "py.warnings")}
+    with cli_log.cli_logging(verbose=False):
+        pass
+    assert root.handlers == before
+    assert {name: logging.getLogger(name).level for name in levels} == levels
+    logging.getLogger("ipo_jax.x").info("not shown: no command is running")
+    assert capsys.readouterr().out == ""
+
+
+# ----------------------------------------------------------------------------- a full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 600 KB tmpfs: room for config.json, the tokenizer and the metrics, not for a checkpoint."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_checkpoint_save_on_a_full_disk_is_one_line_and_leaves_no_partial_save(small_disk, capfd):
+    """Before: 326 lines on stderr, 4 tracebacks (orbax's threads each logged the failure)."""
+    out = small_disk / "run"
+    assert main(_train_args(out, "--config.train.max_steps=4", "--config.train.save_every=2")) == 2
+    captured = capfd.readouterr()  # the file descriptors: C++ logs would show here too
+    assert captured.err == f"ipo-jax train: error: cannot write {out / 'checkpoints' / '2'}: No space left on device\n"
+    assert "Traceback" not in captured.out
+    assert [p.name for p in (out / "checkpoints").iterdir()] == []  # the partial save was removed
+
+
+# ----------------------------------------------------------------------------- size rules (ipo_jax/train/data.py)
+
+
+def test_a_batch_beyond_the_hosts_memory_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(data, "host_memory_bytes", lambda: 64 * 2**10)  # a 64 KiB host
+    out = tmp_path / "run"
+    assert main(_train_args(out, "--config.data.pairs_per_micro=16", "--config.data.micro_batches=4")) == 2
+    err = capsys.readouterr().err
+    # 16 x 4 rows of 256 tokens (the bucket of the longest sample pair), 7 int32 + 2 bool arrays per token slot
+    assert err == ("ipo-jax train: error: one step's batch needs 480 KiB of host memory (64 rows of 256 tokens, 30 bytes "
+                   "per token) but this host has 64 KiB; lower data.pairs_per_micro, data.micro_batches or data.max_length\n")
+    assert not out.exists()
+
+
+def test_host_memory_is_the_smaller_of_physical_memory_and_the_cgroup_limit():
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert 0 < data.host_memory_bytes() <= physical
