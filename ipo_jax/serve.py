@@ -65,7 +65,6 @@ import os
 import queue
 import secrets
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -525,9 +524,9 @@ def run_serve(args) -> int:
     server, engine = make_server(served, sock, log_level="info" if args.verbose else "warning")
     shown = f"[{host}]" if ":" in host else host
     if host not in ("127.0.0.1", "::1") and not host.startswith("127."):
-        print(f"warning: listening on {host}, beyond this machine; the server has no authentication", file=sys.stderr)
-    print(f"serving {served.name!r} on http://{shown}:{port}/v1 (POST /v1/completions, GET /v1/models, GET /health); "
-          f"prompts up to {served.max_prompt_tokens} tokens, context {served.context}", flush=True)
+        logger.warning(f"listening on {host}, beyond this machine; the server has no authentication")
+    logger.info(f"serving {served.name!r} on http://{shown}:{port}/v1 (POST /v1/completions, GET /v1/models, "
+                f"GET /health); prompts up to {served.max_prompt_tokens} tokens, context {served.context}")
     try:
         server.run(sockets=[sock])
     finally:

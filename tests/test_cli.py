@@ -70,8 +70,14 @@ def test_short_demo_runs_the_whole_chain(tmp_path, capsys):
     report = (tmp_path / "report.md").read_text()
     assert "| model | harmful reasoning ↓ |" in report and "| IPO (partial DPO + SFT) |" in report
     assert (tmp_path / "comparison.png").is_file() and (tmp_path / "eval" / "ipo" / "generations.jsonl").is_file()
-    out = capsys.readouterr().out
-    assert "[6/6]" in out and "report:" in out
+    # each stage ran on its stage's composed config: the methods on their loss presets and masks
+    for name, preset, mask in (("sft", "sft", "reasoning"), ("ipo", "ipo", "cue")):
+        train = json.loads((tmp_path / "methods" / name / "stage.json").read_text())["settings"]["train"]
+        assert (train["loss"]["preset"], train["data"]["mask_from"], train["data"]["max_length"]) == (preset, mask, 256)
+    ran = json.loads((tmp_path / "eval" / "ipo" / "stage.json").read_text())["settings"]["eval"]
+    assert (ran["samples_per_prompt"], ran["sampling"]["max_new_tokens"], ran["sampling"]["temperature"]) == (1, 64, 0.6)
+    out = capsys.readouterr().out  # the progress lines and the table, logged (ipo_jax/log.py shows them on stdout)
+    assert "[6/6]" in out and "report:" in out and "| IPO (partial DPO + SFT) |" in out
     # a second run reuses every finished stage
     assert main(args) == 0
     assert capsys.readouterr().out.count("reused") >= 8

@@ -173,8 +173,8 @@ def test_eval_stage_end_to_end_on_a_tiny_model(tmp_path, capsys):
                  f"--config.benchmarks=jsonl={bench}", f"--config.train_prompts={train}", "--config.samples_per_prompt=2",
                  "--config.sampling.max_new_tokens=8", "--config.sampler.max_prompt_length=64", f"--config.out={out}"])
     assert code == 0
-    printed = capsys.readouterr().out
-    assert "1 exact" in printed  # the planted training prompt, found despite case and punctuation
+    warned = capsys.readouterr().err
+    assert "warning: demo_set: 1 exact" in warned  # the planted training prompt, found despite case and punctuation
     rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
     assert len(rows) == 8 and {r["sample"] for r in rows} == {0, 1}
     assert all("verdicts" in r for r in rows if r["kind"] != "math")

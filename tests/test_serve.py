@@ -459,3 +459,25 @@ def test_a_sharded_server_samples_greedily_what_one_device_does(world, served, u
                 return_token_ids=True)
     with serving(sharded) as sharded_url:
         assert ids_of(call(sharded_url, "/completions", body)[1]) == ids_of(call(url, "/completions", body)[1])
+
+
+def test_serving_beyond_loopback_warns_on_stderr_and_says_where_on_stdout(monkeypatch, capsys):
+    """The two lines `ipo-jax serve` writes itself, through logging: where it serves on stdout, a
+    warning on stderr when it listens beyond this machine (no model loads: the load and the server
+    are stand-ins)."""
+    import types
+
+    from ipo_jax import serve
+    from ipo_jax.cli import main
+
+    served = types.SimpleNamespace(name="stand-in", max_prompt_tokens=64, context=128)
+    ran = []
+    monkeypatch.setattr(serve, "check_served_settings", lambda *a, **k: None)
+    monkeypatch.setattr(serve, "load_served_model", lambda *a, **k: served)
+    monkeypatch.setattr(serve, "make_server", lambda *a, **k: (types.SimpleNamespace(run=lambda sockets: ran.append(1)),
+                                                               types.SimpleNamespace(close=lambda: None)))
+    assert main(["serve", "--model", MODEL, "--host", "0.0.0.0", "--port", "0"]) == 0 and ran == [1]
+    captured = capsys.readouterr()
+    assert captured.err == "warning: listening on 0.0.0.0, beyond this machine; the server has no authentication\n"
+    assert captured.out.startswith("serving 'stand-in' on http://0.0.0.0:") and captured.out.count("\n") == 1
+    assert "prompts up to 64 tokens, context 128" in captured.out

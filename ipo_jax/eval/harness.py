@@ -39,12 +39,14 @@ import contextlib
 import copy
 import dataclasses
 import json
+import logging
 import time
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 from tqdm.auto import tqdm
 
 from ipo_jax.data.pairs import prompt_messages
@@ -82,6 +84,8 @@ from ipo_jax.provenance import prompts_sha256, record_provenance, stage_provenan
 from ipo_jax.rollout import Policy, build_policy, split_completion
 from ipo_jax.sampling import row_seed
 
+logger = logging.getLogger(__name__)
+
 
 class EvalConfigError(ValueError):
     """A bad `eval` setting; the message names the field and what was expected."""
@@ -90,7 +94,6 @@ class EvalConfigError(ValueError):
 def parse_benchmarks(spec: str) -> list[tuple[str, str]]:
     """'name=path,name=path' -> [(name, path)].  The same name may appear twice (two files); an
     unknown name is an error listing the known ones."""
-
     out = []
     for part in filter(None, (p.strip() for p in spec.split(","))):
         name, sep, path = part.partition("=")
@@ -122,8 +125,13 @@ def generation_seed(seed: int, benchmark: str, item_id: str, sample: int) -> int
     """The sampling seed of one generation (sample `sample` of item `item_id`): it depends on
     nothing else, so a run split across hosts, chunked differently or resumed with other batch
     sizes samples every generation exactly as a single run does."""
-
     return row_seed(seed, zlib.crc32(f"{benchmark}\0{item_id}\0{sample}".encode("utf-8")))
+
+
+def chunk_generations(config) -> int:
+    """Generations per chunk of `generate_and_score` (sampled, then judged in one batched call):
+    four of the sampler's batches."""
+    return config.sampler.batch_size * 4
 
 
 def generate_and_score(policy: Policy, judge: Judge, items: Sequence[EvalItem], *, samples_per_prompt: int = 1,
@@ -139,7 +147,6 @@ def generate_and_score(policy: Policy, judge: Judge, items: Sequence[EvalItem], 
     `judge_budget` (`ipo_jax.judging.guard.ErrorBudget`): each chunk's judge failures are checked
     after its judge call (over ``max_error_share``: `JudgeFailedError`); `provenance`: each row
     carries it (``ipo_jax.provenance.record_provenance``)."""
-
     positions = list(indices) if indices is not None else list(range(len(items)))
     if len(positions) != len(items):
         raise ValueError(f"generate_and_score: {len(positions)} indices for {len(items)} items")
@@ -181,7 +188,6 @@ def generate_and_score(policy: Policy, judge: Judge, items: Sequence[EvalItem], 
 
 
 def _train_prompts(files: str) -> list[str]:
-
     prompts = []
     for path in filter(None, (p.strip() for p in files.split(","))):
         for record in read_jsonl_records(path, {"prompt": (str, list)}, kind="training prompt"):
@@ -205,7 +211,6 @@ def load_items(config, files: dict[str, list[dict[str, Any]]] | None = None) -> 
     (WildJailbreak: a seeded sample of config.wildjailbreak.sample; GPQA: options shuffled with
     config.gpqa.seed; AIME: the files of config.aime.years).  `files`, when given, is filled with
     {label: [{"file", "rows", "items"}]}: every file each benchmark read and the items it gave."""
-
     groups: dict[str, list[EvalItem]] = {}
     for name, path in parse_benchmarks(config.benchmarks):
         items, read = load_benchmark_files(name, path, limit=config.limit or None, **_loader_options(config, name))
@@ -242,7 +247,6 @@ def benchmark_settings(config, groups: dict[str, list[EvalItem]]) -> dict[str, B
 
 
 def contamination(groups: dict[str, list[EvalItem]], train_files: str, n: int) -> list:
-
     if not train_files:
         return []
     train = _train_prompts(train_files)
@@ -254,7 +258,6 @@ def _contamination_dicts(results: Sequence) -> list[dict[str, Any]]:
 
 
 def _contamination_results(dicts: Sequence[dict[str, Any]]) -> list:
-
     return [ContaminationResult(d["benchmark"], d["n_items"], tuple(d["exact"]), tuple(d["ngram"])) for d in dicts]
 
 
@@ -263,7 +266,6 @@ def _contamination_results(dicts: Sequence[dict[str, Any]]) -> list:
 
 def write_outputs(out: Path, rows: list[dict], meta: dict[str, Any], contamination_results: Sequence) -> dict[str, Any]:
     """generations.jsonl, summary.json, report.md and plots for one model's rows."""
-
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_jsonl(out / "generations.jsonl", rows)
     summaries = summarize_by_benchmark(rows)
@@ -290,8 +292,6 @@ def resolve_shard(config) -> tuple[int, int]:
     """(shard, num_shards): explicit settings, or this JAX process among all (module docstring)."""
     n, i = int(config.get("num_shards", 0) or 0), int(config.get("shard", -1))
     if n <= 0:
-        import jax
-
         if i not in (-1,):
             raise EvalConfigError(f"config.shard is {i} but config.num_shards is 0; give both (shard < num_shards) "
                                   "or neither (one part per JAX process)")
@@ -381,51 +381,38 @@ def _judge_settings(judge) -> dict[str, Any]:
     return settings() if callable(settings) else {"name": getattr(judge, "name", type(judge).__name__)}
 
 
-def _print_done(out: Path, summary: dict[str, Any]) -> None:
+def _report_done(out: Path, summary: dict[str, Any]) -> None:
+    logger.info(paper_table({summary["label"]: summary}) if has_paper_benchmarks(summary)
+                else benchmark_table(summary["benchmarks"]))
+    logger.info("")
+    logger.info(details_table(summary))
+    logger.info(f"report: {out / 'report.md'}; generations: {out / 'generations.jsonl'}")
 
-    print(paper_table({summary["label"]: summary}) if has_paper_benchmarks(summary) else benchmark_table(summary["benchmarks"]))
-    print()
-    print(details_table(summary))
-    print(f"report: {out / 'report.md'}; generations: {out / 'generations.jsonl'}")
 
-
-def run_eval(config) -> int:
-    """The CLI stage: compare, merge, or config -> items, judges, policy -> (a part of) the
-    generations, summary and report.  Every setting and benchmark file is checked before any
-    model loads."""
-    out = Path(config.out)
-    if config.get("compare"):
-
-        table = compare_dirs([p.strip() for p in config.compare.split(",") if p.strip()], out)
-        print(table)
-        print(f"report: {out / 'report.md'}")
-        return 0
-    if config.get("merge"):
-        _print_done(out, merge_parts(out))
-        return 0
-
-    if config.samples_per_prompt < 1:
-        raise EvalConfigError(f"config.samples_per_prompt is {config.samples_per_prompt}; expected >= 1")
-    xstest_method = config.xstest.judge
-    if xstest_method not in XSTEST_JUDGES:
-        raise EvalConfigError(f"config.xstest.judge is {xstest_method!r}; expected one of {', '.join(map(repr, XSTEST_JUDGES))}")
-    shard, num_shards = resolve_shard(config)
+def _checked_items(config, xstest_method: str):
+    """(items by benchmark, their settings, the files read, contamination results): every
+    benchmark file read and checked before any model loads; overlaps with the training prompts
+    are warned about."""
     files: dict[str, list[dict[str, Any]]] = {}
-    groups = load_items(config, files)  # every benchmark file read and checked before any model loads
+    groups = load_items(config, files)
     settings = benchmark_settings(config, groups)
     if "xstest" in groups and xstest_method == "llm" and config.judge.backend == "pattern":
         build_xstest_judge("llm", None)  # raises: says to give an LLM judge or string_match
     found = contamination(groups, config.train_prompts, config.ngram)
     for result in found:
         if result.exact or result.ngram:
-            print(f"warning: {result.benchmark}: {len(result.exact)} exact and {len(result.ngram)} n-gram overlaps "
-                  f"with the training prompts (ids in summary.json); numbers on these prompts are not held out")
+            logger.warning(f"{result.benchmark}: {len(result.exact)} exact and {len(result.ngram)} n-gram overlaps "
+                           f"with the training prompts (ids in summary.json); numbers on these prompts are not held out")
+    return groups, settings, files, found
+
+
+def _ready_judges(config, groups: dict[str, list[EvalItem]], settings: dict[str, BenchmarkSettings], xstest_method: str):
+    """(judge, error budget, judge servers, XSTest judge or None). The judge is probed and
+    context-checked before the policy loads (the longest judged text: the largest budget of a
+    judged benchmark); a failing judge stops the stage with exit code 5 (ipo_jax/judging/guard.py)."""
     judged = [item.prompt for items in groups.values() for item in items if item.kind in JUDGED_KINDS]
     check_judge_fits(config, judged, f"benchmarks {config.benchmarks}", roles=("judge",))  # before any model loads
     judge, _ = build_judges(config)
-    # probed and context-checked before the policy loads (the longest judged text: the largest budget of a
-    # judged benchmark); a failing judge stops the stage with exit code 5 (ipo_jax/judging/guard.py)
-
     judged_budgets = {label: settings[label].max_new_tokens for label, items in groups.items()
                       if any(item.kind in JUDGED_KINDS for item in items)}
     if judged:  # nothing to judge (capability benchmarks only): the judge is never asked, so not probed
@@ -434,9 +421,55 @@ def run_eval(config) -> int:
             trajectory_setting="the largest token budget of a judged benchmark (sampling.max_new_tokens / "
             "max_new_tokens_per_benchmark)")
     else:
-
         budget, servers = ErrorBudget(config.judge.get("max_error_share", 0.05)), {}
     xstest_judge = build_xstest_judge(xstest_method, getattr(judge, "chat", None)) if "xstest" in groups else None
+    return judge, budget, servers, xstest_judge
+
+
+def _finish_parts(out: Path, shard: int, num_shards: int, rows: list[dict], meta: dict[str, Any], found: Sequence,
+                  process_parts: bool, written: Path | None) -> None:
+    """After the generations: write this run's outputs, or its part, and merge when every part is there."""
+    if num_shards == 1:
+        _report_done(out, write_outputs(out, rows, meta, found))
+        return
+    if process_parts:  # the part was written inside shares_joined
+        if is_main_process():
+            _report_done(out, merge_parts(out))
+        else:
+            logger.info(f"part {shard} of {num_shards} written to {written}; process 0 merges the parts into {out}")
+        return
+    written = write_part(out, shard, num_shards, rows, dict(meta, shard=shard), found)
+    n, records = complete_parts(out)
+    if n == num_shards and len(records) == num_shards:
+        _report_done(out, merge_parts(out))
+    else:
+        logger.info(f"part {shard} of {num_shards} written to {written}; {len(records)} of {num_shards} parts complete. "
+                    "The last part to finish merges them (or: ipo-jax eval --config ... --config.merge=True "
+                    f"--config.out={out})")
+
+
+def run_eval(config) -> int:
+    """The CLI stage: compare, merge, or config -> items, judges, policy -> (a part of) the
+    generations, summary and report.  Every setting and benchmark file is checked before any
+    model loads."""
+    out = Path(config.out)
+    if config.get("compare"):
+        table = compare_dirs([p.strip() for p in config.compare.split(",") if p.strip()], out)
+        logger.info(table)
+        logger.info(f"report: {out / 'report.md'}")
+        return 0
+    if config.get("merge"):
+        _report_done(out, merge_parts(out))
+        return 0
+
+    if config.samples_per_prompt < 1:
+        raise EvalConfigError(f"config.samples_per_prompt is {config.samples_per_prompt}; expected >= 1")
+    xstest_method = config.xstest.judge
+    if xstest_method not in XSTEST_JUDGES:
+        raise EvalConfigError(f"config.xstest.judge is {xstest_method!r}; expected one of {', '.join(map(repr, XSTEST_JUDGES))}")
+    shard, num_shards = resolve_shard(config)
+    groups, settings, files, found = _checked_items(config, xstest_method)
+    judge, budget, servers, xstest_judge = _ready_judges(config, groups, settings, xstest_method)
     mine = take_shard(groups, shard, num_shards)
     policy = build_policy(config)
     provenance = stage_provenance("eval", policy=policy, judge=judge, judge_servers=servers, prompts_digest=prompts_sha256(
@@ -445,8 +478,8 @@ def run_eval(config) -> int:
     # one part per JAX process (num_shards 0, several processes): each process generates its part on its
     # own devices; leaving `shares_joined` every part is done (a process that failed stops the others),
     # and process 0 alone merges. Explicit shards are independent runs: the last to finish merges.
-
     process_parts = num_shards > 1 and not int(config.get("num_shards", 0) or 0)
+    written = None
     with shares_joined("eval") if process_parts else contextlib.nullcontext():
         start = time.time()
         rows = []
@@ -456,13 +489,13 @@ def run_eval(config) -> int:
             s = settings[label]
             rows += generate_and_score(policy, judge, [item for _, item in pairs], indices=[k for k, _ in pairs],
                                        samples_per_prompt=s.samples, max_new_tokens=s.max_new_tokens, seed=config.seed,
-                                       batch=config.sampler.batch_size * 4, desc=label,
+                                       batch=chunk_generations(config), desc=label,
                                        xstest_judge=xstest_judge if label == "xstest" else None,
                                        code_workers=config.code.workers, code_timeout=config.code.timeout,
                                        memory_mb=config.code.memory_mb, max_disk_mb=config.code.max_disk_mb,
                                        judge_budget=budget, provenance=stamp)
         if budget.requests:  # an LLM judge was asked
-            print(budget.line())
+            logger.info(budget.line())
         meta = dict(model=config.model.init, label=config.label or config.model.init, judge=config.judge.backend,
                     provenance=provenance,
                     judge_settings=_judge_settings(judge),
@@ -472,22 +505,6 @@ def run_eval(config) -> int:
                     benchmark_files=files, aime_years=config.get("aime", {}).get("years", ""),
                     seconds=round(time.time() - start, 1), shards=num_shards)
         if process_parts:  # inside: a part is complete before any process leaves
-            d = write_part(out, shard, num_shards, rows, dict(meta, shard=shard), found)
-    if num_shards == 1:
-        summary = write_outputs(out, rows, meta, found)
-        _print_done(out, summary)
-        return 0
-    if process_parts:
-        if is_main_process():
-            _print_done(out, merge_parts(out))
-        else:
-            print(f"part {shard} of {num_shards} written to {d}; process 0 merges the parts into {out}")
-        return 0
-    d = write_part(out, shard, num_shards, rows, dict(meta, shard=shard), found)
-    n, records = complete_parts(out)
-    if n == num_shards and len(records) == num_shards:
-        _print_done(out, merge_parts(out))
-    else:
-        print(f"part {shard} of {num_shards} written to {d}; {len(records)} of {num_shards} parts complete. The last "
-              f"part to finish merges them (or: ipo-jax eval --config ... --config.merge=True --config.out={out})")
+            written = write_part(out, shard, num_shards, rows, dict(meta, shard=shard), found)
+    _finish_parts(out, shard, num_shards, rows, meta, found, process_parts, written)
     return 0

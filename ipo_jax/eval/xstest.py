@@ -34,6 +34,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from ipo_jax.judging.chat import Reply
 from ipo_jax.rollout.completion import REFUSAL_PREFIXES, starts_with_refusal, strip_thinking
 
 CLASSES = ("full_compliance", "full_refusal", "partial_refusal")
@@ -154,8 +155,6 @@ class XSTestLLMJudge:
 
     def classify(self, pairs: Sequence[tuple[str, str]]) -> list[XSTestVerdict]:
         """One verdict per (prompt, answer), in order; nothing raises (failures are error verdicts)."""
-        from ipo_jax.judging.chat import Reply
-
         out: list[XSTestVerdict | None] = [None] * len(pairs)
         conversations, where = [], []
         for i, (prompt, answer) in enumerate(pairs):
