@@ -100,6 +100,35 @@ def test_a_checkpoint_save_on_a_full_disk_is_one_line_and_leaves_no_partial_save
     assert [p.name for p in (out / "checkpoints").iterdir()] == []  # the partial save was removed
 
 
+# orbax closes its asyncio loop while tensorstore still reports the failed writes back to it: noise
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_model_export_on_a_full_disk_is_the_os_error_naming_it_and_leaves_nothing(small_disk):
+    import errno
+
+    from ipo_jax.checkpoint import save_orbax
+    from ipo_jax.models.decoder import init_decoder
+    from ipo_jax.models.presets import preset_config
+
+    with pytest.raises(OSError) as e:  # a 4096-token vocabulary: 2 MB of float32 embeddings, twice (untied)
+        save_orbax(init_decoder(preset_config("tiny-llama", vocab_size=4096), seed=0), small_disk / "final")
+    assert (e.value.errno, e.value.filename) == (errno.ENOSPC, str(small_disk / "final"))
+    assert list(small_disk.iterdir()) == []  # the temporary directory went with it
+
+
+def test_a_tensorstore_write_error_is_read_as_the_os_error_it_holds():
+    from ipo_jax.checkpoint.orbax import os_error_from
+
+    store = ValueError('RESOURCE_EXHAUSTED: Error writing "step/0" in OCDBT database at local file "/r/2.orbax-checkpoint-tmp/": '
+                       "Failed to write 84293 bytes to file 21: No space left on device [os_error_code='28']")
+    wrapped = RuntimeError("Save Finalize thread failed")
+    wrapped.__cause__ = store
+    for error in (store, wrapped):
+        found = os_error_from(error, "/r/2")
+        assert (found.errno, found.strerror, found.filename) == (28, os.strerror(28), "/r/2")
+    assert os_error_from(ValueError("DATA_LOSS: checksum mismatch"), "/r/2") is None  # not a write that failed
+    assert os_error_from(PermissionError(13, "Permission denied", "/r/x"), "/r").filename == "/r/x"
+
+
 # ----------------------------------------------------------------------------- size rules (ipo_jax/train/data.py)
 
 
