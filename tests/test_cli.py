@@ -560,4 +560,6 @@ def test_a_full_disk_during_convert_names_the_output(hf_dirs, tmp_path, capsys, 
 
     monkeypatch.setattr(checkpoint, "save_orbax", fail)
     assert main(["convert", "--from", "hf", "--to", "orbax", str(hf_dirs["qwen2"][0]), str(tmp_path / "o")]) == 2
-    assert capsys.readouterr().err == f"ipo-jax convert: error: cannot write {tmp_path / 'o'}: No space left on device\n"
+    *before, last = capsys.readouterr().err.splitlines()
+    assert last == f"ipo-jax convert: error: cannot write {tmp_path / 'o'}: No space left on device"
+    assert all(line.startswith("warning: ") for line in before)  # the fixture's weights are not verified: one warning

@@ -195,7 +195,7 @@ def _check_rows_against_data(config, data: TrainData, multiple: int) -> None:
     if d.pairs_per_micro > most:
         raise TrainingError(
             f"data.pairs_per_micro {d.pairs_per_micro} is larger than the data needs: an epoch holds {units} {what}, so "
-            f"every micro-batch would be mostly padding; set data.pairs_per_micro to at most {most}")
+            f"its rows past the data would be padding in every step; set data.pairs_per_micro to at most {most}")
     if d.pairs_per_micro * (d.micro_batches - 1) >= max(units, MIN_ROWS_PER_MICRO):
         most_micro = -(-max(units, MIN_ROWS_PER_MICRO) // d.pairs_per_micro)  # (most - 1) x rows stays below
         raise TrainingError(
