@@ -150,7 +150,7 @@ def _after_step(run: TrainRun, checkpoints: Checkpoints, cursor: _Cursor, step: 
         return EXIT_TOO_MANY_SKIPS
     if any_process(preemption.requested):  # every process stops at the same step, whichever got SIGTERM
         _save(run, checkpoints, cursor, step)
-        log.warning("SIGTERM: checkpoint saved at step %d; exiting with %d (rerun to resume)", step, EXIT_PREEMPTED)
+        log.info("SIGTERM: checkpoint saved at step %d; exiting with %d (rerun to resume)", step, EXIT_PREEMPTED)
         return EXIT_PREEMPTED
     if step % run.config.train.save_every == 0 or step == run.max_steps:
         _save(run, checkpoints, cursor, step)
