@@ -259,7 +259,10 @@ def test_build_pairs_against_a_closed_port_is_one_line_and_exit_2(tokenizer_dir,
             "--config.policy.max_retries=1", "--config.policy.backoff=0"]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("ipo-jax build-pairs: error: http policy: 1 of 1 completions failed")
+    # one line per event: the one retry (max_retries=1) is a warning, then the error; no traceback
+    retry, error = err.splitlines()
+    assert retry.startswith("warning: policy http:m: connection refused") and "retry 1/1" in retry
+    assert error.startswith("ipo-jax build-pairs: error: http policy: 1 of 1 completions failed")
     assert f"connection refused (http://127.0.0.1:{port}/v1/completions) after 2 attempts" in err
     assert not (tmp_path / "out" / "pairs.jsonl").exists()
 

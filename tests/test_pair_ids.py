@@ -100,9 +100,9 @@ def test_read_pair_records_keeps_valid_ids(tmp_path, tiny):
     [
         (dict(rejected_ids=None), r"pairs.jsonl:1 \(id 'p0'\): has prefix_ids, chosen_ids but not rejected_ids"),
         (dict(chosen_ids="1 2 3"), r"pairs.jsonl:1 \(id 'p0'\): field 'chosen_ids' should be a list of token ids, got str"),
-        (dict(prefix_ids=[1, -4]), r"field 'prefix_ids' item 1 should be a non-negative integer token id, got -4"),
-        (dict(rejected_ids=[1, 2.5]), r"field 'rejected_ids' item 1 should be a non-negative integer token id, got 2.5"),
-        (dict(chosen_ids=[True]), r"field 'chosen_ids' item 0 should be a non-negative integer token id, got True"),
+        (dict(prefix_ids=[1, -4]), r"field 'prefix_ids' item 1 is token id -4, outside 0\.\.2147483647 \(token ids are int32\)"),
+        (dict(rejected_ids=[1, 2.5]), r"field 'rejected_ids' item 1 should be an integer token id, got 2.5"),
+        (dict(chosen_ids=[True]), r"field 'chosen_ids' item 0 should be an integer token id, got True"),
         (dict(chosen_ids=[]), r"field 'chosen_ids' is empty"),
         (dict(finish_reasons={"chosen": "length", "rejected": "stop"}), r"pairs.jsonl:1 \(id 'p0'\): field 'finish_reasons.chosen' is 'length'"),
         (dict(finish_reasons={"chosen": "stop", "rejected": "length"}), r"field 'finish_reasons.rejected' is 'length': the rejected side was cut off"),

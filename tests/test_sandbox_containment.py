@@ -175,12 +175,14 @@ def test_the_guard_refuses_unix_sockets_without_namespaces(unix_listener):
 
 
 def _children_allocating(children: int, megabytes: int) -> str:
-    # each child allocates (and touches) `megabytes`, reports on a pipe and stays; the parent waits for all
+    # each child allocates (and touches) `megabytes`, reports on a pipe and stays; the parent waits for all, then
+    # stays a while, so a monitor polling under a loaded machine still sees the whole sample's memory at once
     return ("import os, posix, time\nr, w = os.pipe()\n"
             f"for _ in range({children}):\n    if posix.fork() == 0:\n"
             f"        held = bytearray({megabytes} * 2 ** 20)\n        os.write(w, b'x')\n        time.sleep(30)\n"
             f"got = 0\nwhile got < {children}:\n    got += len(os.read(r, {children}))\n"
-            "print('all held', flush=True)\n")
+            # all children holding, the parent stays 0.5 s: ten of the fallback's 50 ms polls see the total
+            "print('all held', flush=True)\ntime.sleep(0.5)\n")
 
 
 @pytest.mark.parametrize("isolation", ["auto", "guard"])

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import jax
 
+from ipo_jax.checkpoint.init import model_config
 from ipo_jax.data.pairs import prompt_messages
 from ipo_jax.data.prompts import prompt_records_from_config
 from ipo_jax.distributed import is_main_process, my_share, shares_joined
@@ -180,6 +181,15 @@ def run_sample(config) -> int:
     return 0
 
 
+def _policy_vocab_size(config, tokenizer) -> int:
+    """The ids the policy can take: its model's embedding rows (read from the model spec, no
+    weights) for a local policy, the tokenizer's size for an HTTP one (its model is not known)."""
+    backend = config.policy.backend if config.get("policy") is not None else "local"
+    if backend != "local" or not config.model.init:
+        return len(tokenizer)
+    return max(len(tokenizer), model_config(config.model.init, vocab_needed=len(tokenizer)).vocab_size)
+
+
 def run_csr(config) -> int:
     """Continuation safety ratio of each trajectory (per token position or per sentence: csr.granularity), each
     with its own seed; CSV + PNG each, trigger candidates."""
@@ -189,7 +199,7 @@ def run_csr(config) -> int:
     rows = read_trajectories(c.trajectories, kind=c.kind)  # every record checked before any work or output
     check_judge_fits(config, [prompt_text(r) for r in rows], c.trajectories, roles=("judge",))
     tokenizer = load_policy_tokenizer(config)  # the policy's: csr places its cuts on its token ids
-    check_trajectory_tokens(rows, c.trajectories, tokenizer)
+    check_trajectory_tokens(rows, c.trajectories, tokenizer, vocab_size=_policy_vocab_size(config, tokenizer))
     # a judged continuation is a trajectory prefix (up to the whole reasoning) + one generation
     longest = max((len(r["completion_ids"]) if isinstance(r.get("completion_ids"), list) else -(-len(r["reasoning"]) // 3)
                    for r in rows), default=0)

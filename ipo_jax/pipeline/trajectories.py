@@ -66,17 +66,20 @@ def check_trajectory_fields(record: dict[str, Any], path) -> None:
         check_token_ids(record["completion_ids"], located, "completion_ids", error=TrajectoryFileError)
 
 
-def check_trajectory_tokens(records: list[dict[str, Any]], path, tokenizer) -> None:
-    """Every record against the policy `tokenizer`: completion_ids below its size and decoding to
+def check_trajectory_tokens(records: list[dict[str, Any]], path, tokenizer, vocab_size: int | None = None) -> None:
+    """Every record against the policy `tokenizer`: completion_ids below `vocab_size` (the policy
+    model's embedding rows where known, which may exceed the tokenizer's size: a model pads its
+    vocabulary and its sampler can draw those ids; default the tokenizer's size) and decoding to
     the record's reasoning, or a reasoning the tokenizer decodes back to itself (module docstring)."""
+    vocab_size = len(tokenizer) if vocab_size is None else vocab_size
     for record in records:
-        _check_tokens(record, _located(record, path), tokenizer)
+        _check_tokens(record, _located(record, path), tokenizer, vocab_size)
 
 
-def _check_tokens(record: dict[str, Any], located: str, tokenizer) -> None:
+def _check_tokens(record: dict[str, Any], located: str, tokenizer, vocab_size: int) -> None:
     ids = record.get("completion_ids")
     if ids is not None:
-        check_token_ids(ids, located, "completion_ids", vocab_size=len(tokenizer), error=TrajectoryFileError)
+        check_token_ids(ids, located, "completion_ids", vocab_size=vocab_size, error=TrajectoryFileError)
         text = _decode(tokenizer, ids)
         start, end, _ = reasoning_span(text)
         if text[start:end] != record["reasoning"]:

@@ -53,6 +53,31 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax._src import xla_bridge  # the public API has no "backends started?" query
+from jax.experimental import topologies
+
+from ipo_jax.checkpoint.orbax import read_orbax_config
+from ipo_jax.loss import LossConfig
+from ipo_jax.models.config import ModelConfig
+from ipo_jax.models.decoder import Decoder
+from ipo_jax.models.presets import list_presets, preset_config
+from ipo_jax.sharding import LOGICAL_RULES, MeshError, make_mesh, resolve_mesh_shape
+from ipo_jax.train.step import (
+    PAIR_KEYS,
+    ROW_KEYS,
+    OptimConfig,
+    batch_shardings,
+    check_batch_fits_mesh,
+    init_train_state,
+    jit_train_step,
+    learning_rate_schedule,
+    make_optimizer,
+    make_train_step,
+    tree_shardings,
+)
 from ipo_jax.validation import validate_settings
 
 GIB = 1024**3
@@ -144,8 +169,6 @@ def simulated(topology: Topology) -> bool:
 def request_cpu_devices(count: int) -> bool:
     """Ask for `count` CPU devices if JAX's backends have not started yet (they cannot change
     after). Returns whether at least `count` CPU devices are (or will be) available."""
-    import jax
-    from jax._src import xla_bridge  # the public API has no "backends started?" query
 
     if not xla_bridge.backends_are_initialized():
         current = jax.config.jax_num_cpu_devices
@@ -158,10 +181,8 @@ def request_cpu_devices(count: int) -> bool:
 def topology_devices(topology: Topology) -> list:
     """The devices a topology's program is compiled for: TPU devices of a libtpu topology
     description (no TPU needed), or the first N CPU devices standing in for the accelerators."""
-    import jax
 
     if not simulated(topology):
-        from jax.experimental import topologies
 
         os.environ.setdefault("TPU_ACCELERATOR_TYPE", topology.name)  # quiets libtpu's probing of this host
         return list(topologies.get_topology_desc(platform="tpu", topology_name=topology.tpu_topology).devices)
@@ -183,9 +204,6 @@ def model_config_for(config):
 
     An `hf:<dir>` that is not on this machine (planning on a laptop) falls back to the preset
     named like the directory (hf:/models/Qwen3-8B -> preset qwen3-8b)."""
-    from ipo_jax.checkpoint.orbax import read_orbax_config
-    from ipo_jax.models.config import ModelConfig
-    from ipo_jax.models.presets import list_presets, preset_config
 
     m = config.model
     overrides = dict(param_dtype=m.param_dtype, dtype=m.dtype, remat_policy=m.remat)
@@ -233,10 +251,7 @@ def rows_per_micro(config) -> int:
 def _abstract_batch(config, mesh) -> dict:
     """The batch the loop feeds the step, as abstract arrays [micro_batches, rows, length] with
     its shardings; dtypes as ipo_jax.data.pairs.pack_pairs makes them."""
-    import jax
-    import jax.numpy as jnp
 
-    from ipo_jax.train.step import PAIR_KEYS, ROW_KEYS, batch_shardings
 
     shardings = batch_shardings(mesh)
     m, rows, pairs, length = config.data.micro_batches, rows_per_micro(config), config.data.pairs_per_micro, sequence_length(config)
@@ -252,15 +267,7 @@ def _abstract_batch(config, mesh) -> dict:
 
 def compile_train_step(config, model_cfg, mesh):
     """The run's train step compiled for `mesh` from abstract inputs (built like the loop builds it)."""
-    import jax
-    from flax import nnx
 
-    from ipo_jax.loss import LossConfig
-    from ipo_jax.models.decoder import Decoder
-    from ipo_jax.train.step import (
-        OptimConfig, check_batch_fits_mesh, init_train_state, jit_train_step, learning_rate_schedule,
-        make_optimizer, make_train_step, tree_shardings,
-    )
 
     check_batch_fits_mesh(rows_per_micro(config), mesh)
     graphdef, params = nnx.split(nnx.eval_shape(lambda: Decoder(model_cfg, rngs=nnx.Rngs(0))), nnx.Param)
@@ -307,7 +314,6 @@ def host_grid(mesh, topology: Topology, devices: list):
 
 def batch_axes() -> tuple[str, ...]:
     """The mesh axes the rows of a batch are split over (LOGICAL_RULES["batch"])."""
-    from ipo_jax.sharding import LOGICAL_RULES
 
     spec = LOGICAL_RULES["batch"]
     return (spec,) if isinstance(spec, str) else tuple(spec or ())
@@ -488,7 +494,6 @@ def measure(config, topology: Topology, layers: tuple[int, int] | None = None) -
     """Per-device memory of the config's train step on `topology` (PlanError for a mesh the
     topology cannot hold or a batch its mesh cannot split). With `layers` (a, b), a < b, the
     step is compiled at a and b layers and extrapolated to the model's depth."""
-    from ipo_jax.sharding import MeshError, make_mesh
 
     start = time.perf_counter()
     model_cfg = model_config_for(config)
@@ -551,7 +556,6 @@ def candidate_changes(config, topology: Topology) -> Iterator[dict[str, Any]]:
     policy (recompute), fewer rows per micro-batch and more micro-batches (same pairs per update;
     smaller matmuls), a tensor-parallel axis (communication in every layer), a shorter sequence
     (the data changes). A candidate the topology cannot hold is skipped by the caller."""
-    from ipo_jax.sharding import MeshError, resolve_mesh_shape
 
     changes: dict[str, Any] = {}
     remat = config.model.remat
