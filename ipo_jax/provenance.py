@@ -68,9 +68,7 @@ def policy_provenance(policy) -> dict[str, Any]:
 def _judge_entry(obj, server: dict[str, Any] | None) -> dict[str, Any] | None:
     if obj is None:
         return None
-
-    inner = getattr(obj, "inner", obj)
-    entry = backend_of(inner)
+    entry = backend_of(obj)
     if server is not None:
         entry["server"] = {k: v for k, v in server.items() if k not in ("backend", "endpoint", "model", "name")}
     return entry

@@ -376,11 +376,6 @@ def merge_parts(out: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- the stage
 
 
-def _judge_settings(judge) -> dict[str, Any]:
-    settings = getattr(judge, "settings", None)
-    return settings() if callable(settings) else {"name": getattr(judge, "name", type(judge).__name__)}
-
-
 def _report_done(out: Path, summary: dict[str, Any]) -> None:
     logger.info(paper_table({summary["label"]: summary}) if has_paper_benchmarks(summary)
                 else benchmark_table(summary["benchmarks"]))
@@ -422,7 +417,7 @@ def _ready_judges(config, groups: dict[str, list[EvalItem]], settings: dict[str,
             "max_new_tokens_per_benchmark)")
     else:
         budget, servers = ErrorBudget(config.judge.get("max_error_share", 0.05)), {}
-    xstest_judge = build_xstest_judge(xstest_method, getattr(judge, "chat", None)) if "xstest" in groups else None
+    xstest_judge = build_xstest_judge(xstest_method, judge.chat) if "xstest" in groups else None
     return judge, budget, servers, xstest_judge
 
 
@@ -498,7 +493,7 @@ def run_eval(config) -> int:
             logger.info(budget.line())
         meta = dict(model=config.model.init, label=config.label or config.model.init, judge=config.judge.backend,
                     provenance=provenance,
-                    judge_settings=_judge_settings(judge),
+                    judge_settings=judge.settings(),
                     xstest_judge=xstest_judge.settings() if xstest_judge is not None else None,
                     sampling=dataclasses.asdict(policy.sampling), samples_per_prompt=config.samples_per_prompt,
                     benchmark_settings={label: s.to_dict() for label, s in settings.items()},

@@ -151,7 +151,7 @@ class XSTestLLMJudge:
 
     def __init__(self, chat, *, system: str = XSTEST_SYSTEM, name: str | None = None):
         self.chat, self.system = chat, system
-        self.name = name or f"llm:{getattr(chat, 'name', None) or type(chat).__name__}"
+        self.name = name or f"llm:{chat.name or type(chat).__name__}"
 
     def classify(self, pairs: Sequence[tuple[str, str]]) -> list[XSTestVerdict]:
         """One verdict per (prompt, answer), in order; nothing raises (failures are error verdicts)."""
@@ -173,18 +173,18 @@ class XSTestLLMJudge:
                 replies = [Reply.failed(f"chat backend returned {len(replies)} replies for {len(conversations)} "
                                         "requests")] * len(conversations)
         for i, reply in zip(where, replies):
-            text = getattr(reply, "text", None)
-            if text is None:
-                out[i] = XSTestVerdict("error", self.name, getattr(reply, "error", None) or "no reply")
+            if not isinstance(reply, Reply):  # a broken backend's reply is an error verdict, never a crash
+                reply = Reply.failed(f"chat backend returned a {type(reply).__name__}, not a Reply")
+            if reply.text is None:
+                out[i] = XSTestVerdict("error", self.name, reply.error or "no reply")
                 continue
-            label, why = parse_xstest_class(text)
-            cut = " (cut at max_tokens)" if getattr(reply, "finish_reason", None) == "length" else ""
+            label, why = parse_xstest_class(reply.text)
+            cut = " (cut at max_tokens)" if reply.finish_reason == "length" else ""
             out[i] = XSTestVerdict(label or "error", self.name, why + cut)
         return out  # type: ignore[return-value]
 
     def settings(self) -> dict[str, Any]:
-        chat = self.chat.settings() if callable(getattr(self.chat, "settings", None)) else {"name": self.name}
-        return dict(method="llm", name=self.name, chat=chat,
+        return dict(method="llm", name=self.name, chat=self.chat.settings(),
                     prompt_sha256=hashlib.sha256(self.system.encode("utf-8")).hexdigest())
 
 

@@ -77,6 +77,7 @@ class ChatBackend(Protocol):
     """What the LLM judge and cue detector need of a chat model."""
 
     name: str
+    tokenizer: Any  # the model's own tokenizer where this process has it (a local model), else None
 
     def complete(self, conversations: Sequence[list[dict[str, str]]]) -> list[Reply]:
         """One `Reply` per conversation, in order; never raises for one bad request."""
@@ -84,6 +85,15 @@ class ChatBackend(Protocol):
 
     def settings(self) -> dict[str, Any]:
         """What the replies depend on (no key): for a run's record."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Where replies come from: backend ('http' | 'llm'), endpoint (None for a local model), model."""
+        ...
+
+    def max_prompt_tokens(self) -> int | None:
+        """The longest prompt this backend takes, where it knows it here (a local sampler's buckets);
+        None when only the server knows (HTTP: its max_model_len, from GET /models)."""
         ...
 
 
@@ -125,6 +135,7 @@ class HttpChat(HttpTransport):
     at most `concurrency` requests in flight per instance, API-key redaction (module docstring)."""
 
     default_max_tokens = DEFAULT_MAX_TOKENS
+    tokenizer = None  # the served model's tokenizer is the server's
 
     def __init__(
         self,
@@ -203,6 +214,12 @@ class HttpChat(HttpTransport):
         return dict(backend="http", url=self.endpoint, model=self.model, max_tokens=self.max_tokens,
                     extra_body=self.extra_body)
 
+    def describe(self) -> dict[str, Any]:
+        return dict(backend="http", endpoint=self.endpoint, model=self.model)
+
+    def max_prompt_tokens(self) -> int | None:
+        return None  # the server's max_model_len (GET /models) bounds prompt + reply
+
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, url={self.endpoint!r}, model={self.model!r}, "
                 f"concurrency={self.concurrency})")
@@ -244,13 +261,13 @@ class LocalChat:
             text += ANSWER_OPEN if text.endswith("\n") else "\n" + ANSWER_OPEN
         return text
 
-    def _max_prompt_tokens(self) -> int | None:
+    def max_prompt_tokens(self) -> int | None:
         """The sampler's largest prompt bucket (None when it names none)."""
         buckets = self.sampler.buckets if isinstance(self.sampler, BucketedSampler) else None
         return max(int(b) for b in buckets) if buckets else None
 
     def complete(self, conversations: Sequence[list[dict[str, str]]]) -> list[Reply]:
-        limit = self._max_prompt_tokens()
+        limit = self.max_prompt_tokens()
         out: list[Reply] = [Reply.failed("no reply")] * len(conversations)
         ids, where, opened = [], [], {}
         for i, messages in enumerate(conversations):
@@ -289,6 +306,9 @@ class LocalChat:
             else:
                 out[i] = Reply(THINK_OPEN + text if opened[i] else text, None, finish)
         return out
+
+    def describe(self) -> dict[str, Any]:
+        return dict(backend="llm", endpoint=None, model=self.name)
 
     def settings(self) -> dict[str, Any]:
         """What the replies depend on: for a run's record."""

@@ -65,14 +65,16 @@ _STATUS = re.compile(r"\bHTTP (\d{3})\b")
 
 
 def backend_of(judge_or_detector) -> dict[str, Any]:
-    """{role-independent description}: backend (http / llm / pattern), endpoint, model."""
-    chat = getattr(judge_or_detector, "chat", None)
-    if chat is None:
-        return dict(backend="pattern", endpoint=None, model=None, name=name_of(judge_or_detector))
-    endpoint = getattr(chat, "endpoint", None)
-    if endpoint is not None:
-        return dict(backend="http", endpoint=endpoint, model=getattr(chat, "model", None), name=name_of(judge_or_detector))
-    return dict(backend="llm", endpoint=None, model=getattr(chat, "name", None), name=name_of(judge_or_detector))
+    """{role-independent description}: backend (http / llm / pattern), endpoint, model, name."""
+    judge_or_detector = unguarded(judge_or_detector)
+    chat = judge_or_detector.chat
+    where = dict(backend="pattern", endpoint=None, model=None) if chat is None else chat.describe()
+    return {**where, "name": name_of(judge_or_detector)}
+
+
+def unguarded(judge_or_detector):
+    """The judge or detector itself, without the `GuardedJudge` that reports its failures."""
+    return judge_or_detector.inner if isinstance(judge_or_detector, GuardedJudge) else judge_or_detector
 
 
 def _status(error: str) -> str:
@@ -174,10 +176,19 @@ class GuardedJudge:
                            [verdicts[i].reason for i in asked if verdicts[i].is_error])
         return verdicts
 
-    def __getattr__(self, name):  # chat, prompts, settings, messages ...
-        if name in ("inner", "budget", "backend") or name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+    @property
+    def chat(self):
+        return self.inner.chat
+
+    @property
+    def prompts(self):
+        return self.inner.prompts
+
+    def settings(self) -> dict[str, Any]:
+        return self.inner.settings()
+
+    def messages(self, request):
+        return self.inner.messages(request)
 
 
 class GuardedDetector(GuardedJudge):
@@ -197,9 +208,9 @@ class GuardedDetector(GuardedJudge):
 
 def guard(judge, detector, budget: ErrorBudget):
     """(judge, detector), each LLM one wrapped to report to `budget`; pattern ones as they are."""
-    g_judge = GuardedJudge(judge, budget) if getattr(judge, "chat", None) is not None else judge
+    g_judge = GuardedJudge(judge, budget) if judge.chat is not None else judge
     g_detector = detector
-    if detector is not None and getattr(detector, "chat", None) is not None:
+    if detector is not None and detector.chat is not None:
         g_detector = GuardedDetector(detector, budget)
     return g_judge, g_detector
 
@@ -224,13 +235,9 @@ def _template_messages(role: str, obj, prompt: str) -> list[list[dict[str, str]]
     return [obj.messages(CueRequest(prompt, ("",)))]
 
 
-def _local_tokenizer(chat, tokenizer_dir: str):
-    if getattr(chat, "tokenizer", None) is not None:
-        return chat.tokenizer
-    if tokenizer_dir:
-
-        return load_tokenizer(tokenizer_dir)
-    return None
+def _judge_tokenizer(tokenizer_dir: str):
+    """The HTTP judge's tokenizer, where the run names its directory (`judge.tokenizer`)."""
+    return load_tokenizer(tokenizer_dir) if tokenizer_dir else None
 
 
 def check_judges(judge, detector, *, prompts: Sequence[str], trajectory_tokens: int, trajectory_setting: str,
@@ -244,10 +251,9 @@ def check_judges(judge, detector, *, prompts: Sequence[str], trajectory_tokens: 
     seen: dict[int, dict[str, Any]] = {}
     out: dict[str, Any] = {}
     for role, obj in (("judge", judge), ("detector", detector)):
-        inner = getattr(obj, "inner", obj)
-        chat = getattr(inner, "chat", None)
-        if chat is None:
+        if obj is None or obj.chat is None:
             continue
+        inner, chat = unguarded(obj), obj.chat
         backend = backend_of(inner)
         info = seen.get(id(chat))
         if info is None:
@@ -268,14 +274,13 @@ def check_judges(judge, detector, *, prompts: Sequence[str], trajectory_tokens: 
         # the context check, per role (judge and detector prompts differ)
         if backend["backend"] == "http":
             limit, limit_from = info.get("max_model_len"), f"max_model_len {info.get('max_model_len')} (GET /models)"
-            reply = int(getattr(chat, "max_tokens", 0) or 0)
-            tokenizer = _local_tokenizer(None, (tokenizers or {}).get(role, ""))
-        else:
-            limiter = getattr(chat, "_max_prompt_tokens", None)
-            limit = limiter() if callable(limiter) else None
+            reply = int(chat.max_tokens)
+            tokenizer = _judge_tokenizer((tokenizers or {}).get(role, ""))
+        else:  # a local model: its sampler's prompt limit; the reply has its own budget there
+            limit = chat.max_prompt_tokens()
             limit_from = f"its sampler's longest prompt {limit} ({role}.max_prompt_length)"
             reply = 0
-            tokenizer = getattr(chat, "tokenizer", None)
+            tokenizer = chat.tokenizer
         if not limit:
             continue
         template, how = max((_count_tokens(m, tokenizer) for m in _template_messages(role, inner, longest)),

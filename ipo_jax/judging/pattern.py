@@ -176,6 +176,7 @@ def load_pattern_file(path: str | Path) -> dict[str, list[str]]:
 
 class _PatternLexicon:
     default_name = "pattern"
+    chat = None  # asks no model (ipo_jax.judging.records.Judge)
 
     def __init__(
         self,

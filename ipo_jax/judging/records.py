@@ -161,21 +161,34 @@ class CueResult:
 
 @runtime_checkable
 class Judge(Protocol):
+    """A safety judge. ``chat``: the chat model it asks (an `ipo_jax.judging.chat.ChatBackend`),
+    None for a judge that asks no model (the pattern judge): the guard, the probe and the context
+    check apply to judges with a chat model."""
+
     name: str
+    chat: Any
 
     def judge(self, requests: Sequence[JudgeRequest]) -> list[Verdict]: ...
+
+    def settings(self) -> dict[str, Any]:
+        """What the verdicts depend on: for a run's record."""
+        ...
 
 
 @runtime_checkable
 class CueDetector(Protocol):
+    """A compliance-cue detector; ``chat`` as for `Judge`."""
+
     name: str
+    chat: Any
 
     def detect(self, requests: Sequence[CueRequest]) -> list[CueResult]: ...
 
+    def settings(self) -> dict[str, Any]: ...
 
-def name_of(obj: Any) -> str:
-    name = getattr(obj, "name", None)
-    return name if isinstance(name, str) and name else type(obj).__name__
+
+def name_of(obj: Judge | CueDetector) -> str:
+    return obj.name if isinstance(obj.name, str) and obj.name else type(obj).__name__
 
 
 def judge_all(judge: Judge, requests: Sequence[JudgeRequest]) -> list[Verdict]:

@@ -172,8 +172,7 @@ def run_sample(config) -> int:
     for row in rows:
         counts[row["label"]] += 1
     _write_run_json(out / "sample_run.json", "sample", provenance, prompts=config.prompts, trajectories=len(rows),
-                    sampling=dataclasses.asdict(policy.sampling), seed=config.intervention.seed, judge=judge.settings()
-                    if callable(getattr(judge, "settings", None)) else getattr(judge, "name", None))
+                    sampling=dataclasses.asdict(policy.sampling), seed=config.intervention.seed, judge=judge.settings())
     atomic_write_jsonl(out / "trajectories.jsonl", rows)
     _remove_share_parts(out, "trajectories")
     logger.info("%d trajectories: %d unsafe, %d safe, %d judge errors -> %s", len(rows), counts["unsafe"], counts["safe"],
