@@ -44,6 +44,18 @@ def setting(default, help: str = "", check: Check | None = None):
     return dataclasses.field(default=default, metadata={"help": help, "check": check})
 
 
+def http_retry_settings() -> dict[str, Any]:
+    """The retry fields an HTTP client section shares (the policy's and the judge's, both served
+    by `ipo_jax.http.HttpTransport`): ``max_retries``, ``backoff``, ``max_backoff``; each section
+    writes ``max_retries: int = http_retry_settings()["max_retries"]`` and so on."""
+    return dict(
+        max_retries=setting(4, "http: retries after the first attempt (timeouts, connection errors, 5xx, 429)",
+                            int_at_least(0)),
+        backoff=setting(1.0, "http: seconds before the first retry, doubled each time", number_in(0)),
+        max_backoff=setting(30.0, "http: cap on one wait (also on a server's Retry-After)", number_in(0)),
+    )
+
+
 def section(settings_type, exclude=(), **defaults) -> ml_collections.ConfigDict:
     """The ConfigDict of a settings dataclass: its fields and defaults (`defaults` replaces some, for
     a stage whose section starts elsewhere: the policy's mesh). A None default (``alpha: float |

@@ -59,6 +59,17 @@ HF_CONFIGS = {
 }
 
 
+def flat_config(config, prefix: str = "") -> dict:
+    """A ConfigDict as {"section.field": value}: configs compared field by field."""
+    out = {}
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            out.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def build_hf_model(family: str, seed: int = 0, **overrides):
     """A random transformers model of `family`; every weight perturbed so biases and norms matter."""
     import torch

@@ -5,6 +5,7 @@ loss preset and takes the preset's mask. Nothing is trained here (the whole chai
 from pathlib import Path
 
 import pytest
+from conftest import flat_config
 
 from ipo_jax import demo
 from ipo_jax.cli import parse_config
@@ -22,18 +23,8 @@ RUN_FIELDS = {"model.init", "tokenizer", "data.pairs", "data.mask_from", "data.p
               "train.epochs", "train.max_steps", "train.save_every", "train.seed"}
 
 
-def _flat(config, prefix=""):
-    out = {}
-    for key, value in config.items():
-        if hasattr(value, "items"):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _changed(config, base) -> dict:
-    composed, defaults = _flat(config), _flat(base)
+    composed, defaults = flat_config(config), flat_config(base)
     assert composed.keys() == defaults.keys()  # no field added or lost
     return {k: v for k, v in composed.items() if v != defaults[k]}
 
@@ -72,7 +63,7 @@ def test_the_pipeline_and_eval_decode_alike_from_their_base_configs():
     pipeline = demo._pipeline_config(config, WORLD, "orbax:/warm/final", Path("/out/pairs/intervention"))
     evaluation = demo._eval_config(config, WORLD, "orbax:/warm/final", "base", Path("/out/eval/base"), "a.jsonl")
     for section in ("policy", "model", "sampling", "sampler", "mesh"):
-        assert _flat(pipeline[section]) == _flat(evaluation[section]), section
+        assert flat_config(pipeline[section]) == flat_config(evaluation[section]), section
     assert pipeline.sampling.max_new_tokens == 99 and pipeline.sampler.batch_size == 32
     assert pipeline.sampling.temperature == pipeline_base().sampling.temperature  # a default the demo keeps
     assert set(_changed(pipeline, pipeline_base())) == {

@@ -7,6 +7,7 @@ import shlex
 
 import jax
 import pytest
+from conftest import flat_config
 
 from ipo_jax.cli import main, parse_config
 from ipo_jax.train import plan
@@ -165,16 +166,6 @@ PAPER_RUNS = ("qwen3_8b", "r1_distill_qwen_7b", "r1_distill_llama_8b")
 STAGE2_CHANGES = {"model.init", "tokenizer", "reference.init", "data.pairs", "train.out", "train.epochs"}
 
 
-def _flat(config, prefix=""):
-    out = {}
-    for key, value in config.items():
-        if hasattr(value, "items"):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 @pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (simulated) devices")
 @pytest.mark.parametrize("topology", ["v5p-8", "8xh100"])
 @pytest.mark.parametrize("run", PAPER_RUNS)
@@ -187,7 +178,7 @@ def test_each_paper_config_fits_v5p_8_and_8xh100_at_its_max_length(run, topology
     measured = plan.measure(config, plan.parse_topology(topology)).memory
     assert plan.fits(measured.peak, plan.parse_topology(topology)), f"{run} on {topology}: peak {measured.peak / GIB:.1f} GiB"
     stage2 = parse_config(["--config", f"configs/train_{run}_stage2.py"], "train")
-    changed = {k for k, v in _flat(stage2).items() if _flat(config).get(k) != v}
+    changed = {k for k, v in flat_config(stage2).items() if flat_config(config).get(k) != v}
     assert changed <= STAGE2_CHANGES, changed - STAGE2_CHANGES
 
 

@@ -8,7 +8,18 @@ import dataclasses
 
 import ml_collections
 
-from ipo_jax.settings import boolean, help_of, int_at_least, number_in, one_of, rules_of, section, setting, tokens
+from ipo_jax.settings import (
+    boolean,
+    help_of,
+    http_retry_settings,
+    int_at_least,
+    number_in,
+    one_of,
+    rules_of,
+    section,
+    setting,
+    tokens,
+)
 from ipo_jax.validation import optional_file
 
 BACKENDS = ("pattern", "llm", "http")
@@ -29,10 +40,9 @@ class JudgeSettings:
     base_url: str = setting("", "http: e.g. http://localhost:8000/v1")
     api_key_env: str = setting("OPENAI_API_KEY", "http: the variable holding the key (never logged)")
     timeout: float = setting(30.0, "http: seconds per attempt", number_in(0, low_open=True))
-    max_retries: int = setting(4, "http: retries after the first attempt (timeouts, connection errors, 5xx, 429)",
-                               int_at_least(0))
-    backoff: float = setting(1.0, "http: seconds before the first retry, doubled each time", number_in(0))
-    max_backoff: float = setting(30.0, "http: cap on one wait (also on a server's Retry-After)", number_in(0))
+    max_retries: int = http_retry_settings()["max_retries"]
+    backoff: float = http_retry_settings()["backoff"]
+    max_backoff: float = http_retry_settings()["max_backoff"]
     concurrency: int = setting(8, "http: requests in flight at once", int_at_least(1))
     max_tokens: int = setting(1024, "llm / http: reply budget; enough for a thinking judge to reason, then answer",
                               tokens(1))

@@ -18,7 +18,17 @@ import ml_collections
 from ipo_jax.models.config import DTYPES
 from ipo_jax.sampling.types import SamplerSettings, SamplingConfig
 from ipo_jax.settings import (
-    boolean, help_of, int_at_least, json_object_text, mesh_axis, number_in, one_of, rules_of, section, setting,
+    boolean,
+    help_of,
+    http_retry_settings,
+    int_at_least,
+    json_object_text,
+    mesh_axis,
+    number_in,
+    one_of,
+    rules_of,
+    section,
+    setting,
     tokens,
 )
 from ipo_jax.validation import model_spec
@@ -36,10 +46,9 @@ class PolicySettings:
     model: str = setting("", "http: the served model's name (ipo-jax serve: its --model spec; also the pairs' policy id)")
     api_key_env: str = setting("OPENAI_API_KEY", "http: the variable holding the key (never logged; unset = no key)")
     timeout: float = setting(600.0, "http: seconds per attempt (one whole generation)", number_in(0, low_open=True))
-    max_retries: int = setting(4, "http: retries after the first attempt (timeouts, connection errors, 5xx, 429)",
-                               int_at_least(0))
-    backoff: float = setting(1.0, "http: seconds before the first retry, doubled each time", number_in(0))
-    max_backoff: float = setting(30.0, "http: cap on one wait (also on a server's Retry-After)", number_in(0))
+    max_retries: int = http_retry_settings()["max_retries"]
+    backoff: float = http_retry_settings()["backoff"]
+    max_backoff: float = http_retry_settings()["max_backoff"]
     concurrency: int = setting(32, "http: requests in flight at once (one request per sampled row)", int_at_least(1))
     extra_body: str = setting("", "http: a JSON object merged into each request; a vLLM without return_token_ids: "
                               '\'{"logprobs": 0, "return_tokens_as_token_ids": true}\'', json_object_text)
