@@ -36,7 +36,7 @@ class TrainModelSettings:
     dtype: str = setting("float32", "compute dtype of activations and matmuls (bfloat16 on accelerators)",
                          one_of(*DTYPES))
     remat: str = setting("none", "none | full | dots_saveable", one_of(*REMAT_POLICIES))
-    attention: str = setting("dense", "dense | blockwise (flash-style, nothing [T,S]-sized kept) | cudnn",
+    attention: str = setting("dense", "dense | blockwise (flash-style, nothing [T,S]-sized kept)",
                              one_of(*ATTENTION_KINDS))
 
 
