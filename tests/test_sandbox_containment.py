@@ -8,7 +8,9 @@ where namespaces are refused: the supervisor's process-tree kill and polls)."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -239,3 +241,28 @@ def test_without_pidfds_the_waits_poll(monkeypatch):
     passed = run_code("assert sum(range(4)) == 6\n", timeout=TIMEOUT)
     looping = run_code("while True:\n    pass\n", timeout=1.0)
     assert passed.status == "passed" and looping.status == "timeout" and looping.seconds < 1.0 + 2.0
+
+
+def test_an_interpreter_under_tmp_stays_reachable(tmp_path_factory):
+    """A checkout under /tmp (a CI clone) runs the sandbox from a venv there: its bin/python is a
+    symlink under the /tmp the sandbox covers, and the launcher's sys.prefix (-I -S) names the base
+    installation, so the directory of the path exec'd must be mounted back (a clean-clone CI run
+    failed every sandbox test with 'exec .../.venv/bin/python: No such file or directory')."""
+    venv_here = os.path.dirname(os.path.dirname(os.path.abspath(sys.executable)))
+    if not os.path.isfile(os.path.join(venv_here, "pyvenv.cfg")):
+        pytest.skip("the tests do not run from a venv")
+    fake = tempfile.mkdtemp(prefix="ipo-venv-", dir="/tmp")  # under /tmp whatever pytest's basetemp is
+    try:
+        os.makedirs(os.path.join(fake, "bin"))
+        os.symlink(os.path.realpath(sys.executable), os.path.join(fake, "bin", "python"))
+        os.symlink(os.path.join(venv_here, "lib"), os.path.join(fake, "lib"))
+        with open(os.path.join(venv_here, "pyvenv.cfg")) as f, open(os.path.join(fake, "pyvenv.cfg"), "w") as g:
+            g.write(f.read())
+        code = ("from ipo_jax.eval.sandbox import run_code\n"
+                "r = run_code('print(6 * 7)', timeout=10.0)\nprint(r.status, r.stdout_tail, r.stderr_tail)\n")
+        done = subprocess.run([os.path.join(fake, "bin", "python"), "-c", code], capture_output=True, text=True,
+                              timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.split()[:2] == ["passed", "42"], done.stdout
+    finally:
+        shutil.rmtree(fake, ignore_errors=True)

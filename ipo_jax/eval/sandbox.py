@@ -243,7 +243,10 @@ def build_file_system(sandbox_uid):
     with open(os.path.join(work, "program.py"), "rb") as f:
         program = f.read()
     executable_dir = os.path.dirname(os.path.realpath(sys.executable))
-    interpreter = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, executable_dir)}
+    # and the directory of the path exec'd: a venv's bin/ (its python a symlink to the base interpreter)
+    # may lie under /tmp while sys.prefix, in this -I -S launcher, names the base installation
+    called_dir = os.path.realpath(os.path.dirname(os.path.abspath(sys.executable)))
+    interpreter = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, executable_dir)} | {called_dir}
     sockets = {os.path.realpath(d) for d in SOCKET_DIRS if os.path.isdir(d)}
     # directories on the way to the interpreter or the work directory that the program's uid cannot enter
     hidden = ({top for top in (untraversable_ancestor(p, sandbox_uid) for p in interpreter | {work}) if top}
