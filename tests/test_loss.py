@@ -9,16 +9,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from ipo_jax.buckets import bucket_length, default_buckets
 from ipo_jax.data.pairs import (
     PairBatches,
     PairFileError,
     TokenizedPair,
-    bucket_length,
-    default_buckets,
     fit_to_length,
     length_problem,
-    pair_length,
     pack_pairs,
+    pair_length,
     read_pair_records,
     tokenize_pair,
 )

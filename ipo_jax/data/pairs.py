@@ -71,8 +71,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-# the bucket helpers live in ipo_jax.buckets; re-exported for train/ and tests/test_loss.py, which import them here
-from ipo_jax.buckets import bucket_length, default_buckets  # noqa: F401
+from ipo_jax.buckets import bucket_length
 from ipo_jax.data.records import RecordFileError, check_token_ids, read_jsonl_records
 from ipo_jax.data.tokenizer import chat_eos_text, encode_prompt, encode_text, stop_token_ids
 
