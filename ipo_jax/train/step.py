@@ -208,30 +208,36 @@ def make_train_step(
         (grads, sums), _ = jax.lax.scan(accumulate, (zero_grads, zero_metrics), batch)
         pairs = jnp.maximum(sums["pairs"], 1.0)
         grads = jax.tree.map(lambda g: g / pairs, grads)
-        grad_norm = optax.global_norm(grads)
-        updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
-        # an update is applied only if it leaves every parameter and optimizer moment finite
-        # (a huge but finite gradient, or a damaged moment, can still overflow them)
-        finite = (jnp.isfinite(sums["loss"]) & jnp.isfinite(grad_norm)
-                  & all_finite(new_params) & all_finite(new_opt_state))
-        new_state = TrainState(
-            params=_tree_where(finite, new_params, state.params),
-            opt_state=_tree_where(finite, new_opt_state, state.opt_state),
-            step=state.step + 1,
-            skipped=state.skipped + (~finite).astype(jnp.int32),
-            consecutive_skips=jnp.where(finite, 0, state.consecutive_skips + 1),
-        )
+        new_state, update_metrics = apply_update(state, grads, sums["loss"], tx, schedule)
         metrics = average_metrics(sums)
-        metrics.update(
-            grad_norm=grad_norm,
-            learning_rate=schedule(state.step),
-            skipped=new_state.skipped,
-            update_applied=finite.astype(jnp.int32),
-        )
+        metrics.update(update_metrics)
         return new_state, metrics
 
     return step
+
+
+def apply_update(state: TrainState, grads, loss: Array, tx: optax.GradientTransformation,
+                 schedule: optax.Schedule) -> tuple[TrainState, dict[str, Array]]:
+    """One optimizer update of `state` with `grads` (already averaged), skipped -- and counted --
+    unless the loss, the gradient and every updated parameter and moment are finite; the new state
+    and the metrics grad_norm, learning_rate, skipped, update_applied (also the GRPO step's)."""
+    grad_norm = optax.global_norm(grads)
+    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    # an update is applied only if it leaves every parameter and optimizer moment finite
+    # (a huge but finite gradient, or a damaged moment, can still overflow them)
+    finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+              & all_finite(new_params) & all_finite(new_opt_state))
+    new_state = TrainState(
+        params=_tree_where(finite, new_params, state.params),
+        opt_state=_tree_where(finite, new_opt_state, state.opt_state),
+        step=state.step + 1,
+        skipped=state.skipped + (~finite).astype(jnp.int32),
+        consecutive_skips=jnp.where(finite, 0, state.consecutive_skips + 1),
+    )
+    metrics = dict(grad_norm=grad_norm, learning_rate=schedule(state.step), skipped=new_state.skipped,
+                   update_applied=finite.astype(jnp.int32))
+    return new_state, metrics
 
 
 def jit_train_step(step_fn, state_shardings, mesh: Mesh, ref_shardings=None):
