@@ -202,7 +202,9 @@ def _progress(run: TrainRun, start: int) -> tqdm:
 def _show(progress: tqdm, row: dict, peak: float | None) -> None:
     progress.update(1)
     progress.set_postfix(
-        loss=f"{row['loss']:.4f}", acc=f"{row['reward_accuracy']:.2f}", tok_s=f"{row['tokens_per_second']:.0f}",
+        loss=f"{row['loss']:.4f}",
+        **({"acc": f"{row['reward_accuracy']:.2f}"} if "reward_accuracy" in row else {}),  # none for SFT (ipo_jax/sft)
+        tok_s=f"{row['tokens_per_second']:.0f}",
         **({"mfu": f"{row['mfu']:.1%}"} if peak else {}),
     )
 

@@ -58,8 +58,10 @@ def _setting(tree, dotted: str):
     return tree
 
 
-def check_output_dir(out: Path, config) -> None:
-    """train.out must be new, empty, or a run of this same config (see the module doc)."""
+def check_output_dir(out: Path, config, *, identity: tuple[str, ...] = RUN_IDENTITY, defaults=None) -> None:
+    """train.out must be new, empty, or a run of this same config (see the module doc). Another
+    stage that writes runs the same way (ipo_jax/sft/) passes its own `identity` settings and its
+    `defaults` (the ConfigDict a setting added later takes its old value from)."""
     # our own temporary config (a start killed before the rename, or process 0 of a multi-host
     # run writing it while another process checks) does not make the directory someone else's
     if not out.exists() or not [p for p in out.iterdir() if not p.name.startswith(".config.json.tmp")]:
@@ -76,9 +78,9 @@ def check_output_dir(out: Path, config) -> None:
         raise TrainingError(f"{previous_file}: not valid JSON ({e}); is {out} a training run of ipo-jax?") from None
     current = json.loads(config.to_json_best_effort())
     # a setting added after the run started (its config.json lacks it) had its default then
-    previous = _with_defaults(previous, json.loads(base_config().to_json_best_effort()))
+    previous = _with_defaults(previous, json.loads((defaults or base_config()).to_json_best_effort()))
     changed = [f"{field}: was {_setting(previous, field)!r}, now {_setting(current, field)!r}"
-               for field in RUN_IDENTITY if _setting(previous, field) != _setting(current, field)]
+               for field in identity if _setting(previous, field) != _setting(current, field)]
     if changed and not _has_progress(out):  # a start that failed before its first step holds nothing to resume
         log.info("train.out %s: the previous start with other settings never completed a step; starting afresh", out)
         return
