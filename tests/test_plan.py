@@ -265,3 +265,37 @@ def test_16xh100_plans_16_devices_in_a_fresh_process():
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 2 and "8 rows per micro-batch cannot be split" in run.stderr
     assert "--config.data.pairs_per_micro=16 --config.data.micro_batches=1 (more pairs per step)" in run.stderr
+
+
+# ---------------------------------------------------------------------------------- GRPO (#27)
+GRPO_TINY = ["--config", "configs/grpo_tiny_cpu.py"]  # 32 rows of 96 tokens in 2 micro-batches, beta 0.04
+GRPO_RUNS = ("qwen3_8b", "r1_distill_qwen_7b", "r1_distill_llama_8b")
+
+
+@needs_devices
+def test_plan_compiles_the_grpo_update_of_a_grpo_config(capsys, monkeypatch):
+    monkeypatch.setattr(plan, "compile_train_step", lambda *a: pytest.fail("a GRPO config planned as a train step"))
+    assert main(["plan", *GRPO_TINY, "--topology", TOPOLOGY]) == 0
+    out = capsys.readouterr().out
+    assert "GRPO update" in out and "96 tokens (prompt 64 + completion 32) x 16 rows per micro-batch x 2" in out
+    assert "reference forward yes" in out and "rollout (estimate)" in out and "fits (" in out
+    config = parse_config(GRPO_TINY, "grpo")
+    with_ref = plan.measure(config, plan.parse_topology(TOPOLOGY)).memory  # the same compile (cached)
+    no_ref = plan.measure(parse_config([*GRPO_TINY, "--config.grpo.beta=0.0"], "grpo"),
+                          plan.parse_topology(TOPOLOGY)).memory
+    params = plan.model_config_for(config).num_params()
+    # the reference's float32 weights (split over 2 devices) are arguments only when beta > 0
+    assert with_ref.arguments - no_ref.arguments == pytest.approx(4 * params / 2, rel=0.05)
+    assert main(["plan", *GRPO_TINY, "--config.grpo.num_generations=1", "--topology", TOPOLOGY]) == 2
+    assert "config.grpo.num_generations is 1" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (simulated) devices")
+@pytest.mark.parametrize("run, topology", [("qwen3_8b", "v5p-8"), ("r1_distill_llama_8b", "8xh100")])
+def test_grpo_paper_configs_fit(run, topology):
+    """The GRPO paper configs (64 rows of 1024 + 5120 tokens per update, beta 0.04: the reference
+    forward in the step) fit; layers extrapolated from 2 and 4 (the full-depth numbers of all
+    three models on both topologies are in the README)."""
+    config = parse_config(["--config", f"configs/grpo_{run}.py"], "grpo")
+    measured = plan.measure(config, plan.parse_topology(topology), layers=(2, 4)).memory
+    assert plan.fits(measured.peak, plan.parse_topology(topology)), f"{run} on {topology}: {measured.peak / GIB:.1f} GiB"

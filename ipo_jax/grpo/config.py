@@ -37,7 +37,7 @@ from ipo_jax.settings import (
 )
 from ipo_jax.train.config import OPTIM_CHECKS, TrainMeshSettings, TrainModelSettings
 from ipo_jax.train.step import OptimConfig
-from ipo_jax.validation import model_spec, optional_dir, output_dir, plan_model_spec, register_rules
+from ipo_jax.validation import model_spec, output_dir, plan_model_spec, register_rules, tokenizer_source
 
 REWARD_KINDS = ("judge", "rule")
 
@@ -64,7 +64,8 @@ def _optional_model_spec(v):
 
 @dataclasses.dataclass(frozen=True)
 class GRPOTopSettings:
-    tokenizer: str = setting("", "a tokenizer directory; '' = the HF init directory", optional_dir)
+    tokenizer: str = setting("", "a tokenizer directory; '' = the HF init directory; 'tiny' = build one from the "
+                             "prompts (toy runs)", tokenizer_source)
     prompts: str = setting("", "a JSONL file (id, prompt, kind: harmful | benign), a parquet / arrow file, a datasets "
                            "directory, or a hub id (online only): ipo_jax/data/prompts.py", non_empty_string)
     prompts_fields: str = setting("", "field mapping, e.g. 'prompt=question,id=id' ('' = the defaults)")
@@ -132,8 +133,6 @@ class GRPOSettings:
     advantage_eps: float = setting(_LOSS.advantage_eps, "added to the std", GRPO_FIELD_CHECKS["advantage_eps"])
 
 
-LOSS_FIELDS = tuple(f.name for f in dataclasses.fields(GRPOLossConfig) if f.name != "max_completion_length")
-
 
 @dataclasses.dataclass(frozen=True)
 class GRPOReferenceSettings:
@@ -182,22 +181,12 @@ RULES = _rules()
 PLAN_RULES = {**{k: v for k, v in RULES.items() if k not in ("tokenizer", "prompts", "train.out", "reference.init")},
               "model.init": plan_model_spec}
 register_rules("grpo", RULES)
+register_rules("grpo-plan", PLAN_RULES)  # ipo-jax plan on a grpo config (ipo_jax/train/plan.py)
 
 
 def field_help() -> dict[str, str]:
     """{'grpo.beta': help text, ...} for `ipo-jax grpo --help` (optim: OptimConfig's field comments)."""
     return {**help_of(GRPOTopSettings), **{k: v for n, t in SECTIONS.items() for k, v in help_of(t, n).items()}}
-
-
-def loss_config(config) -> GRPOLossConfig:
-    """The GRPOLossConfig of a grpo config (dr_grpo's max_completion_length: sampling.max_new_tokens)."""
-    return GRPOLossConfig(**{k: config.grpo[k] for k in LOSS_FIELDS},
-                          max_completion_length=config.sampling.max_new_tokens)
-
-
-def is_grpo_config(config) -> bool:
-    """Whether a config is the grpo stage's (ipo-jax plan plans its step instead of train's)."""
-    return "grpo" in config and "num_generations" in config.grpo
 
 
 def paper_model_config(hf_name: str, run_name: str) -> ml_collections.ConfigDict:
@@ -215,7 +204,7 @@ def paper_model_config(hf_name: str, run_name: str) -> ml_collections.ConfigDict
     c.judge.backend = "http"  # a served judge (e.g. vLLM on another node)
     c.judge.base_url = "http://localhost:8001/v1"
     c.judge.model = "judge"
-    c.sampling.max_new_tokens = 4096
+    c.sampling.max_new_tokens = 5120  # the paper's generation budget (as configs/pipeline_<run>.py)
     c.sampler.max_prompt_length = 1024
     c.sampler.batch_size = 64
     c.grpo.num_generations = 8
@@ -229,5 +218,5 @@ def paper_model_config(hf_name: str, run_name: str) -> ml_collections.ConfigDict
     return c
 
 
-__all__ = ["GRPOSettings", "RewardSettings", "SECTIONS", "base_config", "field_help", "is_grpo_config",
-           "loss_config", "paper_model_config"]
+__all__ = ["PLAN_RULES", "GRPOSettings", "RewardSettings", "SECTIONS", "base_config", "field_help",
+           "paper_model_config"]

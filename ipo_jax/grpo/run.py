@@ -49,12 +49,13 @@ from tqdm.auto import tqdm
 from ipo_jax.checkpoint import save_orbax
 from ipo_jax.checkpoint.init import load_model, model_config
 from ipo_jax.data.prompts import prompt_records_from_config
+from ipo_jax.data.tiny_tokenizer import build_tiny_tokenizer
 from ipo_jax.distributed import any_process, initialize_from_environment
 from ipo_jax.grpo.batch import pack_rollouts, row_length
-from ipo_jax.grpo.config import LOSS_FIELDS, base_config, loss_config
-from ipo_jax.grpo.rewards import RewardFunction
+from ipo_jax.grpo.config import base_config
+from ipo_jax.grpo.rewards import RewardFunction, prompt_text
 from ipo_jax.grpo.rollout import HttpRollouts, LocalRollouts, sample_groups
-from ipo_jax.grpo.step import GRPOStep, GRPOStepSettings, batch_shardings, build_grpo_step
+from ipo_jax.grpo.step import LOSS_FIELDS, GRPOStep, batch_shardings, build_grpo_step, settings_from_config
 from ipo_jax.judging.build import build_judges, check_judge_fits
 from ipo_jax.loss.grpo import group_advantages
 from ipo_jax.models.decoder import Decoder
@@ -65,7 +66,7 @@ from ipo_jax.train.checkpoints import Checkpoints, checkpoint_manager, restore_n
 from ipo_jax.train.errors import EXIT_NOT_TRAINED, EXIT_PREEMPTED, EXIT_TOO_MANY_SKIPS, TrainingError
 from ipo_jax.train.loop import _MetricsLog, _Preemption
 from ipo_jax.train.run_dir import check_output_dir, write_run_files
-from ipo_jax.train.step import OptimConfig, all_finite, put_batch
+from ipo_jax.train.step import all_finite, put_batch
 from ipo_jax.validation import validate_settings
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ RUN_IDENTITY = ("model.init", "model.param_dtype", "tokenizer", "prompts", "prom
                 "prompts_kind", "policy.backend", "sampling", "reward", "grpo", "optim", "reference.init",
                 "train.seed")
 ROLLOUTS_FILE = "rollouts.jsonl"
+TINY_VOCAB = 512
 
 
 @dataclasses.dataclass
@@ -97,13 +99,6 @@ def run_grpo(config, *, devices=None) -> int:
     devices of the mesh (default: all)."""
     initialize_from_environment()
     return run_loop(build_grpo_run(config, devices))
-
-
-def step_settings(config) -> GRPOStepSettings:
-    g = config.grpo
-    optim = OptimConfig(**config.optim, total_steps=config.train.max_steps * g.num_iterations)
-    return GRPOStepSettings(loss=loss_config(config), optim=optim, num_iterations=g.num_iterations,
-                            logprob_chunk=g.logprob_chunk, entropy=g.entropy)
 
 
 def _check_sizes(config, records: list[dict], model_cfg, mesh) -> int:
@@ -129,13 +124,20 @@ def _check_sizes(config, records: list[dict], model_cfg, mesh) -> int:
     return parts
 
 
+def _tokenizer(config, records: list[dict]):
+    """The policy's tokenizer; 'tiny': a small BPE built from the prompts (toy runs, as train's 'tiny')."""
+    if config.tokenizer == "tiny":
+        return build_tiny_tokenizer([prompt_text(r) for r in records], vocab_size=TINY_VOCAB)
+    return load_policy_tokenizer(config)
+
+
 def build_grpo_run(config, devices=None) -> GRPORun:
     """The run the config describes, in the module doc's order."""
     validate_settings("grpo", config)
     out = Path(config.train.out)
     check_output_dir(out, config, identity=RUN_IDENTITY, defaults=base_config())
     records = prompt_records_from_config(config)
-    tokenizer = load_policy_tokenizer(config)
+    tokenizer = _tokenizer(config, records)
     judge = None
     if config.reward.kind == "judge":
         check_judge_fits(config, [json.dumps(r["prompt"]) for r in records], f"prompts {config.prompts}", ("judge",))
@@ -152,7 +154,7 @@ def build_grpo_run(config, devices=None) -> GRPORun:
     model = load_model(m.init, mesh=mesh, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,
                        attention=m.attention, seed=config.train.seed, vocab_needed=len(tokenizer))
     graphdef, params = nnx.split(model, nnx.Param)
-    settings = step_settings(config)
+    settings = settings_from_config(config)
     ref_params = None
     if settings.uses_reference and config.reference.init:
         ref = load_model(config.reference.init, mesh=mesh, param_dtype=m.param_dtype, dtype=m.dtype,

@@ -269,6 +269,92 @@ def build_grpo_step(model_cfg: ModelConfig, mesh: Mesh, settings: GRPOStepSettin
     return GRPOStep(graphdef, state, state_shardings, step_fn, logprob_fn, ref_params, ref_shardings, settings)
 
 
-__all__ = ["BATCH_KEYS", "ROW_KEYS", "SEQUENCE_KEYS", "GRPOStep", "GRPOStepSettings", "batch_shardings",
-           "build_grpo_step", "completion_logprobs", "jit_grpo_step", "make_grpo_step", "make_logprob_fn",
-           "token_logprobs_entropy"]
+# ----------------------------------------------------------------------------- from a config, and for `ipo-jax plan`
+
+
+def is_grpo_config(config) -> bool:
+    """Whether a config is the grpo stage's (ipo-jax plan plans its update instead of train's)."""
+    return "grpo" in config and "num_generations" in config.grpo
+
+
+LOSS_FIELDS = tuple(f.name for f in dataclasses.fields(GRPOLossConfig) if f.name != "max_completion_length")
+
+
+def settings_from_config(config, total_steps: int | None = None) -> GRPOStepSettings:
+    """The step's settings from a grpo config (ipo_jax/grpo/config.py): GRPO's loss from the grpo
+    section (dr_grpo's max_completion_length: sampling.max_new_tokens), AdamW from optim over
+    train.max_steps x num_iterations updates unless `total_steps` says otherwise."""
+    g = config.grpo
+    loss = GRPOLossConfig(**{k: g[k] for k in LOSS_FIELDS}, max_completion_length=config.sampling.max_new_tokens)
+    total = config.train.max_steps * g.num_iterations if total_steps is None else total_steps
+    optim = OptimConfig(**config.optim, total_steps=total)
+    return GRPOStepSettings(loss=loss, optim=optim, num_iterations=g.num_iterations, logprob_chunk=g.logprob_chunk,
+                            entropy=g.entropy)
+
+
+def rows_per_update(config) -> int:
+    return config.grpo.prompts_per_step * config.grpo.num_generations
+
+
+def rows_per_micro(config) -> int:
+    """Rows of one micro-batch (the last one padded up: `pack_rollouts`)."""
+    return -(-rows_per_update(config) // config.grpo.micro_batches)
+
+
+def row_length(config) -> int:
+    """The longest row the run compiles: the longest prompt + the most new tokens."""
+    return config.sampler.max_prompt_length + config.sampling.max_new_tokens
+
+
+def abstract_batch(mesh: Mesh, micro_batches: int, rows: int, length: int) -> dict:
+    """The step's batch as abstract arrays with their shardings (dtypes as `pack_rollouts` makes them)."""
+    shardings = batch_shardings(mesh)
+    dtypes = {"loss_mask": jnp.bool_, "old_logp": jnp.float32, "advantages": jnp.float32}
+    out = {k: jax.ShapeDtypeStruct((micro_batches, rows, length), dtypes.get(k, jnp.int32), sharding=shardings[k])
+           for k in ROW_KEYS}
+    out["advantages"] = jax.ShapeDtypeStruct((micro_batches, rows), jnp.float32, sharding=shardings["advantages"])
+    return out
+
+
+def compile_grpo_step(config, model_cfg: ModelConfig, mesh: Mesh, compile_options=None):
+    """The run's GRPO update compiled for `mesh` from abstract inputs, as `build_grpo_step` builds it
+    (no weight allocated): the policy's train state, the reference's params when beta > 0, and a
+    batch of rows_per_micro x micro_batches rows of row_length tokens."""
+    settings = settings_from_config(config, total_steps=1000)  # the schedule's length does not change memory
+    graphdef, params = nnx.split(nnx.eval_shape(lambda: Decoder(model_cfg, rngs=nnx.Rngs(0))), nnx.Param)
+    tx = make_optimizer(settings.optim)
+    abstract_state = jax.eval_shape(lambda p: init_train_state(p, tx, mesh)[0], params)
+    state_shardings = tree_shardings(abstract_state, mesh)
+    abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                  abstract_state, state_shardings)
+    ref_params = ref_shardings = None
+    if settings.uses_reference:
+        ref_shardings = tree_shardings(params, mesh)
+        ref_params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), params, ref_shardings)
+    step = make_grpo_step(graphdef, tx, settings, learning_rate_schedule(settings.optim), mesh)
+    jitted = jit_grpo_step(step, state_shardings, mesh, ref_shardings)
+    batch = abstract_batch(mesh, config.grpo.micro_batches, rows_per_micro(config), row_length(config))
+    return jitted.lower(abstract_state, batch, ref_params).compile(compile_options)
+
+
+def kv_cache_bytes(config, model_cfg: ModelConfig, mesh_sizes) -> float:
+    """Per-device bytes of the sampler's KV cache for one rollout batch (sampler.batch_size rows of
+    row_length slots, rows over the batch axes, KV heads over tensor where they divide): what the
+    rollout adds to the train state on the devices (the sampler shares the policy's weights).
+    mesh_sizes: axis -> size."""
+    spec = logical_to_spec(("batch",))[0]
+    axes = (spec,) if isinstance(spec, str) else tuple(spec or ())
+    row_parts = 1
+    for a in axes:
+        row_parts *= mesh_sizes[a]
+    tensor = mesh_sizes.get("tensor", 1)
+    head_parts = tensor if model_cfg.num_kv_heads % tensor == 0 else 1
+    rows = -(-config.sampler.batch_size // row_parts)
+    per_layer = 2 * rows * row_length(config) * (model_cfg.num_kv_heads // head_parts) * model_cfg.head_dim
+    return per_layer * model_cfg.num_layers * jnp.dtype(model_cfg.dtype).itemsize
+
+
+__all__ = ["BATCH_KEYS", "LOSS_FIELDS", "ROW_KEYS", "SEQUENCE_KEYS", "GRPOStep", "GRPOStepSettings",
+           "abstract_batch", "batch_shardings", "build_grpo_step", "compile_grpo_step", "completion_logprobs",
+           "is_grpo_config", "jit_grpo_step", "kv_cache_bytes", "make_grpo_step", "make_logprob_fn", "row_length",
+           "rows_per_micro", "rows_per_update", "settings_from_config", "token_logprobs_entropy"]

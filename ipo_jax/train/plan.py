@@ -60,6 +60,7 @@ from jax._src import xla_bridge  # the public API has no "backends started?" que
 from jax.experimental import topologies
 
 from ipo_jax.checkpoint.orbax import read_orbax_config
+from ipo_jax.grpo import step as grpo_step
 from ipo_jax.loss import LossConfig
 from ipo_jax.models.config import ModelConfig
 from ipo_jax.models.decoder import Decoder
@@ -231,21 +232,40 @@ def model_config_for(config):
 
 
 def sequence_length(config) -> int:
-    """The longest row the run compiles: the largest bucket (data.max_length unless buckets are set)."""
+    """The longest row the run compiles: the largest bucket (data.max_length unless buckets are set);
+    a GRPO run's: the longest prompt + the most new tokens (sampler.max_prompt_length +
+    sampling.max_new_tokens)."""
+    if grpo_step.is_grpo_config(config):
+        return grpo_step.row_length(config)
     return max(config.data.buckets) if config.data.buckets else config.data.max_length
+
+
+def _length_setting(config) -> str:
+    if grpo_step.is_grpo_config(config):
+        return "sampler.max_prompt_length + sampling.max_new_tokens"
+    return "the largest of data.buckets" if config.data.buckets else "data.max_length"
 
 
 def check_sequence_fits_model(config, model_cfg) -> None:
     """The longest row the run compiles must fit the model's context (max_position_embeddings)."""
     length, context = sequence_length(config), model_cfg.max_position_embeddings
     if length > context:
-        setting = "the largest of data.buckets" if config.data.buckets else "data.max_length"
+        setting = _length_setting(config)
         raise PlanError(f"{setting} is {length} tokens, longer than the context of {config.model.init} "
                         f"({context} tokens, max_position_embeddings); expected at most {context}")
 
 
 def rows_per_micro(config) -> int:
+    if grpo_step.is_grpo_config(config):
+        return grpo_step.rows_per_micro(config)
     return config.data.pairs_per_micro * (2 if config.data.layout == "duplicated" else 1)
+
+
+def batch_counts(config) -> tuple[int, int]:
+    """(pairs -- a GRPO run's rows -- per micro-batch, micro-batches per update)."""
+    if grpo_step.is_grpo_config(config):
+        return grpo_step.rows_per_micro(config), config.grpo.micro_batches
+    return config.data.pairs_per_micro, config.data.micro_batches
 
 
 def _abstract_batch(config, mesh) -> dict:
@@ -419,9 +439,9 @@ def host_view(config, topology: Topology, mesh_sizes: Mapping[str, int], hosts) 
     for a in axes_of_batch:
         part = part * mesh_sizes[a] + coords[axes.index(a)]
     host_parts = [sorted(set(part[hosts == h].tolist())) for h in range(topology.hosts)]
-    d = config.data
+    per_micro, micro_batches = batch_counts(config)
     return HostView(topology, dict(mesh_sizes), crossing, axes_of_batch, batch_parts, rows_per_micro(config),
-                    d.pairs_per_micro, d.micro_batches, host_parts)
+                    per_micro, micro_batches, host_parts)
 
 
 # ---------------------------------------------------------------------------------- memory
@@ -486,7 +506,12 @@ def _memory(config, model_cfg, mesh, topology: Topology) -> Memory:
     target = "cpu" if simulated(topology) else topology.tpu_topology  # simulated: only the device count matters
     key = (config.to_json_best_effort(sort_keys=True), model_cfg, target, topology.devices)
     if key not in _COMPILED:
-        _COMPILED[key] = Memory.of(compile_train_step(config, model_cfg, mesh))
+        if grpo_step.is_grpo_config(config):  # the GRPO update: policy + reference forward, G x prompts rows
+            on_cpu = mesh.devices.flat[0].platform == "cpu"
+            compiled = grpo_step.compile_grpo_step(config, model_cfg, mesh, CPU_COMPILE_OPTIONS if on_cpu else None)
+        else:
+            compiled = compile_train_step(config, model_cfg, mesh)
+        _COMPILED[key] = Memory.of(compiled)
     return _COMPILED[key]
 
 
@@ -529,6 +554,12 @@ def measure(config, topology: Topology, layers: tuple[int, int] | None = None) -
 def batch_fit_hint(config, parts: int) -> str:
     """What to plan instead when the rows of a micro-batch do not split over `parts` batch shards:
     more pairs per micro-batch, fewer micro-batches, the same pairs per step."""
+    if grpo_step.is_grpo_config(config):
+        rows = grpo_step.rows_per_update(config)
+        fitting = [m for m in range(config.grpo.micro_batches, 0, -1) if rows % m == 0 and (rows // m) % parts == 0]
+        return (f"plan with --config.grpo.micro_batches={fitting[0]} (the same {rows} rows per update)" if fitting
+                else f"{rows} rows per update (grpo.prompts_per_step x grpo.num_generations) cannot fill {parts} "
+                "shards: choose a multiple, or a tensor axis (--config.mesh.tensor=2)")
     rows_per_pair = 2 if config.data.layout == "duplicated" else 1
     total = config.data.pairs_per_micro * config.data.micro_batches
     for ppm in range(config.data.pairs_per_micro + 1, total + 1):
@@ -562,6 +593,9 @@ def candidate_changes(config, topology: Topology) -> Iterator[dict[str, Any]]:
     for policy in REMAT_ORDER[REMAT_ORDER.index(remat) + 1 :] if remat in REMAT_ORDER else ():
         changes["model.remat"] = policy
         yield dict(changes)
+    if grpo_step.is_grpo_config(config):
+        yield from _grpo_candidates(config, topology, changes)
+        return
 
     pairs_per_update = config.data.pairs_per_micro * config.data.micro_batches
     rows_per_pair = 2 if config.data.layout == "duplicated" else 1
@@ -593,6 +627,27 @@ def candidate_changes(config, topology: Topology) -> Iterator[dict[str, Any]]:
         if config.data.buckets:
             changes["data.buckets"] = tuple(b for b in config.data.buckets if b < length) + (length,)
         yield dict(changes)
+
+
+def _grpo_candidates(config, topology: Topology, changes: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """A GRPO run's changes after remat: more micro-batches (the same rows per update, while a
+    micro-batch still splits over the batch axes), then a tensor-parallel axis."""
+    rows = grpo_step.rows_per_update(config)
+    try:
+        sizes = resolve_mesh_shape(dict(config.mesh), topology.devices)
+    except MeshError:
+        sizes = {"data": 1, "fsdp": topology.devices, "tensor": 1}
+    parts = sizes.get("data", 1) * sizes.get("fsdp", 1)
+    micro = config.grpo.micro_batches
+    while rows % (micro * 2) == 0 and (rows // (micro * 2)) % parts == 0:
+        micro *= 2
+        changes["grpo.micro_batches"] = micro
+        yield dict(changes)
+    model_cfg = model_config_for(config)
+    for t in (2, 4, 8):
+        if t > sizes.get("tensor", 1) and topology.devices % t == 0 and model_cfg.num_kv_heads % t == 0:
+            changes.update({"mesh.data": 1, "mesh.fsdp": -1, "mesh.tensor": t})
+            yield dict(changes)
 
 
 def override_flags(changes: Mapping[str, Any]) -> str:
@@ -631,6 +686,14 @@ def suggest_change(config, topology: Topology, headroom: float, layers=None, log
 
 
 def describe_run(config) -> str:
+    if grpo_step.is_grpo_config(config):
+        g = config.grpo
+        return (f"GRPO update: {config.model.init}, params {config.model.param_dtype}, compute {config.model.dtype}, "
+                f"remat {config.model.remat}, attention {config.model.get('attention', 'dense')}; "
+                f"{sequence_length(config)} tokens (prompt {config.sampler.max_prompt_length} + completion "
+                f"{config.sampling.max_new_tokens}) x {rows_per_micro(config)} rows per micro-batch x "
+                f"{g.micro_batches} micro-batches ({g.prompts_per_step} prompts x G={g.num_generations} per update); "
+                f"log-prob chunk {g.logprob_chunk}; reference forward {'yes (beta ' + str(g.beta) + ')' if g.beta > 0 else 'no (beta 0)'}")
     d = config.data
     return (f"{config.model.init}, params {config.model.param_dtype}, compute {config.model.dtype}, "
             f"remat {config.model.remat}, attention {config.model.get('attention', 'dense')}; "
@@ -657,7 +720,8 @@ def run_plan(config, topology_name: str, *, headroom: float = DEFAULT_HEADROOM, 
     `device_memory_gib` replaces the topology's memory per device (another card, a reserved share)."""
     if not 0 <= headroom < 1:
         raise PlanError(f"--headroom {headroom}: expected a fraction in [0, 1)")
-    validate_settings("plan", config)  # the train stage's rules: a config plan calls fine, train refuses, is no plan
+    # the train (or grpo) stage's rules: a config plan calls fine, train refuses, is no plan
+    validate_settings("grpo-plan" if grpo_step.is_grpo_config(config) else "plan", config)
     topology = parse_topology(topology_name)
     if device_memory_gib is not None:
         if not (math.isfinite(device_memory_gib) and device_memory_gib > 0):
@@ -678,12 +742,19 @@ def run_plan(config, topology_name: str, *, headroom: float = DEFAULT_HEADROOM, 
         f"peak {mem.peak / GIB:.2f} GiB")
     for line in host_view(config, topology, m.mesh, m.hosts).lines(mem.peak):
         log(line)
-    room = headroom_of(mem.peak, topology)
-    if fits(mem.peak, topology, headroom):
-        log(f"fits ({mem.peak / GIB:.1f} of {topology.device_gib:.1f} GiB, {room:.0%} headroom)")
+    peak = mem.peak
+    if grpo_step.is_grpo_config(config):  # rollouts: the same weights (and reference), plus the sampler's cache
+        rollout = mem.arguments + grpo_step.kv_cache_bytes(config, model_config_for(config), m.mesh)
+        log(f"rollout (estimate): the train state and batch {mem.arguments / GIB:.2f} GiB + the sampler's KV cache "
+            f"({config.sampler.batch_size} rows) {(rollout - mem.arguments) / GIB:.2f} GiB = {rollout / GIB:.2f} GiB "
+            f"per device{' (above the update: the plan uses it)' if rollout > peak else ''}")
+        peak = max(peak, rollout)
+    room = headroom_of(peak, topology)
+    if fits(peak, topology, headroom):
+        log(f"fits ({peak / GIB:.1f} of {topology.device_gib:.1f} GiB, {room:.0%} headroom)")
         return 0
     short = f"{room:.0%} headroom, under the {headroom:.0%} kept free" if room >= 0 else "over the device's memory"
-    log(f"does not fit ({mem.peak / GIB:.1f} of {topology.device_gib:.1f} GiB: {short})")
+    log(f"does not fit ({peak / GIB:.1f} of {topology.device_gib:.1f} GiB: {short})")
     if suggest:
         log("looking for the smallest change that fits (each compiled):")
         changes, _ = suggest_change(config, topology, headroom, layers, log)
