@@ -10,7 +10,7 @@ Stages:
   plan      will a training config fit a topology? per-device memory of its compiled step, no weights
   eval      harmful share of reasoning and answer, refusal, over-refusal, math accuracy, report
   demo      the main job on the embedded default (see ipo_jax/demo.py)
-  serve     our sampler as an OpenAI-compatible /v1/completions endpoint (see ipo_jax/serve.py)
+  serve     our sampler as an OpenAI-compatible server (see ipo_jax/serve/__init__.py)
   launch    run a stage as N JAX processes on this machine (CPU, loopback; see ipo_jax/launch.py)
 
 Several processes (a TPU slice, SLURM `srun`, or JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES +
@@ -33,7 +33,9 @@ message, and exit code 5 (ipo_jax/judging/guard.py). A closed output pipe
 from __future__ import annotations
 
 import argparse
+import atexit
 import errno
+import logging
 import os
 import sys
 from pathlib import Path
@@ -49,6 +51,17 @@ CONFIG_STAGES = {
     "train": ("train from a pair file", "train_*.py"),
     "eval": ("evaluate a model on safety / over-refusal / math benchmarks", "eval*.py"),
     "demo": ("run the main job on the embedded default", "demo.py"),
+}
+# Where each config stage's code lives: (its settings module: base_config, field_help and the
+# settings rules it registers; "module:function" that runs it). Imported only when the stage runs,
+# so `ipo-jax --help` answers without jax.
+STAGE_CODE = {
+    "sample": ("ipo_jax.pipeline.config", "ipo_jax.pipeline.run:run_sample"),
+    "build-pairs": ("ipo_jax.pipeline.config", "ipo_jax.pipeline.run:run_build_pairs"),
+    "csr": ("ipo_jax.pipeline.config", "ipo_jax.pipeline.run:run_csr"),
+    "train": ("ipo_jax.train.config", "ipo_jax.train.loop:train"),
+    "eval": ("ipo_jax.eval.config", "ipo_jax.eval.harness:run_eval"),
+    "demo": ("ipo_jax.validation", "ipo_jax.demo:run_demo"),  # the demo's config is its config file
 }
 STAGES = ("convert", "presets", "plan", "serve", "launch", *CONFIG_STAGES)
 EXIT_BAD_INPUT = 2
@@ -124,16 +137,17 @@ def _config_hint(stage: str) -> str:
 # ----------------------------------------------------------------------------- --help for config stages
 
 
+def _stage_module(stage: str, part: str):
+    """The module of a config stage's settings ("config") or of its run function ("run")."""
+    import importlib
+
+    return importlib.import_module(STAGE_CODE[stage][0 if part == "config" else 1].split(":")[0])
+
+
 def _base_config(stage: str):
-    if stage == "train":
-        from ipo_jax.train.config import base_config
-    elif stage == "eval":
-        from ipo_jax.eval.config import base_config
-    elif stage == "demo":
+    if stage == "demo":
         return _load_config_file(CONFIGS_DIR / "demo.py")
-    else:
-        from ipo_jax.pipeline.config import base_config
-    return base_config()
+    return _stage_module(stage, "config").base_config()
 
 
 def _load_config_file(path: Path):
@@ -148,14 +162,9 @@ def _load_config_file(path: Path):
 def _field_help(stage: str) -> dict[str, str]:
     """The stage's field help from its settings dataclasses (ipo_jax/settings.py): the one source of
     each field's help. The demo's config file is not built from dataclasses: its comments are its help."""
-    if stage == "train":
-        from ipo_jax.train.config import field_help
-    elif stage == "eval":
-        from ipo_jax.eval.config import field_help
-    elif stage == "demo":
+    if stage == "demo":
         return field_comments([CONFIGS_DIR / "demo.py"])
-    else:
-        from ipo_jax.pipeline.config import field_help
+    field_help = _stage_module(stage, "config").field_help
     return {**dataclass_field_comments(), **field_help()}
 
 
@@ -411,21 +420,8 @@ def cmd_presets(args) -> int:
 
 
 def _run_config_stage(stage: str, config) -> int:
-    if stage == "train":
-        from ipo_jax.train.loop import train
-
-        return train(config)
-    if stage in ("sample", "build-pairs", "csr"):
-        from ipo_jax.pipeline import run as stages
-
-        return {"sample": stages.run_sample, "build-pairs": stages.run_build_pairs, "csr": stages.run_csr}[stage](config)
-    if stage == "eval":
-        from ipo_jax.eval.harness import run_eval
-
-        return run_eval(config)
-    from ipo_jax.demo import run_demo
-
-    return run_demo(config)
+    run = getattr(_stage_module(stage, "run"), STAGE_CODE[stage][1].split(":")[1])
+    return run(config)
 
 
 def _output_path(config) -> str | None:
@@ -488,12 +484,15 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--no-suggest", action="store_true", help="when it does not fit, do not search for a change that fits")
     serve = sub.add_parser(
         "serve",
-        help="serve a model as an OpenAI-compatible /v1/completions endpoint (policy.backend=http)",
-        description="Our sampler behind POST /v1/completions (token-id or text prompts), GET /v1/models and\n"
-        "GET /health, on loopback by default (no authentication). The pipeline uses it with\n"
-        "--config.policy.backend=http --config.policy.base_url=http://127.0.0.1:PORT/v1 --config.policy.model=SPEC.\n"
-        "Request fields, seeds and errors: ipo_jax/serve.py.\n"
-        "  ipo-jax serve --model hf:/models/R1-Distill-Qwen-1.5B --port 8000\n"
+        help="serve a model as an OpenAI-compatible server: /v1/completions, /v1/chat/completions (policy / judge backend http)",
+        description="Our sampler behind POST /v1/completions (token-id or text prompts), POST /v1/chat/completions\n"
+        "(the tokenizer's chat template; a reasoning model's <think> part as reasoning_content), GET /v1/models\n"
+        "and GET /health, on loopback by default. Streaming (stream: true, server-sent events), logprobs, n,\n"
+        "seed and stop on both; requests are batched continuously (a new one joins at the next chunk).\n"
+        "The pipeline uses it with --config.policy.backend=http --config.policy.base_url=http://127.0.0.1:PORT/v1\n"
+        "--config.policy.model=NAME (and the judge with --config.judge.backend=http ...).\n"
+        "Request fields, seeds, limits and errors: ipo_jax/serve/__init__.py.\n"
+        "  ipo-jax serve --model hf:/models/R1-Distill-Qwen-1.5B --port 8000 --served-model-name policy --api-key KEY\n"
         "  ipo-jax serve --model preset:tiny-qwen3 --tokenizer runs/train_tiny/tokenizer --port 0",
         formatter_class=argparse.RawTextHelpFormatter,
     )
@@ -501,15 +500,30 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tokenizer", help="tokenizer directory (default: the hf: model directory)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, loopback only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port, printed)")
-    serve.add_argument("--served-model-name", help="the model id clients send (default: the --model spec)")
+    serve.add_argument("--served-model-name", nargs="+", metavar="NAME",
+                       help="the model id(s) clients send; the first is the one responses name (default: the --model spec)")
+    serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health\n"
+                       "(default: $IPO_JAX_API_KEY, else $VLLM_API_KEY; none set: no key needed)")
+    serve.add_argument("--max-model-len", type=int, help="context enforced: prompt + max_tokens (default: the model's)")
+    serve.add_argument("--reasoning-parser", choices=("auto", "deepseek_r1", "qwen3", "none"), default="auto",
+                       help="chat replies: the <think> part as reasoning_content (deepseek_r1, qwen3), or inline\n"
+                       "(none); auto (default): deepseek_r1 / qwen3 when the tokenizer has <think> tokens")
     serve.add_argument("--batch-size", type=int, default=8, help="sampler rows per device call (default 8)")
     serve.add_argument("--max-prompt-length", type=int, default=4096, help="longest prompt in tokens (default 4096)")
-    serve.add_argument("--chunk-tokens", type=int, default=32, help="decode steps per device call (default 32)")
+    serve.add_argument("--chunk-tokens", type=int, default=32,
+                       help="decode steps per device call; new requests join between chunks (default 32)")
     serve.add_argument("--mesh", help="shard over a device mesh of every device, e.g. 'data=-1,tensor=2' (default: one device)")
     serve.add_argument("--param-dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                        help="dtype of the weights (default float32)")
     serve.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                        help="compute dtype (default float32)")
+    serve.add_argument("--max-request-bytes", type=int, default=4 << 20,
+                       help="largest request body; more is a 413 (default 4194304)")
+    serve.add_argument("--read-timeout", type=float, default=30.0,
+                       help="seconds a client may take to send a request's headers, and per body read (default 30)")
+    serve.add_argument("--timeout-keep-alive", type=int, default=5, help="idle keep-alive seconds (default 5)")
+    serve.add_argument("--max-connections", type=int, default=256,
+                       help="open connections at most; more get a 503 (default 256)")
     launch = sub.add_parser(
         "launch",
         help="run a stage as N JAX processes on this machine (CPU, loopback): ipo-jax launch --processes 2 -- train ...",
@@ -548,6 +562,7 @@ def _dispatch(args, rest: list[str], parser) -> int:
 
         config = parse_config(rest, args.stage)
         args.output = _output_path(config)
+        _stage_module(args.stage, "config")  # registers the stage's settings rules, whatever the config file imported
         validate_settings(args.stage, config)  # before any work and before anything is written
         return _run_config_stage(args.stage, config)
     if args.stage == "plan":
@@ -578,6 +593,7 @@ def _os_error_line(e: OSError, output: str | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    own_process = argv is None  # the process's command (not a call from Python): it exits after this
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "-v" in argv[:1] or "--verbose" in argv[:1]
     stage = next((a for a in argv if a in STAGES), None)
@@ -588,6 +604,8 @@ def main(argv: list[str] | None = None) -> int:
         args, rest = parser.parse_known_args(argv)
         args.output = None
         verbose = args.verbose
+        if own_process and not verbose:
+            atexit.register(_quiet_asyncio_at_exit)
         with cli_logging(verbose):  # ipo_jax's report at INFO, third parties quiet (ipo_jax/log.py)
             return _dispatch(args, rest, parser)
     except SystemExit as e:  # argparse's own --help / usage exits
@@ -609,6 +627,13 @@ def main(argv: list[str] | None = None) -> int:
         message, code = error_line(e, getattr(args, "output", None))
         print(f"{prefix}: error: {message}", file=sys.stderr)
         return code
+
+
+def _quiet_asyncio_at_exit() -> None:
+    """orbax's write tasks that failed with a save (a full disk, reported in one line) are collected as
+    the interpreter exits, and asyncio would print each with its traceback ("Task exception was
+    never retrieved"). Unless -v, they stay quiet: the command's error line already said it."""
+    logging.getLogger("asyncio").disabled = True
 
 
 def _is_bad_input(e: Exception) -> bool:

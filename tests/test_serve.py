@@ -1,4 +1,4 @@
-"""`ipo-jax serve` (ipo_jax/serve.py) on a loopback port with a tiny random model and the tiny
+"""`ipo-jax serve` (ipo_jax/serve/) on a loopback port with a tiny random model and the tiny
 tokenizer: its tokens equal the in-process sampler's at the same seeds (one prompt, lists,
 n > 1, text prompts, concurrent requests batched together); `build-pairs` through it (the HTTP
 policy backend) writes the same pairs and trajectories as in-process; bad requests get HTTP 400
@@ -6,85 +6,32 @@ with a JSON error and the server keeps serving; the CLI's --help and a bad --mod
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import save_sample_pairs_tokenizer
+from serve_support import MODEL, PROMPTS, ROOT, call, serving, tiny_served, tiny_world
 
 from ipo_jax.sampling import SamplingConfig, row_seed
 
-ROOT = Path(__file__).parents[1]
-MODEL = "preset:tiny-qwen3"
-PROMPTS = [
-    {"id": "p1", "prompt": "How do I do something risky? [request details withheld]", "kind": "harmful"},
-    {"id": "p2", "prompt": "A safe-looking question [request details withheld]", "kind": "harmful"},
-    {"id": "p3", "prompt": "A benign photo question", "kind": "benign"},
-    {"id": "p4", "prompt": "Another risky thing [request details withheld]", "kind": "harmful"},
-]
+
+@pytest.fixture(scope="module")
+def world():
+    """The tiny tokenizer and a prompt file (serve_support.tiny_world)."""
+    return tiny_world()
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """The tiny tokenizer (as tests/test_pipeline.py builds it) and a prompt file."""
-    root = tmp_path_factory.mktemp("serve-world")
-    save_sample_pairs_tokenizer(root / "tokenizer")
-    (root / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
-    return root
-
-
-@contextlib.contextmanager
-def serving(served):
-    """Run `served` on a free loopback port in this process; yields the base URL (…/v1)."""
-    from ipo_jax.serve import bind, make_server
-
-    sock = bind("127.0.0.1", 0)
-    server, engine = make_server(served, sock)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        engine.close()
-        sock.close()
-
-
-@pytest.fixture(scope="module")
-def served(world):
-    from ipo_jax.serve import load_served_model
-
+def served():
     # the sampler settings of configs/pipeline_tiny_cpu.py, as the in-process pipeline builds them
-    return load_served_model(MODEL, tokenizer=str(world / "tokenizer"), batch_size=8, max_prompt_length=512)
+    return tiny_served()
 
 
 @pytest.fixture(scope="module")
 def url(served):
     with serving(served) as base:
         yield base
-
-
-def call(url, path, body=None, *, raw: bytes | None = None, method=None):
-    """(status, parsed JSON body) of one request."""
-    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    request = urllib.request.Request(url + path, data=data, method=method or ("POST" if data is not None else "GET"),
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 def ids_of(response):
@@ -158,6 +105,7 @@ def test_models_and_health(url):
     assert call(url, "/models") == (200, call(url, "/models")[1])
     status, models = call(url, "/models")
     assert status == 200 and [m["id"] for m in models["data"]] == [MODEL] and models["data"][0]["max_model_len"] == 512
+    assert models["data"][0]["max_prompt_tokens"] == 511  # what /completions enforces: below max_model_len
     assert call(url.removesuffix("/v1"), "/health") == (200, {"status": "ok"})
 
 
@@ -172,8 +120,10 @@ def test_models_and_health(url):
     (dict(prompt=[5, 6], seed=-3), "seed", "seed must be an integer in [0, 2147483648)"),
     (dict(prompt=[5, 6], n=0), "n", "n must be"),
     (dict(prompt=[5, 6], frobnicate=1), "frobnicate", "unknown field 'frobnicate'"),
-    (dict(prompt=[5, 6], stream=True), "stream", "stream true is not supported"),
-    (dict(prompt=[5, 6], logprobs=1), "logprobs", "logprobs 1 is not supported"),
+    (dict(prompt=[5, 6], stream="yes"), "stream", "stream must be true or false"),
+    (dict(prompt=[5, 6], stream_options={"include_usage": True}), "stream_options", "only allowed with stream true"),
+    (dict(prompt=[5, 6], logprobs=21), "logprobs", "logprobs must be an integer in [0, 20]"),
+    (dict(prompt=[5, 6], echo=True), "echo", "echo true is not supported"),
     (dict(prompt=[5, 6], stop=[""]), "stop", "stop must be"),
     (dict(prompt=[5, 6], return_token_ids="yes"), "return_token_ids", "return_token_ids must be true or false"),
     (dict(prompt=""), "prompt", "prompt is empty"),
@@ -181,7 +131,7 @@ def test_models_and_health(url):
     (dict(prompt=[[5], []]), "prompt", "prompt[1] is empty"),
     (dict(prompt=[5, 1.5]), "prompt", "prompt must be a string"),
     (dict(prompt=[5, 10**6]), "prompt", "token id 1000000, outside the model's vocabulary"),
-    (dict(prompt=[5] * 513), "prompt", "prompt has 513 tokens; this server takes at most 512"),
+    (dict(prompt=[5] * 512), "prompt", "prompt has 512 tokens; this server takes at most 511"),
     (dict(prompt=[5] * 500, max_tokens=20), "max_tokens", "more than the model's context of 512 tokens"),
     (dict(max_tokens=4), "prompt", "prompt is required"),
     (dict(prompt=[[5]] * 40, n=128), "n", "40 prompts x n=128 is 5120 rows; at most 4096 per request"),
@@ -203,6 +153,7 @@ def test_bad_json_unknown_model_and_routes(url):
     assert status == 404 and out["error"]["code"] == "model_not_found" and out["error"]["param"] == "model"
     status, out = call(url, "/nothing-here")
     assert status == 404 and out["error"]["type"] == "invalid_request_error"
+    assert "POST /v1/chat/completions, GET /v1/models" in out["error"]["message"]
     status, out = call(url, "/completions", method="GET")
     assert status == 405 and "GET /v1/completions" in out["error"]["message"]
     assert call(url, "/completions", dict(prompt=[5, 6], max_tokens=1, seed=0))[0] == 200
@@ -405,7 +356,7 @@ def test_serve_help_and_a_bad_model_exit_cleanly(capsys, tmp_path):
 
     assert main(["serve", "--help"]) == 0
     text = capsys.readouterr().out
-    assert "/v1/completions" in text and "--model" in text and "--port" in text and "127.0.0.1" in text
+    assert "/v1/completions" in text and "/v1/chat/completions" in text and "--api-key" in text and "--model" in text and "--port" in text and "127.0.0.1" in text
     for model, words in (("preset:no-such-model", "--model 'preset:no-such-model': expected a known preset"),
                          (f"hf:{tmp_path / 'missing'}", "does not exist"),
                          ("gguf:x", "expected 'preset:<name>', 'hf:<dir>' or 'orbax:<dir>'")):
@@ -470,14 +421,22 @@ def test_serving_beyond_loopback_warns_on_stderr_and_says_where_on_stdout(monkey
     from ipo_jax import serve
     from ipo_jax.cli import main
 
-    served = types.SimpleNamespace(name="stand-in", max_prompt_tokens=64, context=128)
+    served = types.SimpleNamespace(name="stand-in", names=("stand-in",), max_prompt_tokens=64, context=128)
     ran = []
+    for name in ("IPO_JAX_API_KEY", "VLLM_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(serve, "check_served_settings", lambda *a, **k: None)
     monkeypatch.setattr(serve, "load_served_model", lambda *a, **k: served)
     monkeypatch.setattr(serve, "make_server", lambda *a, **k: (types.SimpleNamespace(run=lambda sockets: ran.append(1)),
                                                                types.SimpleNamespace(close=lambda: None)))
     assert main(["serve", "--model", MODEL, "--host", "0.0.0.0", "--port", "0"]) == 0 and ran == [1]
     captured = capsys.readouterr()
-    assert captured.err == "warning: listening on 0.0.0.0, beyond this machine; the server has no authentication\n"
+    assert captured.err == ("warning: listening on 0.0.0.0, beyond this machine; the server has no authentication "
+                            "(--api-key)\n")
     assert captured.out.startswith("serving 'stand-in' on http://0.0.0.0:") and captured.out.count("\n") == 1
-    assert "prompts up to 64 tokens, context 128" in captured.out
+    assert "prompts up to 64 tokens, max_model_len 128" in captured.out
+    # with a key (here from the environment, as vLLM's VLLM_API_KEY) there is no warning
+    monkeypatch.setenv("VLLM_API_KEY", "k")
+    assert main(["serve", "--model", MODEL, "--host", "0.0.0.0", "--port", "0"]) == 0 and ran == [1, 1]
+    captured = capsys.readouterr()
+    assert captured.err == "" and "API key required" in captured.out
