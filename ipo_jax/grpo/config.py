@@ -66,6 +66,7 @@ def _optional_model_spec(v):
 class GRPOTopSettings:
     tokenizer: str = setting("", "a tokenizer directory; '' = the HF init directory; 'tiny' = build one from the "
                              "prompts (toy runs)", tokenizer_source)
+    tiny_tokenizer_vocab: int = setting(512, "tokenizer 'tiny': its vocabulary size", int_at_least(263))
     prompts: str = setting("", "a JSONL file (id, prompt, kind: harmful | benign), a parquet / arrow file, a datasets "
                            "directory, or a hub id (online only): ipo_jax/data/prompts.py", non_empty_string)
     prompts_fields: str = setting("", "field mapping, e.g. 'prompt=question,id=id' ('' = the defaults)")

@@ -72,11 +72,10 @@ from ipo_jax.validation import validate_settings
 log = logging.getLogger(__name__)
 
 # Settings that decide what a run computes (resuming with another value is refused).
-RUN_IDENTITY = ("model.init", "model.param_dtype", "tokenizer", "prompts", "prompts_fields", "prompts_split",
-                "prompts_kind", "policy.backend", "sampling", "reward", "grpo", "optim", "reference.init",
-                "train.seed")
+RUN_IDENTITY = ("model.init", "model.param_dtype", "tokenizer", "tiny_tokenizer_vocab", "prompts", "prompts_fields",
+                "prompts_split", "prompts_kind", "policy.backend", "sampling", "reward", "grpo", "optim",
+                "reference.init", "train.seed")
 ROLLOUTS_FILE = "rollouts.jsonl"
-TINY_VOCAB = 512
 
 
 @dataclasses.dataclass
@@ -127,7 +126,7 @@ def _check_sizes(config, records: list[dict], model_cfg, mesh) -> int:
 def _tokenizer(config, records: list[dict]):
     """The policy's tokenizer; 'tiny': a small BPE built from the prompts (toy runs, as train's 'tiny')."""
     if config.tokenizer == "tiny":
-        return build_tiny_tokenizer([prompt_text(r) for r in records], vocab_size=TINY_VOCAB)
+        return build_tiny_tokenizer([prompt_text(r) for r in records], vocab_size=config.tiny_tokenizer_vocab)
     return load_policy_tokenizer(config)
 
 
