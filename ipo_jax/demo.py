@@ -9,7 +9,10 @@ Stages (each keeps its output under `out`; a re-run skips a stage whose config i
                  (sample -> judge -> first cue -> triggers -> pairs), and full-trajectory pairs
                  for the DPO baseline (ipo_jax/pipeline/baselines.py);
   4. methods     from the warm policy: SFT on safe trajectories, DPO on the full trajectory, IPO
-                 (partial DPO from the cue + NLL on the chosen suffix), same steps and batch;
+                 (partial DPO from the cue + NLL on the chosen suffix), and SFT on a safety-reasoning
+                 dataset (the world's safe trajectories written in STAR-1's layout and trained by the
+                 `sft` stage, ipo_jax/sft/), GRPO with the safety judge as reward (the `grpo` stage on
+                 the training prompts, rollouts from the policy being trained), same steps and batch;
   5. eval        base and each method on the held-out prompts (ipo_jax/eval/), contamination
                  checked against everything the models trained on;
   6. export      the IPO policy to HF format, reloaded with transformers, one greedy answer
@@ -43,12 +46,14 @@ from flax import nnx
 from ipo_jax.checkpoint import load_hf, load_orbax, save_hf, save_orbax
 from ipo_jax.data.prompts import load_prompt_records
 from ipo_jax.data.tiny_tokenizer import build_tiny_tokenizer, save_tiny_tokenizer
-from ipo_jax.data.tokenizer import encode_prompt, load_tokenizer, stop_token_ids
-from ipo_jax.demo_world import WorldConfig, build_world, world_corpus
+from ipo_jax.data.tokenizer import THINK_OPEN, encode_prompt, load_tokenizer, stop_token_ids
+from ipo_jax.demo_world import CONTENT_PLACEHOLDER, WorldConfig, build_world, world_corpus
 from ipo_jax.eval import config as eval_stage
 from ipo_jax.eval.harness import chunk_generations, contamination, generate_and_score, write_outputs
 from ipo_jax.eval.loaders import load_benchmark
 from ipo_jax.eval.report import benchmark_table, comparison_table, fmt_share, plot_comparison
+from ipo_jax.grpo import config as grpo_stage
+from ipo_jax.grpo.run import run_grpo
 from ipo_jax.io import atomic_write_json, atomic_write_jsonl
 from ipo_jax.judging.build import build_judges
 from ipo_jax.loss.presets import NLL_TERM, PRESETS
@@ -59,6 +64,8 @@ from ipo_jax.pipeline.baselines import build_full_trajectory_pairs
 from ipo_jax.pipeline.run import run_build_pairs
 from ipo_jax.rollout import build_policy
 from ipo_jax.sampling import Sampler, SamplingConfig
+from ipo_jax.sft import config as sft_stage
+from ipo_jax.sft import run_sft
 from ipo_jax.train import config as train_stage
 from ipo_jax.train.loop import train
 
@@ -69,6 +76,8 @@ logger = logging.getLogger(__name__)
 FULL_TRAJECTORY_SEED_OFFSET = 7
 EVAL_SEED_OFFSET = 11
 WARMUP_PRESET = "sft"  # the warm-up is SFT on the world's warm-up set (whole completions)
+GRPO_GENERATIONS = 4  # G; prompts per step = methods.pairs_per_micro / G, so an update sees as many sequences
+GRPO_BETA = 0.04  # the KL to the warm policy, as the paper-model GRPO configs (DeepSeekMath's)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,13 +85,14 @@ class Method:
     """A training method of step 4: its report title, the pair file it trains on, its loss preset."""
 
     title: str
-    pairs: str  # 'ipo_pairs' (the intervention pairs) or 'full_pairs' (full-trajectory pairs)
+    pairs: str  # 'ipo_pairs' (the intervention pairs), 'full_pairs' (full-trajectory pairs) or 'star1' (a chat dataset)
     preset: str  # loss.preset (ipo_jax/loss/presets.py); data.mask_from follows it
+    stage: str = "train"  # train (pair files), sft (a chat dataset, ipo_jax/sft/) or grpo (prompts, ipo_jax/grpo/)
 
     @property
     def anchored(self) -> bool:
-        """Whether its loss has an NLL term on the chosen side."""
-        return any(term.name == NLL_TERM and term.weight for term in PRESETS[self.preset].terms)
+        """Whether its loss has an NLL term on the chosen side (GRPO's anchor is its KL term)."""
+        return self.stage != "grpo" and any(term.name == NLL_TERM and term.weight for term in PRESETS[self.preset].terms)
 
 
 METHODS = {
@@ -90,6 +100,8 @@ METHODS = {
     "dpo_full": Method("DPO on the full trajectory", "full_pairs", "dpo_full"),
     "dpo_partial": Method("DPO after the cue (no SFT)", "ipo_pairs", "dpo_after_cue"),
     "ipo": Method("IPO (partial DPO + SFT)", "ipo_pairs", "ipo"),
+    "sft_star1": Method("SFT on a safety-reasoning dataset (STAR-1 format)", "star1", "sft", stage="sft"),
+    "grpo": Method("GRPO (safety-judge reward)", "train_prompts", "grpo", stage="grpo"),
 }
 
 
@@ -142,6 +154,51 @@ def _method_config(config, world: dict, name: str, pairs_file: str, base: str, o
     return _train_config(config, world, preset=METHODS[name].preset, init=base, pairs=pairs_file, out=out,
                          steps=config.methods.steps, learning_rate=config.methods.learning_rate,
                          pairs_per_micro=config.methods.pairs_per_micro)
+
+
+def _sft_dataset_config(config, world: dict, dataset: str, base: str, out: Path) -> ml_collections.ConfigDict:
+    """The sft stage's config for the STAR-1-format dataset: the methods' steps, rate and batch, one
+    example per row (as one pair per row for the others), the demo's `training` changes."""
+    c = _with_changes(sft_stage.base_config(), config.training, "training.")
+    steps = config.methods.steps
+    c.model.init = base
+    c.tokenizer = world["tokenizer"]
+    c.data.dataset = dataset
+    c.data.packing = False
+    c.data.rows_per_micro = config.methods.pairs_per_micro
+    c.data.seed = config.seed
+    c.optim.learning_rate = config.methods.learning_rate
+    c.optim.warmup_steps = max(1, steps // 10)
+    c.train.out = str(out)
+    c.train.epochs = 0
+    c.train.max_steps = steps
+    c.train.save_every = max(steps, 1)
+    c.train.seed = config.seed
+    return c
+
+
+def _grpo_config(config, world: dict, base: str, out: Path) -> ml_collections.ConfigDict:
+    """The grpo stage's config: the training prompts, the pattern judge as reward (reasoning and
+    answer safe on risky prompts, a refusal of a look-alike penalised), the methods' steps and rate,
+    GRPO_GENERATIONS x (methods.pairs_per_micro / G) rollouts per update, decoding as the pipeline's
+    new-token budget and sampler (GRPO's own temperature 1.0)."""
+    c = _with_changes(grpo_stage.base_config(), dict(sampling=dict(max_new_tokens=config.sampling.max_new_tokens),
+                                                      sampler=config.sampler))
+    steps = config.methods.steps
+    c.model.init = base
+    c.tokenizer = world["tokenizer"]
+    c.prompts = world["files"]["train_prompts"]
+    c.grpo.num_generations = GRPO_GENERATIONS
+    c.grpo.prompts_per_step = max(1, config.methods.pairs_per_micro // GRPO_GENERATIONS)
+    c.grpo.beta = GRPO_BETA
+    c.grpo.logprob_chunk = config.training.train.logprob_chunk
+    c.optim.learning_rate = config.methods.learning_rate
+    c.optim.warmup_steps = max(1, steps // 10)
+    c.train.out = str(out)
+    c.train.max_steps = steps
+    c.train.save_every = max(steps, 1)
+    c.train.seed = config.seed
+    return c
 
 
 def _pipeline_config(config, world: dict, base: str, out: Path) -> ml_collections.ConfigDict:
@@ -343,9 +400,11 @@ def _build_world(config, out: Path) -> dict:
     return dict(files={k: str(v) for k, v in paths.items()}, rows=counts, tokenizer=str(out / "tokenizer"), vocab=len(tokenizer))
 
 
-def _run_training(train_config: ml_collections.ConfigDict) -> dict:
-    """Train; the loss at the start and end (first and last tenth of the steps), epochs, final model."""
-    code = train(train_config)
+def _run_training(train_config: ml_collections.ConfigDict, sft: bool = False) -> dict:
+    """Train (the train stage, or with `sft` the sft stage on a chat dataset); the loss at the start
+    and end (first and last tenth of the steps), epochs, final model. `pairs` / `num_pairs` name the
+    data file and its records (pairs, or the dataset's examples)."""
+    code = (run_sft if sft else train)(train_config)
     if code:
         raise RuntimeError(f"training in {train_config.train.out} exited with code {code}")
     rows = [json.loads(line) for line in (Path(train_config.train.out) / "metrics.jsonl").read_text().splitlines()]
@@ -354,12 +413,16 @@ def _run_training(train_config: ml_collections.ConfigDict) -> dict:
     def mean(part: list[dict], key: str) -> float:
         return float(np.mean([row[key] for row in part]))
 
-    num_pairs = sum(1 for line in Path(train_config.data.pairs).read_text().splitlines() if line.strip())
-    epochs = len(rows) * train_config.data.pairs_per_micro * train_config.data.micro_batches / max(1, num_pairs)
-    return dict(steps=len(rows), pairs=train_config.data.pairs, num_pairs=num_pairs, epochs=round(epochs, 1),
-                loss_first=mean(first, "loss"), loss_last=mean(last, "loss"),
-                reward_accuracy_last=mean(last, "reward_accuracy"),
-                model=f"orbax:{Path(train_config.train.out) / 'final'}")
+    d = train_config.data
+    data_file = d.dataset if sft else d.pairs
+    num_pairs = sum(1 for line in Path(data_file).read_text().splitlines() if line.strip())
+    epochs = len(rows) * (d.rows_per_micro if sft else d.pairs_per_micro) * d.micro_batches / max(1, num_pairs)
+    result = dict(steps=len(rows), pairs=data_file, num_pairs=num_pairs, epochs=round(epochs, 1),
+                  loss_first=mean(first, "loss"), loss_last=mean(last, "loss"),
+                  model=f"orbax:{Path(train_config.train.out) / 'final'}")
+    if not sft:  # SFT logs no rewards
+        result["reward_accuracy_last"] = mean(last, "reward_accuracy")
+    return result
 
 
 def _world_and_warm_policy(run: _Run) -> tuple[dict, dict]:
@@ -413,21 +476,74 @@ def _pairs(run: _Run, world: dict, warm: dict) -> dict:
 # -------------------------------------------------------------------------- 4. methods
 
 
+def _write_star1(world: dict, out: Path) -> dict:
+    """The world's safe trajectories as a STAR-1-format dataset: for each risky training prompt the
+    warm-up set answers safely at least once, its first safe trace (risk recognised in the
+    reasoning, then a refusal), in STAR-1's published layout (id, question, response with its
+    `<think>` reasoning, category, source, score)."""
+    rows, seen = [], set()
+    for line in Path(world["files"]["warmup"]).read_text().splitlines():
+        record = json.loads(line)
+        if record["kind"] != "harmful" or CONTENT_PLACEHOLDER in record["chosen"] or record["prompt"] in seen:
+            continue
+        seen.add(record["prompt"])
+        rows.append(dict(id=len(rows), question=record["prompt"], response=THINK_OPEN + "\n" + record["chosen"],
+                         category="demo-risky", source="demo world warm-up set", score=10))
+    atomic_write_jsonl(out / "star1.jsonl", rows)
+    return dict(dataset=str(out / "star1.jsonl"), examples=len(rows))
+
+
+def _star1(run: _Run, world: dict) -> dict | None:
+    """The STAR-1-format dataset (its own stage), when a method trains on it."""
+    if not any(METHODS[name].stage == "sft" for name in run.config.methods.names):
+        return None
+    star1 = run.stage("STAR-1-format dataset", "star1", dict(world=run.settings["world"]),
+                      lambda: _write_star1(world, run.out / "star1"))
+    logger.info(f"  STAR-1-format dataset: {star1['examples']} safe trajectories of the world ({star1['dataset']})")
+    return star1
+
+
+def _run_grpo(grpo_config: ml_collections.ConfigDict) -> dict:
+    """GRPO; the loss and the mean reward at the start and end (first and last tenth of the steps)."""
+    code = run_grpo(grpo_config)
+    if code:
+        raise RuntimeError(f"GRPO in {grpo_config.train.out} exited with code {code}")
+    rows = [json.loads(line) for line in (Path(grpo_config.train.out) / "metrics.jsonl").read_text().splitlines()]
+    first, last = rows[: max(1, len(rows) // 10)], rows[-max(1, len(rows) // 10) :]
+    prompts = sum(1 for line in Path(grpo_config.prompts).read_text().splitlines() if line.strip())
+    return dict(steps=len(rows), pairs=grpo_config.prompts, num_pairs=prompts,
+                epochs=round(len(rows) * grpo_config.grpo.prompts_per_step / max(1, prompts), 1),
+                loss_first=float(np.mean([r["loss"] for r in first])), loss_last=float(np.mean([r["loss"] for r in last])),
+                reward_first=float(np.mean([r["reward"] for r in first])),
+                reward_last=float(np.mean([r["reward"] for r in last])),
+                model=f"orbax:{Path(grpo_config.train.out) / 'final'}")
+
+
 def _train_method(name: str, method_config: ml_collections.ConfigDict) -> dict:
-    title, pairs_file = METHODS[name].title, method_config.data.pairs
-    if not any(line.strip() for line in Path(pairs_file).read_text().splitlines()):
-        return dict(title=title, skipped=f"the pipeline produced no pairs for it ({pairs_file} is empty)")
-    return dict(_run_training(method_config), title=title)
+    if METHODS[name].stage == "grpo":
+        return dict(_run_grpo(method_config), title=METHODS[name].title)
+    sft = METHODS[name].stage == "sft"
+    title, data_file = METHODS[name].title, method_config.data.dataset if sft else method_config.data.pairs
+    if not any(line.strip() for line in Path(data_file).read_text().splitlines()):
+        return dict(title=title, skipped=f"no training data for it ({data_file} is empty)")
+    return dict(_run_training(method_config, sft=sft), title=title)
 
 
-def _methods(run: _Run, world: dict, warm: dict, pairs: dict) -> dict[str, dict]:
+def _methods(run: _Run, world: dict, warm: dict, pairs: dict, star1: dict | None) -> dict[str, dict]:
     config = run.config
     logger.info(f"[4/6] training from the warm policy: {', '.join(config.methods.names)}")
     methods = {}
     for name in config.methods.names:
         where = f"methods/{name}"
-        method_config = _method_config(config, world, name, pairs[METHODS[name].pairs], warm["model"], run.out / where)
-        settings = dict(pairs=run.settings["pairs"], train=_settings(method_config))
+        if METHODS[name].stage == "sft":
+            method_config = _sft_dataset_config(config, world, star1["dataset"], warm["model"], run.out / where)
+            settings = dict(star1=run.settings["star1"], train=_settings(method_config))
+        elif METHODS[name].stage == "grpo":
+            method_config = _grpo_config(config, world, warm["model"], run.out / where)
+            settings = dict(warm=run.settings["warm"], train=_settings(method_config))
+        else:
+            method_config = _method_config(config, world, name, pairs[METHODS[name].pairs], warm["model"], run.out / where)
+            settings = dict(pairs=run.settings["pairs"], train=_settings(method_config))
         methods[name] = m = run.stage(f"train {name}", where, settings,
                                       lambda name=name, c=method_config: _train_method(name, c))
         if "skipped" in m:
@@ -463,7 +579,7 @@ def _evaluate(eval_config: ml_collections.ConfigDict, world: dict) -> dict:
 
 def _evaluations(run: _Run, world: dict, models: dict[str, str], pairs: dict) -> dict[str, dict]:
     """Each model (name -> spec) on the held-out prompts, contamination checked against every file
-    the models trained on."""
+    the models trained on (the STAR-1-format dataset's questions are warm-up prompts, so covered)."""
     logger.info("[5/6] evaluation on held-out prompts")
     trained_on = (world["files"]["warmup"], world["files"]["train_prompts"], pairs["ipo_pairs"], pairs["full_pairs"])
     train_files = ",".join(f for f in trained_on if Path(f).read_text().strip())  # an empty pair file trained nothing
@@ -528,6 +644,9 @@ def _pct(share: dict | None) -> str:
     return "n/a" if not share or share.get("value") is None else f"{share['value']:.0%}"
 
 
+_UNITS = {"train": "pairs", "sft": "examples", "grpo": "prompts"}  # what each stage's training file holds
+
+
 def _verdict(headline: dict[str, dict], methods: dict) -> tuple[bool, list[str]]:
     """(IPO lowered harmful reasoning below base?, sentences for the report), read off the numbers."""
     if "ipo" not in headline:
@@ -566,13 +685,14 @@ def _verdict(headline: dict[str, dict], methods: dict) -> tuple[bool, list[str]]
             m = methods[name]
             text += (f" {_pct(other['unclear'])} of its answers to risky requests are neither harmful nor a refusal "
                      f"(IPO: {_pct(ipo['unclear'])}): the policy degenerated into off-topic or garbled text (its loss ended at "
-                     f"{m['loss_last']:.3f} after seeing {m['num_pairs']} pairs about {m['epochs']:.0f} times each"
+                     f"{m['loss_last']:.3f} after seeing {m['num_pairs']} {_UNITS[METHODS[name].stage]} about "
+                     f"{m['epochs']:.0f} times each"
                      f"{', with no NLL term to anchor it' if not METHODS[name].anchored else ''}). A judge reads noise as "
                      "safe; see eval/" + name + "/generations.jsonl.")
         elif o_over is not None and i_over is not None and o_over > i_over:
             m, mi = methods[name], methods["ipo"]
             text += (f" It over-refuses: {_pct(other['over_refusal'])} of benign look-alike requests refused, "
-                     f"against IPO's {_pct(ipo['over_refusal'])}. It trained on {m['num_pairs']} pairs seen about "
+                     f"against IPO's {_pct(ipo['over_refusal'])}. It trained on {m['num_pairs']} {_UNITS[METHODS[name].stage]} seen about "
                      f"{m['epochs']:.0f} times each, and its loss ended at {m['loss_last']:.3f}")
             if not METHODS[name].anchored:
                 text += ("; with no NLL term anchoring the chosen side, the policy moved far from the reference and "
@@ -607,16 +727,21 @@ def _training_lines(methods: dict) -> list[str]:
     lines = [
         "## Training (from the warm policy)",
         "",
-        "| method | pairs file | steps | loss first -> last | reward accuracy (last) | seconds |",
+        "| method | training file | steps | loss first -> last | reward accuracy (last) | seconds |",
         "|---|---|---|---|---|---|",
     ]
     for name, t in methods.items():
         if "skipped" in t:
             lines.append(f"| {t['title']} | skipped: {t['skipped']} | | | | |")
             continue
+        if METHODS[name].stage == "grpo":  # no pairs: the judge's mean reward of the rollouts instead
+            accuracy = f"mean reward {t['reward_first']:.2f} -> {t['reward_last']:.2f}"
+        elif METHODS[name].preset == "sft":
+            accuracy = "n/a (no reference)"
+        else:
+            accuracy = format(t["reward_accuracy_last"], ".2f")
         lines.append(f"| {t['title']} | `{Path(t['pairs']).parent.name}/{Path(t['pairs']).name}` | {t['steps']} | "
-                     f"{t['loss_first']:.3f} -> {t['loss_last']:.3f} | "
-                     f"{'n/a (no reference)' if name == 'sft' else format(t['reward_accuracy_last'], '.2f')} | {t['seconds']} |")
+                     f"{t['loss_first']:.3f} -> {t['loss_last']:.3f} | {accuracy} | {t['seconds']} |")
     return lines
 
 
@@ -736,7 +861,8 @@ def run_demo(config) -> int:
     rows = _round_trip(run)
     world, warm = _world_and_warm_policy(run)
     pairs = _pairs(run, world, warm)
-    methods = _methods(run, world, warm, pairs)
+    star1 = _star1(run, world)
+    methods = _methods(run, world, warm, pairs, star1)
     models = {"base": warm["model"], **{name: m["model"] for name, m in methods.items() if "skipped" not in m}}
     evals = _evaluations(run, world, models, pairs)
     export = _export(run, world, models)

@@ -1,6 +1,9 @@
 """The demo's stage configs (ipo_jax/demo.py): each is its stage's base_config() with the demo's
 changes from configs/demo.py and the run's paths and seeds, nothing else; each method names its
-loss preset and takes the preset's mask. Nothing is trained here (the whole chain: tests/test_cli.py)."""
+loss preset and takes the preset's mask; the STAR-1-format dataset is the world's safe traces in
+STAR-1's layout. Nothing is trained here (the whole chain: tests/test_cli.py)."""
+
+import json
 
 from pathlib import Path
 
@@ -10,9 +13,12 @@ from conftest import flat_config
 from ipo_jax import demo
 from ipo_jax.cli import parse_config
 from ipo_jax.eval.config import base_config as eval_base
+from ipo_jax.grpo.config import base_config as grpo_base
 from ipo_jax.loss import LossConfig
 from ipo_jax.loss.presets import PRESETS
 from ipo_jax.pipeline.config import base_config as pipeline_base
+from ipo_jax.sft.config import base_config as sft_base
+from ipo_jax.sft.records import read_sft_records
 from ipo_jax.train.config import base_config as train_base
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "demo.py")
@@ -33,7 +39,7 @@ def _config(*overrides):
     return parse_config(["--config", CONFIG, *overrides], "demo")
 
 
-@pytest.mark.parametrize("name", sorted(demo.METHODS))
+@pytest.mark.parametrize("name", sorted(n for n, m in demo.METHODS.items() if m.stage == "train"))
 def test_each_method_is_the_train_config_with_its_preset_and_the_demos_changes(name):
     config = _config()
     method = demo._method_config(config, WORLD, name, "/p/pairs.jsonl", "orbax:/warm/final", Path("/out/m"))
@@ -91,3 +97,50 @@ def test_the_short_variant_changes_only_copies():
     short = demo._short(config)
     assert short.intervention.rounds == 1 and "rounds" not in config.intervention
     assert short.methods.steps == 3 and config.methods.steps == 50
+
+
+def test_sft_on_the_dataset_is_the_sft_config_with_the_methods_budget():
+    config = _config("--config.methods.steps=9")
+    sft = demo._sft_dataset_config(config, WORLD, "/s/star1.jsonl", "orbax:/warm/final", Path("/out/m"))
+    train = demo._method_config(config, WORLD, "sft", "/p/pairs.jsonl", "orbax:/warm/final", Path("/out/t"))
+    assert (sft.train.max_steps, sft.optim.learning_rate, sft.data.rows_per_micro) == (
+        train.train.max_steps, train.optim.learning_rate, train.data.pairs_per_micro) == (9, 3e-4, 16)
+    assert (sft.model.init, sft.tokenizer, sft.data.dataset, sft.data.packing) == (
+        "orbax:/warm/final", "/w/tokenizer", "/s/star1.jsonl", False)  # one example per row, as one pair per row
+    changed = _changed(sft, sft_base())
+    demo_changes = {"data.max_length": 256, "data.buckets": (128, 256), "train.logprob_chunk": 64}
+    assert {k: changed[k] for k in demo_changes} == demo_changes
+    assert set(changed) - set(demo_changes) <= {
+        "model.init", "tokenizer", "data.dataset", "data.packing", "data.rows_per_micro", "data.seed",
+        "optim.learning_rate", "optim.warmup_steps", "train.out", "train.epochs", "train.max_steps", "train.save_every",
+        "train.seed"}
+
+
+def test_the_star1_dataset_holds_one_safe_trace_per_risky_prompt_in_star1_layout(tmp_path):
+    rows = [dict(id="r1", prompt="How? [request details withheld]", chosen="Risky.\n</think>\n\nI can't help.", kind="harmful"),
+            dict(id="r2", prompt="How? [request details withheld]", chosen="Again.\n</think>\n\nNo.", kind="harmful"),
+            dict(id="r3", prompt="Plan? [request details withheld]", chosen="Sure. [harmful details withheld]", kind="harmful"),
+            dict(id="b1", prompt="Kill a process?", chosen="Fine.\n</think>\n\nUse kill.", kind="benign")]
+    warmup = tmp_path / "warmup.jsonl"
+    warmup.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = demo._write_star1(dict(files=dict(warmup=str(warmup))), tmp_path)
+    written = [json.loads(line) for line in Path(out["dataset"]).read_text().splitlines()]
+    assert out["examples"] == 1 and set(written[0]) == {"id", "question", "response", "category", "source", "score"}
+    assert written[0]["response"] == "<think>\nRisky.\n</think>\n\nI can't help."
+    (record,) = read_sft_records(out["dataset"])  # the sft stage reads it without a field mapping
+    assert record.messages == [{"role": "user", "content": rows[0]["prompt"]},
+                               {"role": "assistant", "content": written[0]["response"]}]
+
+
+def test_grpo_is_the_grpo_config_with_the_methods_budget_and_the_pipelines_decoding_budget():
+    config = _config("--config.methods.steps=9", "--config.sampling.max_new_tokens=99")
+    grpo = demo._grpo_config(config, WORLD, "orbax:/warm/final", Path("/out/g"))
+    assert (grpo.train.max_steps, grpo.optim.learning_rate) == (9, 3e-4)
+    assert grpo.grpo.num_generations * grpo.grpo.prompts_per_step == config.methods.pairs_per_micro  # 16 rollouts
+    assert (grpo.prompts, grpo.tokenizer, grpo.model.init) == ("/w/train_prompts.jsonl", "/w/tokenizer", "orbax:/warm/final")
+    assert grpo.reward.kind == "judge" and grpo.judge.backend == "pattern"  # the demo's offline judge as reward
+    assert grpo.sampling.max_new_tokens == 99 and grpo.sampling.temperature == grpo_base().sampling.temperature
+    assert set(_changed(grpo, grpo_base())) == {
+        "model.init", "tokenizer", "prompts", "sampling.max_new_tokens", "sampler.batch_size", "sampler.max_prompt_length",
+        "grpo.num_generations", "grpo.prompts_per_step", "grpo.beta", "grpo.logprob_chunk", "optim.learning_rate",
+        "optim.warmup_steps", "train.out", "train.max_steps", "train.save_every"}

@@ -213,19 +213,22 @@ def test_packing_gives_each_example_the_log_probs_of_its_own_row(tiny, star1_rec
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("sft") / "run"
     config = parse_config(["--config", TINY_CONFIG, f"--config.train.out={out}", "--config.train.max_steps=8",
-                           "--config.train.save_every=4", "--config.data.buckets=(256,)", "--config.optim.learning_rate=3e-3"],
+                           "--config.train.save_every=4", "--config.data.buckets=(256,)", "--config.optim.learning_rate=3e-3",
+                           "--config.data.max_length=150"],  # the longest of the 24 examples has 151 tokens
                           "train")
     assert run_sft(config) == 0
     return config, out, [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_the_loss_falls_and_the_run_writes_a_final_model(tiny_run):
-    _, out, rows = tiny_run
+    config, out, rows = tiny_run
     assert [r["step"] for r in rows] == list(range(1, 9))
     assert np.mean([r["loss"] for r in rows[-2:]]) < np.mean([r["loss"] for r in rows[:2]]) - 0.3
     assert all(r["update_applied"] == 1 and r["examples"] > 0 for r in rows)
     assert (out / "final").is_dir() and (out / "tokenizer" / "tokenizer.json").is_file()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["4", "8"]
+    (skipped,) = [json.loads(line) for line in (out / "skipped_examples.jsonl").read_text().splitlines()]
+    assert skipped["tokens"] == 151 and skipped["at"].startswith(f"{config.data.dataset}:") and skipped["reason"] == "too_long"
 
 
 def test_a_resumed_run_repeats_the_same_losses(tiny_run):
@@ -240,3 +243,21 @@ def test_a_resumed_run_repeats_the_same_losses(tiny_run):
         config.data.seed = 1
     with pytest.raises(TrainingError, match="data.seed: was 0, now 1"):
         run_sft(config)
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def test_every_field_has_help_and_the_paper_configs_name_model_and_dataset():
+    from ipo_jax.sft.config import base_config, field_help
+
+    helped = set(field_help())
+    flat = [f"{k}.{f}" if hasattr(v, "items") else k for k, v in base_config().items()
+            for f in (v if hasattr(v, "items") else [None])]
+    assert "data.dataset" in flat and not {n for n in flat if n not in helped and not n.startswith("optim.")}
+    for dataset, column in (("star1", "prompt=question,response=response"), ("realsafe", "")):
+        for run, model in (("", "DeepSeek-R1-Distill-Qwen-7B"), (":r1_distill_llama_8b", "DeepSeek-R1-Distill-Llama-8B"),
+                           (":qwen3_8b", "Qwen3-8B")):
+            config = parse_config(["--config", str(ROOT / "configs" / f"sft_paper_{dataset}.py{run}")], "train")
+            assert config.model.init == f"hf:/models/{model}" and config.data.fields == column
+            assert (config.model.param_dtype, config.model.dtype, config.data.packing) == ("float32", "bfloat16", True)

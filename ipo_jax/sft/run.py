@@ -37,7 +37,7 @@ from ipo_jax.buckets import default_buckets
 from ipo_jax.checkpoint.init import load_model, model_config, tokenizer_dir_for
 from ipo_jax.data.tiny_tokenizer import build_tiny_tokenizer
 from ipo_jax.data.tokenizer import load_tokenizer
-from ipo_jax.distributed import initialize_from_environment
+from ipo_jax.distributed import initialize_from_environment, is_main_process
 from ipo_jax.loss import LossConfig
 from ipo_jax.models.config import ModelConfig
 from ipo_jax.models.decoder import Decoder
@@ -113,7 +113,8 @@ def build_sft_run(config) -> TrainRun:
     log.info(data.summary(config.data.max_length))
     log.info(data.batches.describe())
     write_run_files(out, config, data.tokenizer, [])
-    write_skipped_pairs(out / SKIPPED_FILE, data.skipped)
+    if is_main_process():  # as write_run_files: process 0 writes the shared files
+        write_skipped_pairs(out / SKIPPED_FILE, data.skipped)
     model = load_model(m.init, mesh=mesh, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat,
                        attention=m.attention, seed=config.train.seed, vocab_needed=len(data.tokenizer))
     return _with_model(config, out, mesh, data, model)
