@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -90,14 +91,49 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
-def test_a_checkpoint_save_on_a_full_disk_is_one_line_and_leaves_no_partial_save(small_disk, capfd):
-    """Before: 326 lines on stderr, 4 tracebacks (orbax's threads each logged the failure)."""
+def test_a_checkpoint_save_on_a_full_disk_is_one_line_and_leaves_no_partial_save(small_disk):
+    """Before: 326 lines on stderr, 4 tracebacks (orbax's threads each logged the failure); then a
+    process that printed its error and hung (tensorboardX's writer thread had died on the full
+    disk), and 7 more tracebacks at exit (orbax's failed write tasks, collected by asyncio). The
+    real command, in its own process: a hang fails here after 540 s instead of stalling the suite."""
     out = small_disk / "run"
-    assert main(_train_args(out, "--config.train.max_steps=4", "--config.train.save_every=2")) == 2
-    captured = capfd.readouterr()  # the file descriptors: C++ logs would show here too
-    assert captured.err == f"ipo-jax train: error: cannot write {out / 'checkpoints' / '2'}: No space left on device\n"
-    assert "Traceback" not in captured.out
+    done = subprocess.run([sys.executable, "-m", "ipo_jax.cli", *_train_args(out, "--config.train.max_steps=4",
+                                                                             "--config.train.save_every=2")],
+                          capture_output=True, text=True, timeout=540, cwd=REPO)
+    assert done.returncode == 2, done.stderr[-2000:]
+    # the save of step 2 fills the disk in the background; whichever write meets the full disk first
+    # (the checkpoint, or step 3's metrics line or event) is the one line
+    event_files = [str(p) for p in (out / "tensorboard").glob("events.out.tfevents.*")]
+    err = [line for line in done.stderr.splitlines() if not _is_compile_notice(line)]
+    assert err in [[f"ipo-jax train: error: cannot write {path}: No space left on device"]
+                   for path in (out / "checkpoints" / "2", out / "metrics.jsonl", *event_files)], done.stderr[-2000:]
+    assert "Traceback" not in done.stdout
     assert [p.name for p in (out / "checkpoints").iterdir()] == []  # the partial save was removed
+
+
+def _is_compile_notice(line: str) -> bool:
+    """XLA's own banner on a slow (loaded) machine, printed by C++ past Python's logging."""
+    return line.strip("*") == "" or "Very slow compile?" in line
+
+
+def test_an_event_file_on_a_full_disk_is_the_os_error_naming_it_not_a_hang(small_disk):
+    """tensorboardX's writer thread died on the full disk and the next add_scalar waited forever on
+    its queue: the CI run that hung. Events are now written in the caller's thread."""
+    import errno
+
+    from ipo_jax.train.metrics import EventFile
+
+    events = EventFile(small_disk / "tensorboard")
+    (small_disk / "filler").write_bytes(b"\0" * (small_disk_free(small_disk) - 1024))  # leaves under a page
+    with pytest.raises(OSError) as e:
+        for step in range(1000):  # a few KB of events: fills the last page
+            events.add_scalars({f"metric_{i}": float(i) for i in range(20)}, step)
+    assert (e.value.errno, e.value.filename) == (errno.ENOSPC, str(events.path))
+
+
+def small_disk_free(disk: Path) -> int:
+    stats = os.statvfs(disk)
+    return stats.f_bavail * stats.f_frsize
 
 
 # orbax closes its asyncio loop while tensorstore still reports the failed writes back to it: noise

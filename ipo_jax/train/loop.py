@@ -44,15 +44,11 @@ TrainingError or a SettingsError (bad input).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import signal
-import sys
 import time
-from pathlib import Path
 
 import jax
-import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
@@ -61,6 +57,7 @@ from ipo_jax.distributed import any_process, initialize_from_environment
 from ipo_jax.train.build import TrainRun, build_run
 from ipo_jax.train.checkpoints import Checkpoints, checkpoint_manager, restore_newest_readable
 from ipo_jax.train.errors import EXIT_NOT_TRAINED, EXIT_PREEMPTED, EXIT_TOO_MANY_SKIPS, TrainingError
+from ipo_jax.train.metrics import MetricsLog
 from ipo_jax.train.mfu import peak_flops_per_device, train_flops_per_token
 from ipo_jax.train.step import all_finite, batch_shardings, put_batch
 
@@ -93,7 +90,7 @@ def run_training(run: TrainRun) -> int:
                                                       {"epoch": 0, "batch": 0}, run.out, run.config.model.init)
     cursor = _Cursor(state, position, int(state.step), latest)
     try:
-        with _MetricsLog(run.out) as metrics, _Preemption() as preemption, _progress(run, cursor.start) as progress:
+        with MetricsLog(run.out) as metrics, _Preemption() as preemption, _progress(run, cursor.start) as progress:
             exit_code = _steps(run, checkpoints, cursor, metrics, preemption, progress)
     except BaseException:
         _finish_saves_quietly(checkpoints)
@@ -224,63 +221,4 @@ class _Preemption:
         signal.signal(signal.SIGTERM, self._previous)
 
 
-class _MetricsLog:
-    """metrics.jsonl (strict JSON: a non-finite value, as a skipped step's loss, is null) and the
-    TensorBoard event files (finite values only), written by process 0; a write that fails names
-    metrics.jsonl."""
-
-    def __init__(self, out: Path):
-        self.path, self.jsonl, self.board = out / "metrics.jsonl", None, None
-        if jax.process_index() == 0:
-            _drop_partial_metrics_line(self.path)
-            self.jsonl = open(self.path, "a", buffering=1)
-            self.board = _summary_writer_class()(str(out / "tensorboard"))
-
-    def __enter__(self):
-        return self
-
-    def write(self, row: dict) -> None:
-        if self.jsonl is None:
-            return
-        try:
-            self.jsonl.write(json.dumps({k: v if np.isfinite(v) else None for k, v in row.items()}, allow_nan=False) + "\n")
-        except OSError as e:
-            raise OSError(e.errno, e.strerror, str(self.path)) from None
-        for k, v in row.items():
-            if np.isfinite(v):  # as null in the JSON: absent from the event file (tensorboardX warns at every NaN)
-                self.board.add_scalar(f"train/{k}", v, row["step"])
-
-    def __exit__(self, *exc):
-        if self.jsonl is not None:
-            self.jsonl.close()
-            self.board.close()
-
-
-def _drop_partial_metrics_line(path: Path) -> None:
-    """A run killed while appending to metrics.jsonl may leave a last line without its newline;
-    cut it off (the step is recomputed after the resume) so the file stays one JSON object a line."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    data = path.read_bytes()
-    if data.endswith(b"\n"):
-        return
-    keep = data.rfind(b"\n") + 1
-    log.info("%s: dropping a partial last line of %d bytes (a killed write); its step is recomputed", path, len(data) - keep)
-    with open(path, "r+b") as f:
-        f.truncate(keep)
-
-
-def _summary_writer_class():
-    """tensorboardX's SummaryWriter, imported without torch when torch is not loaded yet:
-    tensorboardX imports torch (seconds, on every restart of a preempted run) only to recognise
-    torch tensors, and this loop logs Python floats. Later `import torch` works as usual."""
-    if "torch" in sys.modules or "tensorboardX" in sys.modules:
-        from tensorboardX import SummaryWriter
-
-        return SummaryWriter
-    sys.modules["torch"] = None  # makes `import torch` raise ImportError, as when it is not installed
-    try:
-        from tensorboardX import SummaryWriter
-    finally:
-        del sys.modules["torch"]
-    return SummaryWriter
+_MetricsLog = MetricsLog  # the name ipo_jax/grpo imports (being changed over to train.metrics.MetricsLog)
