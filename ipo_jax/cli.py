@@ -7,7 +7,9 @@ Stages:
   build-pairs  intervention: sample -> judge -> first cue -> trigger -> continue -> pairs
   csr       continuation safety ratio per sentence, safety triggers and compliance cues
   train     IPO (or a baseline) training from a pair file (see ipo_jax/train/config.py)
-  plan      will a training config fit a topology? per-device memory of its compiled step, no weights
+  sft       supervised fine-tuning on a chat dataset, STAR-1 / RealSafe-R1 style (ipo_jax/sft/)
+  grpo      GRPO, the RL baseline: the safety judge (or a rule) as reward (ipo_jax/grpo/)
+  plan      will a training or GRPO config fit a topology? per-device memory of its compiled step, no weights
   eval      harmful share of reasoning and answer, refusal, over-refusal, math accuracy, report
   demo      the main job on the embedded default (see ipo_jax/demo.py)
   serve     our sampler as an OpenAI-compatible server (see ipo_jax/serve/__init__.py)
@@ -49,6 +51,8 @@ CONFIG_STAGES = {
     "build-pairs": ("build preference pairs by corrective intervention", "pipeline_*.py"),
     "csr": ("continuation safety ratio analysis of trajectories", "pipeline_*.py"),
     "train": ("train from a pair file", "train_*.py"),
+    "sft": ("supervised fine-tuning on a chat dataset (STAR-1 / RealSafe-R1 style safety reasoning)", "sft_*.py"),
+    "grpo": ("GRPO with the safety judge (or a rule) as reward: the paper's RL baseline", "grpo_*.py"),
     "eval": ("evaluate a model on safety / over-refusal / math benchmarks", "eval*.py"),
     "demo": ("run the main job on the embedded default", "demo.py"),
 }
@@ -60,6 +64,8 @@ STAGE_CODE = {
     "build-pairs": ("ipo_jax.pipeline.config", "ipo_jax.pipeline.run:run_build_pairs"),
     "csr": ("ipo_jax.pipeline.config", "ipo_jax.pipeline.run:run_csr"),
     "train": ("ipo_jax.train.config", "ipo_jax.train.loop:train"),
+    "sft": ("ipo_jax.sft.config", "ipo_jax.sft.run:run_sft"),
+    "grpo": ("ipo_jax.grpo.config", "ipo_jax.grpo.run:run_grpo"),
     "eval": ("ipo_jax.eval.config", "ipo_jax.eval.harness:run_eval"),
     "demo": ("ipo_jax.validation", "ipo_jax.demo:run_demo"),  # the demo's config is its config file
 }
@@ -469,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("presets", help="list model presets with parameter counts")
     plan = sub.add_parser(
         "plan",
-        help="will a training config fit a topology? (--config configs/train_*.py --topology v5p-8)",
+        help="will a training or GRPO config fit a topology? (--config configs/train_*.py --topology v5p-8)",
         description="Compile the config's train step ahead of time (no weights) and print its per-device memory.\n"
         "Exit 0: fits; 3: does not fit (the smallest change that would is printed); 2: bad input.\n"
         "The run: --config FILE with --config.<field>=value overrides, as for `ipo-jax train`.\n"
