@@ -91,18 +91,19 @@ class SftData:
                    "their later turns only" if rewritten else ""))
 
 
-def run_sft(config) -> int:
-    """Run (or resume) the SFT run `config` describes; the exit code (ipo_jax/train/loop.py's)."""
+def run_sft(config, *, devices=None) -> int:
+    """Run (or resume) the SFT run `config` describes; the exit code (ipo_jax/train/loop.py's).
+    `devices`: the devices of the mesh (default: all)."""
     initialize_from_environment()
-    return run_training(build_sft_run(config))
+    return run_training(build_sft_run(config, devices))
 
 
-def build_sft_run(config) -> TrainRun:
+def build_sft_run(config, devices=None) -> TrainRun:
     """The run, built in the module doc's order."""
     validate_settings("sft", config)
     out = Path(config.train.out)
     check_output_dir(out, config, identity=RUN_IDENTITY, defaults=base_config())
-    mesh = make_mesh(dict(config.mesh))
+    mesh = make_mesh(dict(config.mesh), devices)
     data = prepare_sft_data(config)
     m = config.model
     model_cfg = model_config(m.init, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat, attention=m.attention,
