@@ -161,6 +161,8 @@ def test_repeated_ids_offline_hub_ids_and_bad_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SftRecordError, match="hub is offline"):
         read_sft_records("UCSC-VLAA/STAR-1")
+    with pytest.raises(FileNotFoundError, match="data.dataset 'data/none.parquet': no such file or directory"):
+        read_sft_records("data/none.parquet")
     with pytest.raises(SftRecordError, match="unknown field 'answer'"):
         read_sft_records(str(path), fields="answer=x")
     config = parse_config(["--config", TINY_CONFIG, "--config.data.format=chat"], "train")

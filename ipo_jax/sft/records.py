@@ -125,7 +125,7 @@ def _open_dataset(source: str, split: str):
             return datasets.Dataset.from_file(str(path))
         raise SftRecordError(f"{source}: unknown file type {path.suffix!r}; expected .jsonl, .parquet, .arrow or a "
                              "dataset directory")
-    if not _HUB_ID.match(source):
+    if not _HUB_ID.match(source) or path.suffix.lower() in (".parquet", ".arrow", ".json", ".jsonl"):
         raise FileNotFoundError(f"data.dataset {source!r}: no such file or directory (nor a hub dataset id owner/name)")
     if any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
         raise SftRecordError(f"data.dataset {source!r}: not a local file or directory, and the Hugging Face hub is offline "
