@@ -82,6 +82,7 @@ def test_a_resumed_run_redoes_the_same_steps(toy_run, tmp_path):
     (["--config.policy.backend=http"], SettingsError, "config.policy.base_url is ''"),
     (["--config.grpo.prompts_per_step=13"], TrainingError, "12 prompts, fewer than grpo.prompts_per_step (13)"),
     (["--config.reward.rule_token_ids=()"], ValueError, "reward.kind 'rule' needs reward.rule_pattern"),
+    (["--config.sampler.max_prompt_length=4"], TrainingError, "every prompt is longer than sampler.max_prompt_length"),
     (["--config.reward.kind=judge", "--config.prompts=configs/sample_prompts.jsonl",
       "--config.judge.patterns_file=", "--config.grpo.micro_batches=64"], TrainingError, "grpo.micro_batches 64"),
 ])

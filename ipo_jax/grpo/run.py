@@ -49,7 +49,9 @@ from tqdm.auto import tqdm
 from ipo_jax.checkpoint import save_orbax
 from ipo_jax.checkpoint.init import load_model, model_config
 from ipo_jax.data.prompts import prompt_records_from_config
+from ipo_jax.data.pairs import prompt_messages
 from ipo_jax.data.tiny_tokenizer import build_tiny_tokenizer
+from ipo_jax.data.tokenizer import encode_prompt
 from ipo_jax.distributed import any_process, initialize_from_environment
 from ipo_jax.grpo.batch import pack_rollouts, row_length
 from ipo_jax.grpo.config import base_config
@@ -130,6 +132,21 @@ def _tokenizer(config, records: list[dict]):
     return load_policy_tokenizer(config)
 
 
+def _prompts_that_fit(config, records: list[dict], tokenizer) -> list[dict]:
+    """The prompts whose chat prompt fits sampler.max_prompt_length (the others are left out, with a
+    warning naming the first); a TrainingError when none is left."""
+    limit = config.sampler.max_prompt_length
+    kept = [r for r in records if len(encode_prompt(tokenizer, prompt_messages(r))) <= limit]
+    if len(kept) < len(records):
+        first = next(r["id"] for r in records if r not in kept)
+        log.warning("%d of %d prompts are longer than sampler.max_prompt_length (%d tokens) and are left out "
+                    "(the first: %s)", len(records) - len(kept), len(records), limit, first)
+    if not kept:
+        raise TrainingError(f"prompts {config.prompts}: every prompt is longer than sampler.max_prompt_length "
+                            f"({limit} tokens)")
+    return kept
+
+
 def build_grpo_run(config, devices=None) -> GRPORun:
     """The run the config describes, in the module doc's order."""
     validate_settings("grpo", config)
@@ -137,9 +154,10 @@ def build_grpo_run(config, devices=None) -> GRPORun:
     check_output_dir(out, config, identity=RUN_IDENTITY, defaults=base_config())
     records = prompt_records_from_config(config)
     tokenizer = _tokenizer(config, records)
+    records = _prompts_that_fit(config, records, tokenizer)
     judge = None
     if config.reward.kind == "judge":
-        check_judge_fits(config, [json.dumps(r["prompt"]) for r in records], f"prompts {config.prompts}", ("judge",))
+        check_judge_fits(config, [prompt_text(r) for r in records], f"prompts {config.prompts}", ("judge",))
     mesh = make_mesh(dict(config.mesh), devices=devices)
     m = config.model
     model_cfg = model_config(m.init, param_dtype=m.param_dtype, dtype=m.dtype, remat=m.remat, attention=m.attention,

@@ -352,6 +352,7 @@ class HostView:
     pairs_per_micro: int
     micro_batches: int
     host_parts: list[list[int]]  # per host: the batch shards its devices hold (sorted)
+    unit: str = "pairs"  # what a batch counts: pairs (train), rows (a GRPO update: prompts x G completions)
 
     @property
     def rows_per_part(self) -> int:
@@ -378,7 +379,7 @@ class HostView:
         what = f"{t.host_label}{'s' if t.hosts > 1 else ''}"
         if t.hosts == 1:
             out = [f"hosts: 1 process ({what}) x {t.devices} devices; the whole batch "
-                   f"({pairs} pairs per step) on this host"]
+                   f"({pairs} {self.unit} per step) on this host"]
             if peak is not None:
                 out[0] += f"; {t.devices} x {peak / GIB:.1f} GiB = {t.devices * peak / GIB:.1f} GiB"
             return out
@@ -404,11 +405,11 @@ class HostView:
             if h == t.hosts - 1 and t.hosts > 4:
                 out.append(f"  ... ({t.hosts - 3} hosts more)")
             out.append(f"  host {h} (process {h}): rows {self.host_rows(h)} of each micro-batch, "
-                       f"{self.host_pairs_per_update(h):g} pairs per step")
+                       f"{self.host_pairs_per_update(h):g} {self.unit} per step")
         per_host = sorted({self.host_pairs_per_update(h) for h in range(t.hosts)})
         each = f"{per_host[0]:g}" if len(per_host) == 1 else f"{per_host[0]:g}-{per_host[-1]:g}"
-        line = (f"global batch {pairs} pairs per step ({self.pairs_per_micro} per micro-batch x {self.micro_batches}); "
-                f"per host {each} pairs per step")
+        line = (f"global batch {pairs} {self.unit} per step ({self.pairs_per_micro} per micro-batch x "
+                f"{self.micro_batches}); per host {each} {self.unit} per step")
         if any(self.host_pairs_per_update(h) == pairs for h in range(t.hosts)):
             line += " (the batch axes do not cross hosts: every host computes the whole batch)"
         out.append(line)
@@ -441,7 +442,7 @@ def host_view(config, topology: Topology, mesh_sizes: Mapping[str, int], hosts) 
     host_parts = [sorted(set(part[hosts == h].tolist())) for h in range(topology.hosts)]
     per_micro, micro_batches = batch_counts(config)
     return HostView(topology, dict(mesh_sizes), crossing, axes_of_batch, batch_parts, rows_per_micro(config),
-                    per_micro, micro_batches, host_parts)
+                    per_micro, micro_batches, host_parts, "rows" if grpo_step.is_grpo_config(config) else "pairs")
 
 
 # ---------------------------------------------------------------------------------- memory
