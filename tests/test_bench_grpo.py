@@ -78,7 +78,8 @@ def _row(name, step, generate, score, length=4):
     return dict(implementation=name, step_seconds=list(step), generate_seconds=list(generate),
                 score_seconds=list(score), update_seconds=[s - g - c for s, g, c in zip(step, generate, score)],
                 refresh_seconds=[0.1] * steps if name == "ours" else [], logs=[{}] * steps,
-                min_completion_length=length, versions={name: "1"})
+                min_completion_length=length, versions={name: "1"},
+                check_logps=[-1.0, -2.0] if name == "ours" else [-1.0, -2.5])
 
 
 def test_rounds_alternate_and_merge(monkeypatch, tmp_path):
@@ -94,6 +95,7 @@ def test_rounds_alternate_and_merge(monkeypatch, tmp_path):
     ours, trl = result["rows"]
     assert len(ours["step_seconds"]) == len(trl["step_seconds"]) == 6 and len(ours["refresh_seconds"]) == 6
     assert len(result["loads"]) == 7
+    assert result["same_weights_max_logp_diff"] == 0.5
 
 
 def test_a_short_completion_stops_the_run(monkeypatch, tmp_path):

@@ -55,18 +55,22 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
 from ipo_jax.checkpoint.hf import load_hf, save_hf  # noqa: E402
+from ipo_jax.grpo.batch import pack_rollouts  # noqa: E402
+from ipo_jax.grpo.step import GRPOStepSettings, batch_shardings, build_grpo_step, completion_logprobs  # noqa: E402
 from ipo_jax.loss.grpo import GRPOLossConfig, group_advantages  # noqa: E402
 from ipo_jax.models.config import ModelConfig  # noqa: E402
 from ipo_jax.models.decoder import init_decoder  # noqa: E402
 from ipo_jax.models.presets import preset_config  # noqa: E402
 from ipo_jax.sampling import Sampler, SamplingConfig  # noqa: E402
 from ipo_jax.sharding import make_mesh  # noqa: E402
+from ipo_jax.train.step import OptimConfig, put_batch  # noqa: E402
 
 TRL_SCRIPT = REPO / "tools/peers/trl_grpo.py"
 DEFAULT_TRL_PYTHON = "/tmp/trlvenv/bin/python"
@@ -158,11 +162,6 @@ class OurGRPO:
     """Our side: the sampler and the GRPO step (ipo_jax.grpo.step) on one model's weights."""
 
     def __init__(self, work: Path, w: Workload):
-        from flax import nnx
-
-        from ipo_jax.grpo.step import GRPOStepSettings, build_grpo_step
-        from ipo_jax.train.step import OptimConfig
-
         self.w = w
         self.mesh = make_mesh({"fsdp": -1}, devices=jax.devices()[:1])
         self.model = load_hf(str(work / "model"), mesh=self.mesh)
@@ -177,13 +176,12 @@ class OurGRPO:
         # entropy on: TRL's loss forward measures the policy's token entropy too
         settings = GRPOStepSettings(loss=loss, optim=optim, entropy=True)
         self.graphdef, params = nnx.split(self.model, nnx.Param)
+        self.check_logps = first_prompt_logps(self.graphdef, params, work)
         self.step = build_grpo_step(cfg, self.mesh, settings, params=params)
 
     def refresh(self) -> None:
         """The sampler runs on the training state's current parameters, swapped in as the `grpo`
         stage does (ipo_jax/grpo/rollout.py, LocalRollouts.refresh; the update donated the old ones)."""
-        from flax import nnx
-
         params = self.step.state.params
         programs = self.sampler.programs
         programs.state = params
@@ -199,10 +197,6 @@ class OurGRPO:
         return [g.completion_ids for g in self.sampler.generate(rows, config)]
 
     def score(self, prompts: list[list[int]], completions: list[list[int]]) -> tuple[dict, np.ndarray]:
-        from ipo_jax.grpo.batch import pack_rollouts
-        from ipo_jax.grpo.step import batch_shardings
-        from ipo_jax.train.step import put_batch
-
         rewards = np.asarray([rule_reward(c) for c in completions], np.float32).reshape(len(prompts), -1)
         advantages = np.asarray(group_advantages(jnp.asarray(rewards), "group")).reshape(-1)
         rows = [p for p in prompts for _ in range(self.w.num_generations)]
@@ -212,6 +206,17 @@ class OurGRPO:
 
     def update(self, batch: dict) -> dict:
         return {k: float(v) for k, v in jax.device_get(self.step.run(batch)).items()}
+
+
+def first_prompt_logps(graphdef, params, work: Path) -> list[float]:
+    """log p of the first prompt's tokens 1.. given the ones before (tools/peers/trl_grpo.py
+    computes the same with TRL's model: equal up to float32 rounding when the weights are)."""
+    prompt = json.loads((work / "prompts.json").read_text())[0]
+    tokens = np.asarray([prompt], np.int32)
+    mb = dict(tokens=tokens, positions=np.arange(tokens.shape[1], dtype=np.int32)[None],
+              segment_ids=np.ones_like(tokens), targets=np.concatenate([tokens[:, 1:], tokens[:, :1]], axis=1))
+    logps, _ = jax.jit(lambda p, b: completion_logprobs(p, graphdef, b, 512))(params, mb)
+    return np.asarray(logps)[0, :-1].tolist()
 
 
 def run_ours(work: Path, w: Workload) -> dict:
@@ -238,12 +243,14 @@ def run_ours(work: Path, w: Workload) -> dict:
             times[part].append(seconds)
         lengths.append(min(len(c) for c in completions))
         logs.append(dict(reward=float(rewards.mean()), **metrics))
+        print(f"ours step {step + 1}: generate {t1 - t0:.2f} s (refresh {refresh[-1]:.2f}), score {t2 - t1:.3f} s, "
+              f"update {t3 - t2:.2f} s; load {load_text()}", flush=True)
     return dict(
         implementation="ours", setup_seconds=setup, warmup_seconds=[sum(t[i] for t in times.values())
                                                                     for i in range(w.warmup)],
         **{f"{part}_seconds": v[w.warmup:] for part, v in times.items()},
         step_seconds=[sum(t[i] for t in times.values()) for i in range(w.warmup, w.warmup + w.steps)],
-        refresh_seconds=refresh[w.warmup:], min_completion_length=min(lengths), logs=logs, versions=dict(jax=jax.__version__),
+        refresh_seconds=refresh[w.warmup:], check_logps=ours.check_logps, min_completion_length=min(lengths), logs=logs, versions=dict(jax=jax.__version__),
     )
 
 
@@ -328,7 +335,11 @@ def run(w: Workload, work: Path, rounds: int, sides: list[str], trl_python: str,
             raise SystemExit(f"{side}: a completion of {row['min_completion_length']} tokens, expected "
                              f"{w.completion_tokens} (the step's shapes would differ)")
     rows = [runs[s] for s in ("ours", "trl") if s in runs]
-    return dict(workload=dataclasses.asdict(w), loads=loads, rows=rows, summary=summarise(rows, w))
+    result = dict(workload=dataclasses.asdict(w), loads=loads, rows=rows, summary=summarise(rows, w))
+    if len(rows) == 2:  # the same weights on both sides: the same log-probs of one prompt
+        a, b = (np.asarray(r["check_logps"]) for r in rows)
+        result["same_weights_max_logp_diff"] = float(np.abs(a - b).max())
+    return result
 
 
 def main(argv=None) -> int:
@@ -364,7 +375,9 @@ def main(argv=None) -> int:
         f"{w.prompts_per_step} prompts x G={w.num_generations} completions per step, prompt {w.prompt_tokens} + "
         f"completion {w.completion_tokens} tokens, beta {w.beta}, loss {w.loss_type}, {w.micro_batches} "
         f"micro-batch(es); median of {w.steps} steps after {w.warmup} warm-up"
-        + (f", over {args.rounds} rounds alternating the sides" if args.rounds > 1 else ""))
+        + (f", over {args.rounds} rounds alternating the sides" if args.rounds > 1 else "")
+        + (f"; the same weights: log-probs of the first prompt's {w.prompt_tokens - 1} tokens agree to "
+           f"{result['same_weights_max_logp_diff']:.1e}" if "same_weights_max_logp_diff" in result else ""))
     result["setup"] = header
     text = markdown(result["summary"], header)
     print("\n" + text)

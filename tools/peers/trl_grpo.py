@@ -15,7 +15,9 @@ Timing, per optimizer step, by wrapping the trainer's methods (calling TRL's cod
             log-probs; old log-probs when the step is off-policy);
 - update:   the rest of the step (TRL's loss forward + backward, clipping, AdamW), i.e. the
             interval between consecutive `on_step_end` callbacks minus the two above.
-Writes a JSON record: per-step seconds of each part, TRL's logged metrics per step, versions.
+Writes a JSON record: per-step seconds of each part, TRL's logged metrics per step, versions, and
+the model's log-probs of the first prompt's tokens before training (bench_grpo compares them with
+ours: the same weights).
 """
 
 from __future__ import annotations
@@ -116,6 +118,10 @@ def main() -> None:
 
     torch.manual_seed(w["seed"])
     model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32)
+    with torch.no_grad():  # the same weights as ours: the log-probs of the first prompt's tokens
+        ids = torch.tensor([prompts[0]])
+        logits = model(input_ids=ids).logits[0, :-1].float()
+        check_logps = torch.log_softmax(logits, -1).gather(-1, ids[0, 1:, None])[:, 0].tolist()
     clock = StepClock()
     with tempfile.TemporaryDirectory() as tmp:
         config = GRPOConfig(
@@ -143,7 +149,7 @@ def main() -> None:
         implementation="trl", step_seconds=totals, generate_seconds=gen,
         score_seconds=[r - g for r, g in zip(rollout, gen)], update_seconds=[t - r for t, r in zip(totals, rollout)],
         completion_tokens=[sum(x) for x in lengths], min_completion_length=min(min(x) for x in lengths),
-        logs=clock.logs, torch_threads=torch.get_num_threads(),
+        logs=clock.logs, check_logps=check_logps, torch_threads=torch.get_num_threads(),
         versions=dict(torch=torch.__version__, trl=__import__("trl").__version__,
                       transformers=__import__("transformers").__version__),
     )
