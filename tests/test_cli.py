@@ -511,12 +511,12 @@ def test_an_unexpected_error_is_one_line_with_a_hint_and_a_traceback_with_v(monk
 ], ids=["disk-full", "disk-full-with-path", "read-only", "permission", "wrong-kind"])
 def test_file_system_errors_while_training_are_one_line_naming_the_path(tmp_path, capsys, monkeypatch, error, message):
     """A file-system error after the start (simulated where the run first writes to train.out)."""
-    from ipo_jax.train import loop
+    from ipo_jax.train import metrics
 
     def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(loop, "_drop_partial_metrics_line", fail)
+    monkeypatch.setattr(metrics, "drop_partial_last_line", fail)
     out = tmp_path / "out"
     assert main(_train(tmp_path)) == 2
     err = capsys.readouterr().err
