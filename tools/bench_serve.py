@@ -7,7 +7,7 @@ Both servers are started by this script, one after the other, on a free loopback
 same HF model directory (`--model-dir`, or one built here: a random `--shape` model with a
 byte-level BPE tokenizer of `--vocab` tokens trained on seeded synthetic words, written once to
 `--work`/model and reused); each is polled on /health, sent the same requests and stopped
-(SIGINT, then its process group killed after --stop-timeout). vLLM runs as `--vllm-python -m
+(SIGTERM, then its process group killed after --stop-timeout). vLLM runs as `--vllm-python -m
 vllm.entrypoints.openai.api_server` (default: this Python, if it imports vllm) with float32
 weights, `VLLM_CPU_KVCACHE_SPACE=--vllm-kv-gib` and its OpenMP threads bound to every core
 (`VLLM_CPU_OMP_THREADS_BIND=0-N`; either variable kept when already set); without vLLM the run
@@ -27,6 +27,10 @@ Streaming (`--stream auto`, the default): each server is probed once with `strea
 it streams (server-sent events with `stream_options.include_usage`), the requests stream and the
 time to first token (first chunk with a choice) is measured; where it answers 400, requests do
 not stream and TTFT is left empty.
+
+Batch: `ipo-jax serve` runs --batch-size rows per device call, idle rows padded, so by default it
+is started anew for each level with --batch-size = that level's clients; vLLM (no padding) is
+started once with --max-num-seqs = the largest level. `--batch-size N` sets both, one start each.
 
 Per (server, concurrency): completion tokens / wall seconds, requests / wall seconds, p50 and
 p99 latency and TTFT (numpy's linear-interpolation percentiles over the requests), tokens per
@@ -215,13 +219,13 @@ async def run_level(target: Target, prompts: list[list[int]], concurrency: int, 
     return list(results), wall
 
 
-async def supports_streaming(target: Target, args) -> bool:
+async def supports_streaming(target: Target, args, prompt: list[int]) -> bool:
     import openai
 
     client = openai.AsyncOpenAI(base_url=target.base_url, api_key=args.api_key or "EMPTY", max_retries=0,
                                 timeout=args.request_timeout)
     try:
-        stream = await client.completions.create(model=MODEL_NAME, prompt=[7, 8, 9], max_tokens=2, temperature=0,
+        stream = await client.completions.create(model=MODEL_NAME, prompt=prompt, max_tokens=2, temperature=0,
                                                  stream=True, stream_options={"include_usage": True},
                                                  extra_body=target.extra_body or None)
         return any([chunk.choices async for chunk in stream])
@@ -250,33 +254,34 @@ def find_vllm(explicit: str | None) -> str | None:
     return python if found else None
 
 
-def server_command(name: str, model_dir: Path, args, port: int) -> list[str]:
+def server_command(name: str, model_dir: Path, args, port: int, batch: int) -> list[str]:
+    """`ipo-jax serve` (--batch-size `batch`) or vLLM's API server (--max-num-seqs `batch`)."""
     if name == "ipo-jax":
         return [sys.executable, "-m", "ipo_jax.cli", "serve", "--model", f"hf:{model_dir}", "--port", "0",
-                "--served-model-name", MODEL_NAME, "--batch-size", str(args.batch_size or max(args.concurrency)),
+                "--served-model-name", MODEL_NAME, "--batch-size", str(batch),
                 "--max-prompt-length", str(args.prompt_length), "--chunk-tokens", str(args.chunk_tokens),
                 *args.ipo_args.split()]
     # `python -m` the API server: vllm-cpu's `vllm` script asks for the version of a distribution named `vllm`
     return [args.vllm_python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
             "--host", "127.0.0.1", "--port", str(port),
             "--served-model-name", MODEL_NAME, "--dtype", "float32", "--max-model-len",
-            str(args.prompt_length + args.max_tokens), "--max-num-seqs", str(args.batch_size or max(args.concurrency)),
+            str(args.prompt_length + args.max_tokens), "--max-num-seqs", str(batch),
             "--seed", "0", *args.vllm_args.split()]
 
 
 class Server:
     """One server process in its own process group, its output in `log`."""
 
-    def __init__(self, name: str, model_dir: Path, args, log: Path):
+    def __init__(self, name: str, model_dir: Path, args, log: Path, batch: int):
         port = free_port()
         self.name, self.log_path = name, log
-        self.log = open(log, "w")
+        self.log = open(log, "a")
         env = dict(os.environ)
         if name == "vllm":
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(args.vllm_kv_gib))
             # every core, as ipo-jax serve's XLA uses them (vLLM's default reserves one for its scheduler)
             env.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{os.cpu_count() - 1}")
-        self.process = subprocess.Popen(server_command(name, model_dir, args, port), stdout=subprocess.PIPE,
+        self.process = subprocess.Popen(server_command(name, model_dir, args, port, batch), stdout=subprocess.PIPE,
                                         stderr=self.log, text=True, cwd=ROOT, env=env, start_new_session=True)
         self.base_url = f"http://127.0.0.1:{port}/v1"
 
@@ -305,7 +310,7 @@ class Server:
 
     def stop(self, timeout: float) -> None:
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
+            self.process.send_signal(signal.SIGTERM)  # SIGINT may be ignored in a background job's children
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -352,15 +357,30 @@ def server_version(name: str, base_url: str) -> str | None:
 
 
 def bench_server(name: str, model_dir: Path, prompts: list[list[int]], args, work: Path) -> list[dict]:
-    """Start `name` (unless --ipo-url / --vllm-url names a running one), run every concurrency
-    level against it, stop it; its table rows."""
-    load = os.getloadavg()[0]
+    """Every concurrency level against `name`; its table rows. `ipo-jax serve` runs a fixed number
+    of rows per device call (--batch-size, idle rows padded), so without --batch-size it is
+    started anew for each level with --batch-size = the level's clients; vLLM batches what is
+    running (no padding) and is started once, with --max-num-seqs = the largest level."""
     url = args.ipo_url if name == "ipo-jax" else args.vllm_url
+    if url or name == "vllm" or args.batch_size:
+        groups = [(args.batch_size or max(args.concurrency), args.concurrency)]
+    else:
+        groups = [(level, [level]) for level in args.concurrency]
+    rows = []
+    for batch, levels in groups:
+        rows += bench_levels(name, url, batch, levels, model_dir, prompts, args, work)
+    return rows
+
+
+def bench_levels(name: str, url: str | None, batch: int, levels: list[int], model_dir: Path, prompts: list[list[int]],
+                 args, work: Path) -> list[dict]:
+    """Start `name` with `batch` (unless `url` names a running one), run `levels`, stop it."""
+    load = os.getloadavg()[0]
     server, ready_s = None, None
     if url:
         base_url = url.rstrip("/")
     else:
-        server = Server(name, model_dir, args, work / f"{name}.log")
+        server = Server(name, model_dir, args, work / f"{name}.log", batch)
         started = time.perf_counter()
     try:
         if server is not None:
@@ -368,13 +388,14 @@ def bench_server(name: str, model_dir: Path, prompts: list[list[int]], args, wor
             ready_s = time.perf_counter() - started
         target = Target(name, base_url, {"ignore_eos": True} if name == "vllm" else {},
                         version=server_version(name, base_url))
-        target.stream = args.stream == "on" or (args.stream == "auto" and asyncio.run(supports_streaming(target, args)))
+        probe = args.stream == "auto" and asyncio.run(supports_streaming(target, args, prompts[0]))
+        target.stream = args.stream == "on" or probe
         rows = []
-        for concurrency in args.concurrency:
+        for concurrency in levels:
             results, wall = asyncio.run(run_level(target, prompts, concurrency, args))
-            row = dict(server=name, version=target.version, concurrency=concurrency, streamed=target.stream,
-                       load_at_start=load, startup_s=ready_s, started_here=server is not None,
-                       **summarize(results, wall), results=results)
+            row = dict(server=name, version=target.version, concurrency=concurrency, batch=None if url else batch,
+                       streamed=target.stream, load_at_start=load, startup_s=ready_s, **summarize(results, wall),
+                       results=results)
             first_error = next((r["error"] for r in results if r["error"]), None)
             print(format_row(row) + (f"  first error: {first_error}" if first_error else ""), flush=True)
             rows.append(row)
@@ -391,13 +412,16 @@ def _fmt(value, digits: int = 2) -> str:
 def format_row(r: dict) -> str:
     tokens = f"{r['tokens_min']}" if r["tokens_min"] == r["tokens_max"] else f"{r['tokens_min']}-{r['tokens_max']}"
     server = r["server"] + (f" {r['version']}" if r.get("version") else "")
-    return (f"| {server} | {r['concurrency']} | {r['requests']} | {r['tokens_per_s']:.0f} | {r['requests_per_s']:.2f} "
+    batch = "-" if r.get("batch") is None else r["batch"]
+    return (f"| {server} | {r['concurrency']} | {batch} | {r['requests']} | {r['tokens_per_s']:.0f} "
+            f"| {r['requests_per_s']:.2f} "
             f"| {_fmt(r['latency_p50_s'])} | {_fmt(r['latency_p99_s'])} | {_fmt(r['ttft_p50_s'], 3)} "
             f"| {_fmt(r['ttft_p99_s'], 3)} | {tokens} | {r['errors']} |")
 
 
-TABLE_HEADER = ("| server | clients | requests | tokens/s | requests/s | p50 latency s | p99 latency s | p50 TTFT s "
-                "| p99 TTFT s | tokens/request | errors |\n|---|---|---|---|---|---|---|---|---|---|---|")
+TABLE_HEADER = ("| server | clients | batch | requests | tokens/s | requests/s | p50 latency s | p99 latency s "
+                "| p50 TTFT s | p99 TTFT s | tokens/request | errors |\n"
+                "|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def write_results(out: Path, setup: str, facts: dict, rows: list[dict]) -> None:
@@ -424,17 +448,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="prompts' seed; request i gets seed + i")
     p.add_argument("--stream", choices=("auto", "on", "off"), default="auto", help="stream where the server can")
     p.add_argument("--batch-size", type=int, default=0,
-                   help="ipo-jax --batch-size and vllm --max-num-seqs (default: the largest --concurrency)")
+                   help="ipo-jax --batch-size and vllm --max-num-seqs (default: ipo-jax restarted per level with "
+                        "the level's clients, vllm the largest --concurrency)")
     p.add_argument("--chunk-tokens", type=int, default=32, help="ipo-jax serve --chunk-tokens")
     p.add_argument("--ipo-args", default="", help="more ipo-jax serve arguments, one string")
-    p.add_argument("--vllm-python", help="a Python that imports vllm, e.g. /tmp/vllmvenv/bin/python (default: this one)")
+    p.add_argument("--vllm-python",
+                   help="a Python that imports vllm, e.g. /tmp/vllmvenv/bin/python (default: this one)")
     p.add_argument("--vllm-args", default="", help="more vllm serve arguments, one string")
     p.add_argument("--vllm-kv-gib", type=int, default=2, help="VLLM_CPU_KVCACHE_SPACE unless set (default 2)")
-    p.add_argument("--ipo-url", help="bench this running ipo-jax serve (.../v1, model name 'bench') instead of starting one")
+    p.add_argument("--ipo-url",
+                   help="bench this running ipo-jax serve (.../v1, model name 'bench') instead of starting one")
     p.add_argument("--vllm-url", help="bench this running vLLM (.../v1, model name 'bench') instead of starting one")
     p.add_argument("--api-key", default="", help="Bearer key sent to both (default none)")
     p.add_argument("--startup-timeout", type=float, default=900.0, help="seconds for a server to answer /health")
-    p.add_argument("--stop-timeout", type=float, default=30.0, help="seconds after SIGINT before the group is killed")
+    p.add_argument("--stop-timeout", type=float, default=30.0, help="seconds after SIGTERM before the group is killed")
     p.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request")
     p.add_argument("--out", help="write OUT.json and OUT.md (e.g. tools/results/serve)")
     args = p.parse_args(argv)
@@ -444,6 +471,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if min(args.concurrency) < 1 or args.batch_size < 0 or args.temperature < 0:
         p.error("--concurrency must be >= 1, --batch-size >= 0 and --temperature >= 0")
     return args
+
+
+def _stop_on_sigterm(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")  # so the servers started here are stopped on the way out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -468,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.vllm_python is None:
             servers.remove("vllm")
             notes.append("vllm not installed: ipo-jax serve alone")
-    setup = (f"{platform.node()}: {os.cpu_count()} CPUs; model {model_dir.name} ({facts['params'] / 1e6:.1f}M params, "
+    setup = (f"{platform.node()}: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start; "
+             f"model {model_dir.name} ({facts['params'] / 1e6:.1f}M params, "
              f"vocab {facts['vocab_size']}, {facts['torch_dtype']}); {args.requests} requests x prompt "
              f"{args.prompt_length} + {args.max_tokens} new tokens, temperature {args.temperature}; python "
              f"{platform.python_version()}" + "".join(f"; {n}" for n in notes))
@@ -483,4 +515,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     sys.exit(main())

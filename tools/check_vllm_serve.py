@@ -133,7 +133,8 @@ def build_pairs_through(vllm_url: str, model_dir: Path, prompts_file: Path, out:
     """Run build-pairs against vLLM through the recording proxy; the checks of the module docstring."""
     shutil.rmtree(out, ignore_errors=True)  # a fresh run, not a resumed one
     proxy = RecordingProxy(vllm_url)
-    command = [sys.executable, "-m", "ipo_jax.cli", "build-pairs", "--config", str(ROOT / "configs/pipeline_tiny_cpu.py"),
+    command = [sys.executable, "-m", "ipo_jax.cli", "build-pairs",
+               "--config", str(ROOT / "configs/pipeline_tiny_cpu.py"),
                "--config.model.init=", f"--config.tokenizer={model_dir}", f"--config.prompts={prompts_file}",
                f"--config.out={out}", f"--config.sampling.max_new_tokens={max_new_tokens}",
                "--config.policy.backend=http", f"--config.policy.base_url={proxy.base_url}",
@@ -149,14 +150,18 @@ def build_pairs_through(vllm_url: str, model_dir: Path, prompts_file: Path, out:
                     for line in path.read_text().splitlines() if line.strip()]
     with_ids = [t for t in trajectories if "completion_ids" in t]
     pairs_path = out / "pairs.jsonl"
-    pairs = [json.loads(line) for line in pairs_path.read_text().splitlines() if line.strip()] if pairs_path.exists() else []
-    originals = {t["prompt_id"]: t["completion_ids"] for t in with_ids if t.get("stage", "original") == "original"}
-    pair_ok = [p["prefix_ids"] + p["rejected_ids"] == originals.get(p.get("prompt_id")) for p in pairs
-               if "rejected_ids" in p and p.get("prefix_ids") is not None]
+    lines = pairs_path.read_text().splitlines() if pairs_path.exists() else []
+    pairs = [json.loads(line) for line in lines if line.strip()]
+    originals: dict[str, list[int]] = {}  # a harmful prompt's first trajectory: its original
+    for t in with_ids:
+        if t.get("kind") == "harmful":
+            originals.setdefault(t["id"], t["completion_ids"])
+    pair_ok = [p["prefix_ids"] + p["rejected_ids"] == originals[p["prompt_id"]] for p in pairs
+               if p.get("prefix_ids") and p.get("prompt_id") in originals]  # the pairs cut from an original
     summary_path = out / "summary.json"
-    return dict(exit_code=done.returncode, seconds=seconds, stderr_tail=done.stderr[-2000:], requests=len(proxy.exchanges),
-                trajectories=len(with_ids), trajectories_token_exact=sum(tuple(t["completion_ids"]) in answered
-                                                                        for t in with_ids),
+    exact = sum(tuple(t["completion_ids"]) in answered for t in with_ids)
+    return dict(exit_code=done.returncode, seconds=seconds, stderr_tail=done.stderr[-2000:],
+                requests=len(proxy.exchanges), trajectories=len(with_ids), trajectories_token_exact=exact,
                 pairs=len(pairs), pairs_checked=len(pair_ok), pairs_prefix_plus_rejected_equal=sum(pair_ok),
                 summary=json.loads(summary_path.read_text()) if summary_path.exists() else None)
 
@@ -184,10 +189,11 @@ def write(out: Path, report: dict) -> None:
     if pairs is not None:
         lines += [f"| build-pairs through vLLM | exit {pairs['exit_code']}, {pairs['requests']} requests, "
                   f"{pairs['seconds']:.0f} s |",
-                  f"| trajectories whose completion_ids are one of vLLM's token_ids | {pairs['trajectories_token_exact']} / "
-                  f"{pairs['trajectories']} |",
-                  f"| pairs with prefix_ids + rejected_ids == the original's ids | {pairs['pairs_prefix_plus_rejected_equal']}"
-                  f" / {pairs['pairs_checked']} ({pairs['pairs']} pairs) |"]
+                  f"| trajectories whose completion_ids are one of vLLM's token_ids "
+                  f"| {pairs['trajectories_token_exact']} / {pairs['trajectories']} |",
+                  f"| pairs with prefix_ids + rejected_ids == the original's ids "
+                  f"| {pairs['pairs_prefix_plus_rejected_equal']} / {pairs['pairs_checked']} "
+                  f"({pairs['pairs']} pairs) |"]
     lines.append(f"| all checks | {'passed' if report['passed'] else 'FAILED'} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
@@ -200,12 +206,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shape", choices=sorted(bench_serve.SHAPES), default="small-qwen3", help="the built model's shape")
     p.add_argument("--vocab", type=int, default=32768, help="the built model's vocabulary")
     p.add_argument("--work", default="runs/bench-serve", help="the built model, logs, build-pairs output")
-    p.add_argument("--prompts", default=str(ROOT / "configs/sample_prompts.jsonl"), help="JSONL prompts (id, prompt, kind)")
+    p.add_argument("--prompts", default=str(ROOT / "configs/sample_prompts.jsonl"),
+                   help="JSONL prompts (id, prompt, kind)")
     p.add_argument("--random-prompts", type=int, default=4, help="extra prompts of 16 random ids")
     p.add_argument("--max-tokens", type=int, default=32, help="greedy tokens per prompt")
     p.add_argument("--pairs-max-new-tokens", type=int, default=32, help="build-pairs' sampling.max_new_tokens")
     p.add_argument("--skip-build-pairs", action="store_true", help="only the greedy comparison")
-    p.add_argument("--ipo-url", help="a running ipo-jax serve of --model-dir (.../v1, model 'bench') instead of starting one")
+    p.add_argument("--ipo-url",
+                   help="a running ipo-jax serve of --model-dir (.../v1, model 'bench') instead of starting one")
     p.add_argument("--vllm-url", help="a running vLLM of --model-dir (.../v1, model 'bench') instead of starting one")
     p.add_argument("--startup-timeout", type=float, default=900.0)
     p.add_argument("--out", help="write OUT.json and OUT.md (e.g. tools/results/serve_vllm_check)")
@@ -230,10 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     longest = max(len(p["ids"]) for p in prompts)
     server_args = argparse.Namespace(
         prompt_length=max(longest, 512), max_tokens=max(args.max_tokens, args.pairs_max_new_tokens) + 64,
-        batch_size=8, concurrency=[8], chunk_tokens=32, ipo_args="", vllm_args="", vllm_python=vllm_python,
+        chunk_tokens=32, ipo_args="", vllm_args="", vllm_python=vllm_python,
         vllm_kv_gib=2)
     given = {"ipo-jax": args.ipo_url, "vllm": args.vllm_url}
-    servers = {name: bench_serve.Server(name, model_dir, server_args, work / f"check-{name}.log")
+    servers = {name: bench_serve.Server(name, model_dir, server_args, work / f"check-{name}.log", 8)
                for name in ("ipo-jax", "vllm") if not given[name]}
     try:
         urls = {name: url.rstrip("/") for name, url in given.items() if url}
@@ -259,4 +267,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import signal
+
+    signal.signal(signal.SIGTERM, bench_serve._stop_on_sigterm)
     sys.exit(main())
