@@ -83,7 +83,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     # 4. methods (all from the warm policy, same steps and batch; each one's loss is a loss.preset)
     c.methods = ml_collections.ConfigDict()
-    c.methods.names = ("sft", "dpo_full", "ipo")  # some of sft, dpo_full, dpo_partial, ipo (ipo_jax/demo.py METHODS)
+    # the paper's baselines beside IPO: SFT (on the pipeline's safe trajectories, and on a STAR-1-format
+    # safety-reasoning dataset), DPO on the full trajectory, GRPO with the safety judge as reward
+    c.methods.names = ("sft", "sft_star1", "dpo_full", "grpo", "ipo")  # some of sft, sft_star1, dpo_full, dpo_partial, grpo, ipo (ipo_jax/demo.py METHODS)
     c.methods.steps = 50  # methods: optimizer steps each
     c.methods.learning_rate = 3e-4  # methods: peak learning rate
     c.methods.pairs_per_micro = 16  # methods: pairs per step

@@ -55,11 +55,11 @@ def test_short_demo_runs_the_whole_chain(tmp_path, capsys):
     assert all(r["ok"] and r["max_logit_diff"] <= 1e-4 for r in summary["roundtrip"])
     assert summary["warm"]["steps"] == 80
     methods = summary["methods"]
-    assert set(methods) == {"sft", "dpo_full", "ipo"}
+    assert set(methods) == {"sft", "sft_star1", "dpo_full", "grpo", "ipo"}
     # a 80-step warm policy on the tiny world: IPO pairs come out; full-trajectory pairs need a safe
     # and an unsafe sample of the same prompt and may not, and then that method is skipped, said so
     trained = {name for name, m in methods.items() if "skipped" not in m}
-    assert {"sft", "ipo"} <= trained and summary["pairs"]["intervention"]["pairs"] > 0
+    assert {"sft", "sft_star1", "grpo", "ipo"} <= trained and summary["pairs"]["intervention"]["pairs"] > 0
     assert all(methods[name]["steps"] == 3 for name in trained)
     assert all("no pairs" in m["skipped"] for name, m in methods.items() if name not in trained)
     assert set(summary["eval"]) == {"base"} | trained
