@@ -66,7 +66,8 @@ from ipo_jax.sampling import row_seed
 from ipo_jax.sharding import logical_to_spec, make_mesh, param_shardings
 from ipo_jax.train.checkpoints import Checkpoints, checkpoint_manager, restore_newest_readable
 from ipo_jax.train.errors import EXIT_NOT_TRAINED, EXIT_PREEMPTED, EXIT_TOO_MANY_SKIPS, TrainingError
-from ipo_jax.train.loop import _MetricsLog, _Preemption
+from ipo_jax.train.loop import Preemption
+from ipo_jax.train.metrics import MetricsLog
 from ipo_jax.train.run_dir import check_output_dir, write_run_files
 from ipo_jax.train.step import all_finite, put_batch
 from ipo_jax.validation import validate_settings
@@ -264,7 +265,7 @@ def run_loop(run: GRPORun) -> int:
     cursor = _Cursor(position, int(u.state.step) // run.config.grpo.num_iterations, latest)
     run.rollouts.refresh(u.state.params, cursor.step)
     try:
-        with _MetricsLog(run.out) as metrics, _Preemption() as preemption, \
+        with MetricsLog(run.out) as metrics, Preemption() as preemption, \
                 _RolloutLog(run.out, c.rollouts_file) as rollout_log, \
                 tqdm(total=c.max_steps, initial=cursor.step, desc="grpo", unit="step",
                      disable=None if jax.process_index() == 0 else True) as progress:

@@ -90,7 +90,7 @@ def run_training(run: TrainRun) -> int:
                                                       {"epoch": 0, "batch": 0}, run.out, run.config.model.init)
     cursor = _Cursor(state, position, int(state.step), latest)
     try:
-        with MetricsLog(run.out) as metrics, _Preemption() as preemption, _progress(run, cursor.start) as progress:
+        with MetricsLog(run.out) as metrics, Preemption() as preemption, _progress(run, cursor.start) as progress:
             exit_code = _steps(run, checkpoints, cursor, metrics, preemption, progress)
     except BaseException:
         _finish_saves_quietly(checkpoints)
@@ -206,7 +206,7 @@ def _show(progress: tqdm, row: dict, peak: float | None) -> None:
     )
 
 
-class _Preemption:
+class Preemption:
     """Turns SIGTERM into a flag the loop checks between steps (while the `with` block runs)."""
 
     def __enter__(self):
@@ -220,5 +220,3 @@ class _Preemption:
     def __exit__(self, *exc):
         signal.signal(signal.SIGTERM, self._previous)
 
-
-_MetricsLog = MetricsLog  # the name ipo_jax/grpo imports (being changed over to train.metrics.MetricsLog)
