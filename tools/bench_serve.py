@@ -9,9 +9,8 @@ byte-level BPE tokenizer of `--vocab` tokens trained on seeded synthetic words, 
 `--work`/model and reused); each is polled on /health, sent the same requests and stopped
 (SIGTERM, then its process group killed after --stop-timeout). vLLM runs as `--vllm-python -m
 vllm.entrypoints.openai.api_server` (default: this Python, if it imports vllm) with float32
-weights, `VLLM_CPU_KVCACHE_SPACE=--vllm-kv-gib` and its OpenMP threads bound to every core
-(`VLLM_CPU_OMP_THREADS_BIND=0-N`; either variable kept when already set); without vLLM the run
-measures `ipo-jax serve` alone and says so.
+weights, `VLLM_CPU_KVCACHE_SPACE=--vllm-kv-gib` (unless set) and its own OpenMP binding unless
+--vllm-threads-bind is given; without vLLM the run measures `ipo-jax serve` alone and says so.
 
 Requests: `--requests` prompts of `--prompt-length` random token ids (seeded, the same for both
 servers and every level), each one `POST /v1/completions` with `max_tokens=--max-tokens`,
@@ -279,8 +278,8 @@ class Server:
         env = dict(os.environ)
         if name == "vllm":
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(args.vllm_kv_gib))
-            # every core, as ipo-jax serve's XLA uses them (vLLM's default reserves one for its scheduler)
-            env.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{os.cpu_count() - 1}")
+            if getattr(args, "vllm_threads_bind", ""):  # vLLM's default: one core kept for its scheduler
+                env["VLLM_CPU_OMP_THREADS_BIND"] = args.vllm_threads_bind
         self.process = subprocess.Popen(server_command(name, model_dir, args, port, batch), stdout=subprocess.PIPE,
                                         stderr=self.log, text=True, cwd=ROOT, env=env, start_new_session=True)
         self.base_url = f"http://127.0.0.1:{port}/v1"
@@ -455,6 +454,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vllm-python",
                    help="a Python that imports vllm, e.g. /tmp/vllmvenv/bin/python (default: this one)")
     p.add_argument("--vllm-args", default="", help="more vllm serve arguments, one string")
+    p.add_argument("--vllm-threads-bind", default="",
+                   help="VLLM_CPU_OMP_THREADS_BIND, e.g. 0-1 for both cores (default: vLLM's own, which keeps one "
+                        "core for its scheduler; pinning every core collapsed under other load here)")
     p.add_argument("--vllm-kv-gib", type=int, default=2, help="VLLM_CPU_KVCACHE_SPACE unless set (default 2)")
     p.add_argument("--ipo-url",
                    help="bench this running ipo-jax serve (.../v1, model name 'bench') instead of starting one")
@@ -504,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
              f"vocab {facts['vocab_size']}, {facts['torch_dtype']}); {args.requests} requests x prompt "
              f"{args.prompt_length} + {args.max_tokens} new tokens, temperature {args.temperature}; python "
              f"{platform.python_version()}" + "".join(f"; {n}" for n in notes))
+    if "vllm" in servers and not args.vllm_url:
+        setup += f"; vLLM threads bind {args.vllm_threads_bind or os.environ.get('VLLM_CPU_OMP_THREADS_BIND', 'auto')}"
     print(setup, flush=True)
     print(TABLE_HEADER, flush=True)
     rows = []
