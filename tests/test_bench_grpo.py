@@ -101,8 +101,17 @@ def test_rounds_alternate_and_merge(monkeypatch, tmp_path):
 def test_a_short_completion_stops_the_run(monkeypatch, tmp_path):
     w = bench_grpo.Workload(**TINY)
     monkeypatch.setattr(bench_grpo, "write_workload", lambda work, w: None)
-    monkeypatch.setattr(bench_grpo, "run_trl", lambda work, py, threads=0: _row("trl", [1.0], [0.5], [0.1], length=3))
+    short = _row("trl", [1.0, 1.0], [0.5, 0.5], [0.1, 0.1], length=3)
+    monkeypatch.setattr(bench_grpo, "run_trl", lambda work, py, threads=0: short)
     with pytest.raises(SystemExit, match="3 tokens, expected 4"):
+        bench_grpo.run(w, tmp_path, rounds=1, sides=["trl"], trl_python="python")
+
+
+def test_a_warm_up_step_among_the_timed_ones_stops_the_run(monkeypatch, tmp_path):
+    w = bench_grpo.Workload(**TINY)  # 1 warm-up + 2 timed steps
+    monkeypatch.setattr(bench_grpo, "write_workload", lambda work, w: None)
+    monkeypatch.setattr(bench_grpo, "run_trl", lambda work, py, threads=0: _row("trl", [9.0, 1.0, 1.0], [1] * 3, [0] * 3))
+    with pytest.raises(SystemExit, match="3 timed steps, expected 2"):
         bench_grpo.run(w, tmp_path, rounds=1, sides=["trl"], trl_python="python")
 
 

@@ -321,6 +321,8 @@ def run(w: Workload, work: Path, rounds: int, sides: list[str], trl_python: str,
         for side in order:
             print(f"[round {i + 1}] {side} (load {load_text()})", flush=True)
             row = run_ours(work, w) if side == "ours" else run_trl(work, trl_python, threads)
+            if len(row["step_seconds"]) != w.steps:  # warm-up steps are never among the timed ones
+                raise SystemExit(f"{side}: {len(row['step_seconds'])} timed steps, expected {w.steps}")
             loads.append(dict(when=f"round {i + 1} after {side}", load=load_text()))
             if side in runs:
                 for key in [f"{p}_seconds" for p in PARTS] + ["step_seconds", "refresh_seconds", "logs"]:

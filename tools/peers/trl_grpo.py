@@ -144,10 +144,11 @@ def main() -> None:
     if not (len(totals) == len(gen) == len(rollout) == steps):
         raise SystemExit(f"expected {steps} steps, generations and rollouts; got {len(totals)}, {len(gen)}, "
                          f"{len(rollout)}")
-    lengths = trainer.completion_lengths
+    lengths, k = trainer.completion_lengths, w["warmup"]  # the first k steps are warm-up: reported apart
     result = dict(
-        implementation="trl", step_seconds=totals, generate_seconds=gen,
-        score_seconds=[r - g for r, g in zip(rollout, gen)], update_seconds=[t - r for t, r in zip(totals, rollout)],
+        implementation="trl", warmup_seconds=totals[:k], step_seconds=totals[k:], generate_seconds=gen[k:],
+        score_seconds=[r - g for r, g in zip(rollout[k:], gen[k:])],
+        update_seconds=[t - r for t, r in zip(totals[k:], rollout[k:])],
         completion_tokens=[sum(x) for x in lengths], min_completion_length=min(min(x) for x in lengths),
         logs=clock.logs, check_logps=check_logps, torch_threads=torch.get_num_threads(),
         versions=dict(torch=torch.__version__, trl=__import__("trl").__version__,
