@@ -372,7 +372,8 @@ def main(argv=None) -> int:
     versions = {k: v for r in result["rows"] for k, v in r["versions"].items()}
     header = (
         f"{platform.node()}: {os.cpu_count()} CPUs, load average {result['loads'][0]['load']} at start, "
-        f"{load_text()} at the end; " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
+        f"{load_text()} at the end; XLA_FLAGS {os.environ.get('XLA_FLAGS', '')!r}, TRL torch threads "
+        f"{args.trl_threads or 'default'}; " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
         + f"; model {cfg.num_params() / 1e6:.2f}M params (Qwen3 shape, --model {w.model}), float32; "
         f"{w.prompts_per_step} prompts x G={w.num_generations} completions per step, prompt {w.prompt_tokens} + "
         f"completion {w.completion_tokens} tokens, beta {w.beta}, loss {w.loss_type}, {w.micro_batches} "
