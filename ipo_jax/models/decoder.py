@@ -23,6 +23,8 @@ prefix-shared pair starts at the same position as the chosen one). The attention
 
 from __future__ import annotations
 
+import functools
+
 import math
 from typing import Sequence
 
@@ -306,7 +308,7 @@ class Decoder(nnx.Module):
         slice of every stacked weight per step, which XLA's CPU backend materialises as a copy.
         """
         _, state = nnx.split(self.blocks)
-        return jax.jit(lambda st: [jax.tree.map(lambda a, i=i: a[i], st) for i in range(self.cfg.num_layers)])(state)
+        return _unstack_layers(state, self.cfg.num_layers)
 
     def unembedding(self) -> Array:
         """The output projection [D,V] (the embedding table, transposed, when tied)."""
@@ -316,6 +318,13 @@ class Decoder(nnx.Module):
         """Project hidden states [..., D] to float32 logits [..., V]."""
         w = self.unembedding().astype(hidden.dtype)
         return jnp.einsum("...d,dv->...v", hidden, w, preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _unstack_layers(state: nnx.State, num_layers: int) -> list[nnx.State]:
+    """One State per layer from the stacked blocks' State: compiled once per model shape (a jitted
+    lambda made per call compiled again at every call, e.g. at each GRPO weight refresh)."""
+    return [jax.tree.map(lambda a, i=i: a[i], state) for i in range(num_layers)]
 
 
 def init_decoder(cfg: ModelConfig, seed: int = 0, mesh: jax.sharding.Mesh | None = None) -> Decoder:
