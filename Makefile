@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # 8 simulated CPU devices so the sharding tests run on one CPU.
 TEST_XLA_FLAGS := --xla_force_host_platform_device_count=8
 
-.PHONY: demo test venv clean bench-venvs bench-train bench-sampler bench-rollout bench-continuous memory-plan
+.PHONY: demo test venv clean bench-venvs bench-train bench-sampler bench-rollout bench-continuous bench-grpo bench-serve memory-plan
 
 venv: $(STAMP)
 
@@ -63,3 +63,11 @@ memory-plan: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(BENCH) runs
+
+# One GRPO step (rollout + update) against TRL's GRPOTrainer at the same shapes (tools/bench_grpo.py).
+bench-grpo: $(STAMP) $(BENCH)/trl/.installed
+	$(BIN)/python tools/bench_grpo.py --trl-python $(BENCH)/trl/bin/python --rounds 2 --out tools/results/grpo
+
+# Concurrent OpenAI clients against ipo-jax serve (and vLLM where VLLM_PYTHON names its interpreter).
+bench-serve: $(STAMP)
+	$(BIN)/python tools/bench_serve.py $(if $(VLLM_PYTHON),--vllm-python $(VLLM_PYTHON),--servers ipo-jax) --out tools/results/serve
