@@ -36,6 +36,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ipo_jax.loss.grpo import GRPOLossConfig, grpo_loss
+from ipo_jax.loss.logprobs import map_logit_chunks
 from ipo_jax.models.config import ModelConfig
 from ipo_jax.models.decoder import Decoder
 from ipo_jax.sharding import logical_to_spec, param_shardings
@@ -95,34 +96,16 @@ def token_logprobs_entropy(hidden: Array, targets: Array, unembed: Array, chunk_
     """log p(target) [R,T] float32 (as `ipo_jax.loss.token_logprobs`: chunked over the sequence,
     each chunk rematerialised) and, with `entropy`, the distribution's entropy per position
     (no gradient), computed from the same chunk of logits; else None."""
-    rows, slots, dim = hidden.shape
-    chunk = min(chunk_size, slots)
-    n_chunks = -(-slots // chunk)
-    pad = n_chunks * chunk - slots
-    if pad:
-        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
-        targets = jnp.pad(targets, ((0, 0), (0, pad)))
-    hidden = hidden.reshape(rows, n_chunks, chunk, dim).swapaxes(0, 1)  # [C,R,chunk,D]
-    targets = targets.reshape(rows, n_chunks, chunk).swapaxes(0, 1)
-    w = unembed.astype(hidden.dtype)
-
-    @jax.checkpoint
-    def one_chunk(h, t):
-        logits = jnp.einsum("rcd,dv->rcv", h, w, preferred_element_type=jnp.float32)
+    def logprobs_and_entropy(logits, t):
         lse = jax.nn.logsumexp(logits, axis=-1)
         logp = jnp.take_along_axis(logits, t[..., None].astype(jnp.int32), axis=-1)[..., 0] - lse
         if not entropy:
-            return logp, jnp.zeros_like(logp)
+            return logp
         probs = jax.lax.stop_gradient(jax.nn.softmax(logits, axis=-1))
-        ent = jax.lax.stop_gradient(lse - jnp.sum(probs * logits, axis=-1))
-        return logp, ent
+        return logp, jax.lax.stop_gradient(lse - jnp.sum(probs * logits, axis=-1))
 
-    _, (logp, ent) = jax.lax.scan(lambda c, x: (c, one_chunk(*x)), None, (hidden, targets))
-
-    def unchunk(x):
-        return x.swapaxes(0, 1).reshape(rows, n_chunks * chunk)[:, :slots]
-
-    return unchunk(logp), (unchunk(ent) if entropy else None)
+    out = map_logit_chunks(hidden, targets, unembed, chunk_size, logprobs_and_entropy)
+    return out if entropy else (out, None)
 
 
 def completion_logprobs(params, graphdef, mb: dict[str, Array], chunk_size: int, entropy: bool = False,

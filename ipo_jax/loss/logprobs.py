@@ -23,6 +23,17 @@ def token_logprobs(hidden: Array, targets: Array, unembed: Array, chunk_size: in
 
     hidden [R,S,D] (compute dtype), targets [R,S] int, unembed [D,V] (the output projection).
     """
+    def target_logprobs(logits, t):
+        target_logit = jnp.take_along_axis(logits, t[..., None].astype(jnp.int32), axis=-1)[..., 0]
+        return target_logit - jax.nn.logsumexp(logits, axis=-1)
+
+    return map_logit_chunks(hidden, targets, unembed, chunk_size, target_logprobs)
+
+
+def map_logit_chunks(hidden: Array, targets: Array, unembed: Array, chunk_size: int, per_chunk):
+    """`per_chunk(logits [R,c,V] float32, targets [R,c])` -> a pytree of [R,c] arrays, over chunks of
+    `chunk_size` slots of the sequence, each chunk's logits rematerialised in the backward pass (the
+    full [R,S,V] logits are never built); the pytree of [R,S] arrays."""
     rows, slots, dim = hidden.shape
     chunk = min(chunk_size, slots)
     n_chunks = -(-slots // chunk)
@@ -36,9 +47,7 @@ def token_logprobs(hidden: Array, targets: Array, unembed: Array, chunk_size: in
 
     @jax.checkpoint
     def one_chunk(h, t):
-        logits = jnp.einsum("rcd,dv->rcv", h, w, preferred_element_type=jnp.float32)
-        target_logit = jnp.take_along_axis(logits, t[..., None].astype(jnp.int32), axis=-1)[..., 0]
-        return target_logit - jax.nn.logsumexp(logits, axis=-1)
+        return per_chunk(jnp.einsum("rcd,dv->rcv", h, w, preferred_element_type=jnp.float32), t)
 
     _, out = jax.lax.scan(lambda c, x: (c, one_chunk(*x)), None, (hidden, targets))
-    return out.swapaxes(0, 1).reshape(rows, n_chunks * chunk)[:, :slots]
+    return jax.tree.map(lambda x: x.swapaxes(0, 1).reshape(rows, n_chunks * chunk)[:, :slots], out)
