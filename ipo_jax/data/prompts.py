@@ -58,19 +58,21 @@ class PromptFileError(RecordFileError):
     """A prompt source has a malformed record or a bad field mapping; the message says where."""
 
 
-def parse_field_mapping(spec: str) -> dict[str, str]:
-    """``"prompt=question,id=id"`` -> ``{"prompt": "question", "id": "id"}``; errors name the part."""
+def parse_field_mapping(spec: str, fields=PROMPT_FIELDS, *, setting: str = "prompts_fields",
+                        error: type[ValueError] = PromptFileError) -> dict[str, str]:
+    """``"prompt=question,id=id"`` -> ``{"prompt": "question", "id": "id"}`` for the record `fields`
+    a reader knows (the prompt sets', the SFT datasets'); errors name the setting and the part."""
     mapping: dict[str, str] = {}
     for part in (p.strip() for p in (spec or "").split(",")):
         if not part:
             continue
         field, sep, column = (s.strip() for s in part.partition("="))
         if not sep or not field or not column:
-            raise PromptFileError(f"prompts_fields {spec!r}: {part!r} should be <field>=<column>")
-        if field not in PROMPT_FIELDS:
-            raise PromptFileError(f"prompts_fields {spec!r}: unknown field {field!r}; expected one of {', '.join(PROMPT_FIELDS)}")
+            raise error(f"{setting} {spec!r}: {part!r} should be <field>=<column>")
+        if field not in fields:
+            raise error(f"{setting} {spec!r}: unknown field {field!r}; expected one of {', '.join(fields)}")
         if field in mapping:
-            raise PromptFileError(f"prompts_fields {spec!r}: field {field!r} is mapped twice")
+            raise error(f"{setting} {spec!r}: field {field!r} is mapped twice")
         mapping[field] = column
     return mapping
 

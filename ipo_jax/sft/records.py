@@ -35,6 +35,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
+from ipo_jax.data.prompts import parse_field_mapping
 from ipo_jax.data.records import RecordFileError, check_chat_messages, read_jsonl_records
 
 RECORD_FORMATS = ("auto", "messages", "prompt_response")
@@ -62,17 +63,7 @@ class SftRecord:
 
 def parse_fields(spec: str) -> dict[str, str]:
     """"prompt=question,response=answer" -> {"prompt": "question", "response": "answer"}."""
-    mapping: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in (spec or "").split(","))):
-        field, sep, column = (s.strip() for s in part.partition("="))
-        if not sep or not field or not column:
-            raise SftRecordError(f"data.fields {spec!r}: {part!r} should be <field>=<column>")
-        if field not in FIELD_NAMES:
-            raise SftRecordError(f"data.fields {spec!r}: unknown field {field!r}; expected one of {', '.join(FIELD_NAMES)}")
-        if field in mapping:
-            raise SftRecordError(f"data.fields {spec!r}: field {field!r} is mapped twice")
-        mapping[field] = column
-    return mapping
+    return parse_field_mapping(spec, FIELD_NAMES, setting="data.fields", error=SftRecordError)
 
 
 def read_sft_records(spec: str, *, split: str = "train", fmt: str = "auto", fields: str = "") -> list[SftRecord]:
