@@ -35,7 +35,7 @@ from ipo_jax.settings import (
     add_fields, any_string, boolean, help_of, int_at_least, non_empty_string, number_in, one_of, rules_of, section,
     setting, tokens,
 )
-from ipo_jax.train.config import OPTIM_CHECKS, TrainMeshSettings, TrainModelSettings
+from ipo_jax.train.config import OPTIM_CHECKS, TrainMeshSettings, TrainModelSettings, set_paper_model
 from ipo_jax.train.step import OptimConfig
 from ipo_jax.validation import model_spec, output_dir, plan_model_spec, register_rules, tokenizer_source
 
@@ -196,11 +196,7 @@ def paper_model_config(hf_name: str, run_name: str) -> ml_collections.ConfigDict
     configs/grpo_<model>.py docstrings). Mixed precision as the IPO configs: float32 master weights
     and moments, bfloat16 compute, full remat, blockwise attention."""
     c = base_config()
-    c.model.init = f"hf:/models/{hf_name}"
-    c.model.param_dtype = "float32"
-    c.model.dtype = "bfloat16"
-    c.model.remat = "full"
-    c.model.attention = "blockwise"
+    set_paper_model(c, hf_name)
     c.prompts = "UCSC-VLAA/STAR-1"  # harmful prompts; add benign look-alikes (kind benign) for the refusal penalty
     c.judge.backend = "http"  # a served judge (e.g. vLLM on another node)
     c.judge.base_url = "http://localhost:8001/v1"

@@ -20,7 +20,7 @@ from ipo_jax.settings import (
 )
 from ipo_jax.sft.records import FIELD_NAMES, RECORD_FORMATS, parse_fields
 from ipo_jax.train.config import (
-    OPTIM_CHECKS, TrainMeshSettings, TrainModelSettings, TrainSettings, TrainTopSettings,
+    OPTIM_CHECKS, TrainMeshSettings, TrainModelSettings, TrainSettings, TrainTopSettings, set_paper_model,
 )
 from ipo_jax.train.step import OptimConfig
 from ipo_jax.validation import register_rules
@@ -123,11 +123,7 @@ def paper_sft_config(run: str, dataset: str) -> ml_collections.ConfigDict:
         raise ValueError(f"paper_sft_config: run one of {sorted(PAPER_MODELS)}, dataset one of {sorted(PAPER_DATASETS)}; "
                          f"got {run!r}, {dataset!r}")
     c = base_config()
-    c.model.init = f"hf:/models/{PAPER_MODELS[run]}"
-    c.model.param_dtype = "float32"
-    c.model.dtype = "bfloat16"
-    c.model.remat = "full"
-    c.model.attention = "blockwise"
+    set_paper_model(c, PAPER_MODELS[run])
     c.data.dataset, c.data.fields = PAPER_DATASETS[dataset]
     c.data.max_length = 8192
     c.data.packing = True

@@ -162,6 +162,16 @@ def field_help() -> dict[str, str]:
     return {**help_of(TrainTopSettings), **{k: v for name, t in SECTIONS.items() for k, v in help_of(t, name).items()}}
 
 
+def set_paper_model(c: ml_collections.ConfigDict, hf_name: str) -> None:
+    """The paper models' settings in every stage (train, sft, grpo): the HF checkpoint under
+    /models, float32 master weights and moments, bfloat16 compute, full remat, blockwise attention."""
+    c.model.init = f"hf:/models/{hf_name}"
+    c.model.param_dtype = "float32"
+    c.model.dtype = "bfloat16"
+    c.model.remat = "full"
+    c.model.attention = "blockwise"
+
+
 def paper_model_config(hf_name: str, run_name: str) -> ml_collections.ConfigDict:
     """IPO on one of the paper's models: one TPU v5p-8 host or one 8-GPU node.
 
@@ -171,14 +181,10 @@ def paper_model_config(hf_name: str, run_name: str) -> ml_collections.ConfigDict
     epochs are not published (ours: beta 0.1, lr 2e-6, 2 epochs). `ipo-jax plan` checks the fit.
     """
     c = base_config()
-    c.model.init = f"hf:/models/{hf_name}"
-    c.model.param_dtype = "float32"
-    c.model.dtype = "bfloat16"
     # remat full: on a v5p-8 host (4 chips) the 8 rows of a micro-batch are 2 per chip; at 16384
     # tokens full plans at 64-71 GiB of 95 on v5p-8 and 33-36 GiB of 80 on 8xh100 (ipo-jax plan).
     # dots_saveable (faster) fit the Llama-8B on 8 GPUs at 8192 tokens (69 GiB), not at 16384 (118 GiB).
-    c.model.remat = "full"
-    c.model.attention = "blockwise"
+    set_paper_model(c, hf_name)
     c.loss.preset = "ipo"  # the paper: DPO on the tokens after the cue + 0.2 x NLL of the chosen suffix
     c.data.mask_from = "cue"  # the preset's loss tokens: the suffix after the compliance cue
     c.data.pairs = f"pairs/{run_name}/pairs.jsonl"  # where configs/pipeline_<run>.py writes them
