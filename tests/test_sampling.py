@@ -121,6 +121,21 @@ def test_empty_prompt_is_refused(qwen2):
         Sampler(model, eos_ids=[1], batch_size=2, prompt_buckets=[16]).generate([[1, 2], []], GREEDY)
 
 
+def test_a_row_that_would_run_past_the_models_context_is_refused_before_any_work(qwen2):
+    from ipo_jax.sampling import Fork
+
+    model, _ = qwen2
+    context = model.cfg.max_position_embeddings
+    sampler = Sampler(model, eos_ids=[1], batch_size=2, prompt_buckets=[16])
+    too_many = SamplingConfig(temperature=0.0, max_new_tokens=context - 4)
+    with pytest.raises(ValueError, match=f"a prompt of 5 tokens \\+ {context - 4:,} new tokens .* more than the "
+                                         f"model's context of {context:,} \\(max_position_embeddings\\)"):
+        sampler.generate([[3, 4], [3, 4, 5, 6, 7]], too_many)
+    with pytest.raises(ValueError, match="more than the model's context"):
+        sampler.generate_forks([3, 4, 5, 6], [Fork(cut=4, suffix=(9,), n=1)], too_many)
+    sampler._check_context(5, context - 5)  # a row of exactly the context fits: no error
+
+
 def test_an_eos_after_max_new_tokens_is_a_length_finish(qwen2):
     model, _ = qwen2
     make = lambda eos: Sampler(model, eos_ids=[eos], batch_size=4, prompt_buckets=[16], chunk_tokens=8)  # noqa: E731

@@ -40,9 +40,11 @@ class ForkingSampler(Protocol):
 
 @runtime_checkable
 class BucketedSampler(Protocol):
-    """A sampler that names its prompt buckets (`Sampler` does): the largest is its longest prompt."""
+    """A sampler that names its prompt buckets (`Sampler` does): the largest is its longest prompt;
+    ``cfg.max_position_embeddings`` is its model's context."""
 
     buckets: Sequence[int]
+    cfg: Any
 
 
 def load_sampler(model_spec: str, tokenizer, *, mesh=None, param_dtype: str = "float32", dtype: str = "float32",
@@ -72,10 +74,14 @@ class LocalPolicy(PolicyTokens):
 
     @property
     def max_prompt_tokens(self) -> int | None:
-        """The longest prompt (chat prompt + completion prefix) the sampler accepts (its largest
-        prompt bucket), or None when the sampler names no limit."""
-        buckets = self.sampler.buckets if isinstance(self.sampler, BucketedSampler) else None
-        return max(buckets) if buckets else None
+        """The longest prompt (chat prompt + completion prefix) the sampler accepts: its largest
+        prompt bucket, and at most the model's context less ``sampling.max_new_tokens`` (the
+        sampler refuses a row that would run past the context); None when the sampler names no
+        limit."""
+        if not isinstance(self.sampler, BucketedSampler) or not self.sampler.buckets:
+            return None
+        context = self.sampler.cfg.max_position_embeddings
+        return max(0, min(max(self.sampler.buckets), context - self.sampling.max_new_tokens))
 
     @property
     def forks_prefix(self) -> bool:

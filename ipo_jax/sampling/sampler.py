@@ -125,6 +125,7 @@ class Sampler:
         row_seeds = checked_row_seeds(row_seeds, len(prompts), config.seed, "generate: row_seeds")
         if any(len(p) == 0 for p in prompts):
             raise ValueError("empty prompt: every prompt needs at least one token")
+        self._check_context(max((len(p) for p in prompts), default=0), config.max_new_tokens)
         settings = draw_settings(config)
         if self.continuous_batching and len(prompts) > self.batch_size:
             return self.scheduler.run_continuous(prompts, row_seeds, settings, ending)
@@ -155,6 +156,7 @@ class Sampler:
         if not rows:
             return results
         checked_row_seeds([r.seed for r in rows], len(rows), config.seed, "generate_forks: Fork.row_seeds")
+        self._check_context(max(r.kept + len(r.own) for r in rows), config.max_new_tokens)
         rows.sort(key=lambda r: (r.kept, len(r.own)))
         shared = max(r.kept for r in rows)
         prefix_cache = self.programs.prefill_prefix(
@@ -175,6 +177,16 @@ class Sampler:
         max_len = length + self.scheduler.decode_slots(ending.max_new_tokens)
         state = self.programs.fork(prefix_cache, cuts, inputs, settings, shared=shared, max_len=max_len)
         return self.scheduler.decode(state, len(batch), settings, ending)
+
+    def _check_context(self, longest_prompt: int, max_new_tokens: int) -> None:
+        """A row may not run past the model's context: beyond max_position_embeddings the model
+        never saw a position in training, so its tokens there would be silently off-distribution."""
+        context = self.cfg.max_position_embeddings
+        if longest_prompt + max_new_tokens > context:
+            raise ValueError(
+                f"a prompt of {longest_prompt:,} tokens + {max_new_tokens:,} new tokens (sampling.max_new_tokens) needs "
+                f"{longest_prompt + max_new_tokens:,} positions, more than the model's context of {context:,} "
+                "(max_position_embeddings); lower sampling.max_new_tokens or sampler.max_prompt_length")
 
     def _ending(self, config: SamplingConfig, stop_strings: Sequence[str]) -> Ending:
         if stop_strings and self.decode is None:
