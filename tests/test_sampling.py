@@ -122,6 +122,7 @@ def test_empty_prompt_is_refused(qwen2):
 
 
 def test_a_row_that_would_run_past_the_models_context_is_refused_before_any_work(qwen2):
+    from ipo_jax.rollout.local import prompt_limit
     from ipo_jax.sampling import Fork
 
     model, _ = qwen2
@@ -134,6 +135,8 @@ def test_a_row_that_would_run_past_the_models_context_is_refused_before_any_work
     with pytest.raises(ValueError, match="more than the model's context"):
         sampler.generate_forks([3, 4, 5, 6], [Fork(cut=4, suffix=(9,), n=1)], too_many)
     sampler._check_context(5, context - 5)  # a row of exactly the context fits: no error
+    # the pipeline's and the judge's prompt limit leave room for the new tokens
+    assert prompt_limit(sampler, 12) == 16 and prompt_limit(sampler, context - 10) == 10
 
 
 def test_an_eos_after_max_new_tokens_is_a_length_finish(qwen2):

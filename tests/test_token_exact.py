@@ -168,12 +168,6 @@ def test_policy_reports_its_prompt_length_and_the_samplers_limit(qwen3):
     from ipo_jax.sampling import SamplingConfig
 
     messages = [{"role": "user", "content": "How do I bake bread?"}]
-    def bucketed(context):
-        model_config = type("ModelConfig", (), {"max_position_embeddings": context})()
-        return type("BucketedSampler", (), {"buckets": [32, 64, 128], "cfg": model_config})()
-
-    policy = LocalPolicy(bucketed(4096), qwen3, SamplingConfig(max_new_tokens=256), "x")
+    policy = LocalPolicy(type("BucketedSampler", (), {"buckets": [32, 64, 128]})(), qwen3, SamplingConfig(), "x")
     assert policy.max_prompt_tokens == 128 and policy.prompt_tokens(messages) == len(encode_prompt(qwen3, messages))
-    # the context less the new tokens binds first: a longer prompt could not be continued in full
-    assert LocalPolicy(bucketed(356), qwen3, SamplingConfig(max_new_tokens=256), "x").max_prompt_tokens == 100
     assert LocalPolicy(ScriptedSampler(qwen3), qwen3, SamplingConfig(), "x").max_prompt_tokens is None

@@ -51,7 +51,7 @@ from typing import Any, Protocol, runtime_checkable
 from ipo_jax.data.tokenizer import THINK_CLOSE, THINK_OPEN, encode_text, render_prompt
 from ipo_jax.http import HttpFailure, HttpTransport, response_object, snippet
 from ipo_jax.judging.config import JudgeSettings
-from ipo_jax.rollout.local import BucketedSampler
+from ipo_jax.rollout.local import prompt_limit
 from ipo_jax.sampling import SamplingConfig
 
 DEFAULT_MAX_TOKENS = JudgeSettings.max_tokens
@@ -262,9 +262,9 @@ class LocalChat:
         return text
 
     def max_prompt_tokens(self) -> int | None:
-        """The sampler's largest prompt bucket (None when it names none)."""
-        buckets = self.sampler.buckets if isinstance(self.sampler, BucketedSampler) else None
-        return max(int(b) for b in buckets) if buckets else None
+        """The longest judge prompt the sampler takes with room for the reply (`prompt_limit`;
+        None when it names no buckets)."""
+        return prompt_limit(self.sampler, self.sampling.max_new_tokens)
 
     def complete(self, conversations: Sequence[list[dict[str, str]]]) -> list[Reply]:
         limit = self.max_prompt_tokens()

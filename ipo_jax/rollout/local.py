@@ -40,11 +40,21 @@ class ForkingSampler(Protocol):
 
 @runtime_checkable
 class BucketedSampler(Protocol):
-    """A sampler that names its prompt buckets (`Sampler` does): the largest is its longest prompt;
-    ``cfg.max_position_embeddings`` is its model's context."""
+    """A sampler that names its prompt buckets (`Sampler` does): the largest is its longest prompt."""
 
     buckets: Sequence[int]
-    cfg: Any
+
+
+def prompt_limit(sampler, max_new_tokens: int) -> int | None:
+    """The longest prompt `sampler` takes when it may add `max_new_tokens`: its largest prompt
+    bucket and, for a `Sampler` (which refuses a row that would run past the model's context), at
+    most the context less `max_new_tokens`.  None when the sampler names no buckets."""
+    if not isinstance(sampler, BucketedSampler) or not sampler.buckets:
+        return None
+    limit = max(int(b) for b in sampler.buckets)
+    if isinstance(sampler, Sampler):
+        limit = min(limit, sampler.cfg.max_position_embeddings - max_new_tokens)
+    return max(0, limit)
 
 
 def load_sampler(model_spec: str, tokenizer, *, mesh=None, param_dtype: str = "float32", dtype: str = "float32",
@@ -74,14 +84,9 @@ class LocalPolicy(PolicyTokens):
 
     @property
     def max_prompt_tokens(self) -> int | None:
-        """The longest prompt (chat prompt + completion prefix) the sampler accepts: its largest
-        prompt bucket, and at most the model's context less ``sampling.max_new_tokens`` (the
-        sampler refuses a row that would run past the context); None when the sampler names no
-        limit."""
-        if not isinstance(self.sampler, BucketedSampler) or not self.sampler.buckets:
-            return None
-        context = self.sampler.cfg.max_position_embeddings
-        return max(0, min(max(self.sampler.buckets), context - self.sampling.max_new_tokens))
+        """The longest prompt (chat prompt + completion prefix) the sampler accepts
+        (`prompt_limit` at ``sampling.max_new_tokens``), or None when it names no limit."""
+        return prompt_limit(self.sampler, self.sampling.max_new_tokens)
 
     @property
     def forks_prefix(self) -> bool:
@@ -136,4 +141,4 @@ class LocalPolicy(PolicyTokens):
         return f"LocalPolicy(policy_id={self.policy_id!r})"
 
 
-__all__ = ["BucketedSampler", "ForkingSampler", "LocalPolicy", "load_sampler"]
+__all__ = ["BucketedSampler", "ForkingSampler", "LocalPolicy", "load_sampler", "prompt_limit"]
