@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from ipo_jax.checkpoint.init import tokenizer_dir_for
+from ipo_jax.checkpoint.init import model_config, tokenizer_dir_for
 from ipo_jax.data.tokenizer import load_tokenizer
 from ipo_jax.distributed import share_devices
 from ipo_jax.http import json_object_setting
@@ -112,6 +112,11 @@ def build_policy(config) -> Policy:
                           concurrency=section.concurrency,
                           extra_body=json_object_setting(section.extra_body, "config.policy.extra_body"),
                           max_prompt_tokens=config.sampler.max_prompt_length)
+    context = model_config(config.model.init, vocab_needed=len(tokenizer)).max_position_embeddings
+    if sampling.max_new_tokens >= context:  # no prompt could be continued that far: say so before the model loads
+        raise ValueError(f"config.sampling.max_new_tokens is {sampling.max_new_tokens:,}, but the context of "
+                         f"{config.model.init} is {context:,} positions (max_position_embeddings) and a row holds the "
+                         f"prompt too; expected at most {context - 1:,}, less the longest prompt")
     # this process's devices: with several processes each samples its own share of the prompts
     mesh = make_mesh(dict(config.mesh), devices=share_devices())
     sampler = load_sampler(config.model.init, tokenizer, mesh=mesh, param_dtype=config.model.param_dtype,
