@@ -88,6 +88,29 @@ def test_concurrent_requests_are_batched_without_changing_tokens(url, served):
     assert [ids_of(out)[0] for _, out in outs] == [g.completion_ids for g in expected]
 
 
+def test_a_streaming_rows_first_token_goes_out_after_its_prefill_not_after_a_decode_chunk(served):
+    from ipo_jax.serve import Engine, GenerationRequest
+
+    chunk = served.sampler.chunk_tokens
+    config = SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=chunk + 8)
+    prompt = served.encode(PROMPTS[0]["prompt"])
+    updates = []
+    engine = Engine(served)
+    try:
+        job = engine.submit(GenerationRequest([prompt], 1, config, (), 4, True, stream=True),
+                            on_update=lambda rows: updates.extend(rows))
+        (generation,) = job.future.result(timeout=300)
+    finally:
+        engine.close()
+    (expected,) = served.sampler.generate([prompt], config, row_seeds=[4])
+    assert generation.completion_ids == expected.completion_ids
+    ids_so_far = [ids for _, ids, _ in updates]
+    assert len(ids_so_far[0]) == 1 < chunk  # the prefill's token alone, streamed before any decode chunk
+    # every update extends the one before (the streamed deltas add up), the last is the whole row
+    assert all(b[: len(a)] == a for a, b in zip(ids_so_far, ids_so_far[1:]))
+    assert updates[-1][2] is not None and list(updates[-1][1]) == list(generation.completion_ids)
+
+
 def test_stop_strings_cut_the_text(url, served):
     prompt = served.encode("How do I do something risky?")
     _, free = call(url, "/completions", dict(prompt=prompt, seed=3, return_token_ids=True, **SETTINGS))

@@ -205,6 +205,10 @@ class Ring:
             self.slots[r], self.rows[r] = task, Row()
             task.ending.start(self.rows[r], task.k, first[k], bool(done[k]))
             self.stats["rows"] += 1
+            # a streaming row's first token goes out now, after its prefill, not after its first
+            # decode chunk (--chunk-tokens steps later): the time to first token is the prefill's
+            if self.rows[r].drawing and task.job.on_update is not None:
+                task.job.on_update([(task.k, list(self.rows[r].ids), None)])
 
 
 class Engine:
