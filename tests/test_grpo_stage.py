@@ -93,6 +93,14 @@ def test_bad_settings_are_refused_before_anything_is_written(tmp_path, overrides
     assert not out.exists()
 
 
+def test_several_processes_are_refused_before_anything_is_written(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(TrainingError, match="ipo-jax grpo runs in one JAX process; this is process 0 of 2"):
+        run_grpo(_config(out), devices=jax.devices()[:1])
+    assert not out.exists()
+
+
 def test_every_setting_has_help():
     config, texts = base_config(), field_help()
     names = [f"{name}.{field}" for name, section in config.items() if hasattr(section, "items") and name != "optim"

@@ -151,6 +151,11 @@ def _prompts_that_fit(config, records: list[dict], tokenizer) -> list[dict]:
 def build_grpo_run(config, devices=None) -> GRPORun:
     """The run the config describes, in the module doc's order."""
     validate_settings("grpo", config)
+    if jax.process_count() > 1:  # before anything is read or written
+        raise TrainingError(
+            f"ipo-jax grpo runs in one JAX process; this is process {jax.process_index()} of {jax.process_count()}. "
+            "Its rollouts are sampled and scored on one host (the sampler's host loop reads whole arrays); run it "
+            "on one host with all its devices (a v5p-8, one 8-GPU node: what the paper configs use)")
     out = Path(config.train.out)
     check_output_dir(out, config, identity=RUN_IDENTITY, defaults=base_config())
     records = prompt_records_from_config(config)
