@@ -346,6 +346,7 @@ def test_the_policy_mesh_section_shards_the_model(tmp_path):
     c.model.init = "preset:tiny-qwen3"
     c.tokenizer = str(save_tiny_tokenizer(build_tiny_tokenizer(["a tiny corpus"], 300), tmp_path / "tok"))
     c.mesh.data, c.mesh.fsdp = -1, 2
+    c.sampling.max_new_tokens = 64  # the paper's 32,768 would not fit the tiny model's 512-token context
     policy = build_policy(c)
     mesh = policy.sampler.mesh
     assert dict(mesh.shape) == {"data": jax.device_count() // 2, "fsdp": 2, "tensor": 1}

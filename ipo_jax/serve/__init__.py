@@ -70,6 +70,7 @@ Modules: ``model`` (the served model, loading, scoring), ``requests`` (fields),
 """
 
 import logging
+import signal
 
 from ipo_jax.serve.app import Limits, create_app
 from ipo_jax.serve.engine import Engine
@@ -115,6 +116,8 @@ def run_serve(args) -> int:
     finally:
         engine.close()
         sock.close()
+    if signal.SIGINT in server.signals:
+        raise KeyboardInterrupt  # Ctrl-C ends every stage the same way: "interrupted", exit code 130
     return 0
 
 

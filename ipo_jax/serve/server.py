@@ -105,12 +105,25 @@ def make_server(served, sock: socket.socket, *, log_level: str = "warning", limi
     ``server.run(sockets=[sock])``; stop it with ``server.should_exit = True`` then ``engine.close()``."""
     import uvicorn
 
+    class Server(uvicorn.Server):
+        """uvicorn's server, remembering the signals that stopped it: uvicorn re-raises a caught
+        SIGINT after its shutdown, but asyncio's runner may then finish the serving task normally
+        (the race seen under load), so `run_serve` checks `signals` itself."""
+
+        signals: list[int]
+
+        def handle_exit(self, sig, frame) -> None:
+            self.signals.append(sig)
+            super().handle_exit(sig, frame)
+
     limits = limits or Limits()
     engine = Engine(served)
     config = uvicorn.Config(create_app(served, engine, limits), log_level=log_level, access_log=False, lifespan="off",
                             http=_timed_protocol(limits.read_timeout), timeout_keep_alive=timeout_keep_alive,
                             limit_concurrency=max_connections)
-    return uvicorn.Server(config), engine
+    server = Server(config)
+    server.signals = []
+    return server, engine
 
 
 def api_key_of(args) -> str | None:
