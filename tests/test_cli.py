@@ -289,6 +289,8 @@ BAD_INPUTS = [
      "config.sampling.max_new_tokens is 1000000000; expected an integer from 1 to 1,048,576"),
     ("sample-max-new-tokens-the-whole-context", lambda t: _pipeline("sample", t, "--config.sampling.max_new_tokens=512"),
      "config.sampling.max_new_tokens is 512, but the context of preset:tiny-qwen3 is 512 positions"),
+    ("sample-sampler-batch-beyond-host-memory", lambda t: _pipeline("sample", t, "--config.sampler.batch_size=100000000"),
+     "the sampler's KV cache needs"),
     ("csr-completion-id-out-of-vocabulary", lambda t: _csr(t, _trajectories_with(t, completion_ids=[10, 20, 999999999])),
      "trajectories.jsonl:2 (id 't2'): field 'completion_ids' item 2 is token id 999999999, outside the tokenizer's"),
     ("csr-completion-ids-not-the-reasoning", lambda t: _csr(t, _trajectories_with(t, completion_ids=[10, 20, 30])),

@@ -139,6 +139,15 @@ def test_a_row_that_would_run_past_the_models_context_is_refused_before_any_work
     assert prompt_limit(sampler, 12) == 16 and prompt_limit(sampler, context - 10) == 10
 
 
+def test_the_kv_cache_size_is_known_before_it_is_allocated(qwen2):
+    from ipo_jax.models.decoder import KVCache
+
+    cfg = qwen2[0].cfg
+    for dtype in ("float32", "bfloat16"):
+        cache = KVCache.init(cfg, 3, 17, dtype)
+        assert KVCache.nbytes(cfg, 3, 17, dtype) == sum(x.nbytes for x in jax.tree_util.tree_leaves(cache))
+
+
 def test_an_eos_after_max_new_tokens_is_a_length_finish(qwen2):
     model, _ = qwen2
     make = lambda eos: Sampler(model, eos_ids=[eos], batch_size=4, prompt_buckets=[16], chunk_tokens=8)  # noqa: E731

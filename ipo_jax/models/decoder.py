@@ -147,6 +147,12 @@ class KVCache:
         ids = jnp.zeros((batch, max_len), jnp.int32)
         return cls(zeros, tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)), ids, ids, jnp.zeros((), jnp.int32))
 
+    @staticmethod
+    def nbytes(cfg: ModelConfig, batch: int, max_len: int, dtype=None) -> int:
+        """The bytes `init(cfg, batch, max_len, dtype)` allocates (keys, values, two int32 id arrays, the index)."""
+        per_slot = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * jnp.dtype(dtype or cfg.dtype).itemsize + 2 * 4
+        return batch * max_len * per_slot + 4
+
     @property
     def max_len(self) -> int:
         return self.k[0].shape[2]

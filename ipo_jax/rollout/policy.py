@@ -20,10 +20,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+import jax
+
 from ipo_jax.checkpoint.init import model_config, tokenizer_dir_for
 from ipo_jax.data.tokenizer import load_tokenizer
 from ipo_jax.distributed import share_devices
 from ipo_jax.http import json_object_setting
+from ipo_jax.memory import format_bytes, host_memory_bytes
+from ipo_jax.models.decoder import KVCache
 from ipo_jax.rollout.completion import Completion
 from ipo_jax.rollout.http import HttpPolicy
 from ipo_jax.rollout.local import LocalPolicy, load_sampler
@@ -112,11 +116,14 @@ def build_policy(config) -> Policy:
                           concurrency=section.concurrency,
                           extra_body=json_object_setting(section.extra_body, "config.policy.extra_body"),
                           max_prompt_tokens=config.sampler.max_prompt_length)
-    context = model_config(config.model.init, vocab_needed=len(tokenizer)).max_position_embeddings
+    model_cfg = model_config(config.model.init, param_dtype=config.model.param_dtype, dtype=config.model.dtype,
+                             vocab_needed=len(tokenizer))
+    context = model_cfg.max_position_embeddings
     if sampling.max_new_tokens >= context:  # no prompt could be continued that far: say so before the model loads
         raise ValueError(f"config.sampling.max_new_tokens is {sampling.max_new_tokens:,}, but the context of "
                          f"{config.model.init} is {context:,} positions (max_position_embeddings) and a row holds the "
                          f"prompt too; expected at most {context - 1:,}, less the longest prompt")
+    check_cache_fits_host(model_cfg, config.sampler.batch_size, config.sampler.max_prompt_length + sampling.max_new_tokens)
     # this process's devices: with several processes each samples its own share of the prompts
     mesh = make_mesh(dict(config.mesh), devices=share_devices())
     sampler = load_sampler(config.model.init, tokenizer, mesh=mesh, param_dtype=config.model.param_dtype,
@@ -127,4 +134,17 @@ def build_policy(config) -> Policy:
     return LocalPolicy(sampler, tokenizer, sampling, policy_id=config.model.init)
 
 
-__all__ = ["BACKENDS", "Policy", "build_policy", "load_policy_tokenizer"]
+def check_cache_fits_host(model_cfg, batch_size: int, row_length: int) -> None:
+    """On CPU devices (which share the host's memory) the sampler's KV cache -- `batch_size` rows
+    of `row_length` positions -- must fit the host, checked before the model loads; an
+    accelerator's memory is `ipo-jax plan`'s to check."""
+    if any(d.platform != "cpu" for d in jax.local_devices()):
+        return
+    needed, memory = KVCache.nbytes(model_cfg, batch_size, row_length), host_memory_bytes()
+    if needed > memory:
+        raise ValueError(f"the sampler's KV cache needs {format_bytes(needed)} (sampler.batch_size {batch_size:,} rows x "
+                         f"{row_length:,} positions: sampler.max_prompt_length + sampling.max_new_tokens) but this host "
+                         f"has {format_bytes(memory)}; lower sampler.batch_size")
+
+
+__all__ = ["BACKENDS", "Policy", "build_policy", "check_cache_fits_host", "load_policy_tokenizer"]

@@ -25,7 +25,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +47,7 @@ from ipo_jax.data.pairs import (
 )
 from ipo_jax.data.tiny_tokenizer import build_tiny_tokenizer
 from ipo_jax.data.tokenizer import load_tokenizer
+from ipo_jax.memory import format_bytes, host_memory_bytes
 from ipo_jax.models.config import ModelConfig
 from ipo_jax.train.config import base_config
 from ipo_jax.train.errors import TrainingError
@@ -204,19 +204,6 @@ def _check_rows_against_data(config, data: TrainData, multiple: int) -> None:
             f"set data.micro_batches to at most {most_micro}")
 
 
-def host_memory_bytes() -> int:
-    """This host's memory: physical memory, or the cgroup (v2 or v1) limit when that is lower."""
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(limit_file).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit():
-            memory = min(memory, int(text))
-    return memory
-
-
 def _check_host_memory(config, data: TrainData, rows_per_pair: int) -> None:
     d = config.data
     if d.packing:
@@ -230,14 +217,6 @@ def _check_host_memory(config, data: TrainData, rows_per_pair: int) -> None:
     needed, memory = rows * row_length * bytes_per_slot, host_memory_bytes()
     if needed > memory:
         raise TrainingError(
-            f"one step's batch needs {_size(needed)} of host memory ({rows} rows of {row_length} tokens, "
-            f"{bytes_per_slot} bytes per token) but this host has {_size(memory)}; lower data.pairs_per_micro, "
+            f"one step's batch needs {format_bytes(needed)} of host memory ({rows} rows of {row_length} tokens, "
+            f"{bytes_per_slot} bytes per token) but this host has {format_bytes(memory)}; lower data.pairs_per_micro, "
             "data.micro_batches or data.max_length")
-
-
-def _size(n: int) -> str:
-    """1536 -> '1.5 KiB'; 5 * 2**30 -> '5 GiB'."""
-    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:,.1f}".removesuffix(".0") + f" {unit}"
-    return f"{n} bytes"
