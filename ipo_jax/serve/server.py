@@ -107,8 +107,9 @@ def make_server(served, sock: socket.socket, *, log_level: str = "warning", limi
 
     class Server(uvicorn.Server):
         """uvicorn's server, remembering the signals that stopped it: uvicorn re-raises a caught
-        SIGINT after its shutdown, but asyncio's runner may then finish the serving task normally
-        (the race seen under load), so `run_serve` checks `signals` itself."""
+        SIGINT after its shutdown under the handler it found, which does nothing when the process
+        started with SIGINT ignored (a background job of a non-interactive shell), so `run_serve`
+        checks `signals` itself."""
 
         signals: list[int]
 
