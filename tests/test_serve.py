@@ -450,7 +450,8 @@ def test_serving_beyond_loopback_warns_on_stderr_and_says_where_on_stdout(monkey
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(serve, "check_served_settings", lambda *a, **k: None)
     monkeypatch.setattr(serve, "load_served_model", lambda *a, **k: served)
-    monkeypatch.setattr(serve, "make_server", lambda *a, **k: (types.SimpleNamespace(run=lambda sockets: ran.append(1)),
+    monkeypatch.setattr(serve, "make_server", lambda *a, **k: (types.SimpleNamespace(run=lambda sockets: ran.append(1),
+                                                                                     signals=[]),
                                                                types.SimpleNamespace(close=lambda: None)))
     assert main(["serve", "--model", MODEL, "--host", "0.0.0.0", "--port", "0"]) == 0 and ran == [1]
     captured = capsys.readouterr()
