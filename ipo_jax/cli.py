@@ -517,7 +517,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--batch-size", type=int, default=8, help="sampler rows per device call (default 8)")
     serve.add_argument("--max-prompt-length", type=int, default=4096, help="longest prompt in tokens (default 4096)")
     serve.add_argument("--chunk-tokens", type=int, default=32,
-                       help="decode steps per device call; new requests join between chunks (default 32)")
+                       help="decode steps per device call while every batch row is busy (default 32)")
+    serve.add_argument("--admit-tokens", type=int, default=4,
+                       help="decode steps per device call while the batch has free rows, so a new request\n"
+                       "starts within this many steps (default 4; at most --chunk-tokens, which turns it off)")
     serve.add_argument("--mesh", help="shard over a device mesh of every device, e.g. 'data=-1,tensor=2' (default: one device)")
     serve.add_argument("--param-dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                        help="dtype of the weights (default float32)")

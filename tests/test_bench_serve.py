@@ -40,7 +40,8 @@ def test_summary_counts_tokens_over_wall_time_and_leaves_failed_requests_out():
 def test_arguments_are_checked_and_prompts_are_seeded():
     args = bench_serve.parse_args([])
     assert args.servers == ["ipo-jax", "vllm"] and args.concurrency == [1, 8, 32] and args.temperature == 0.0
-    for bad in (["--requests", "0"], ["--concurrency", "4", "0"], ["--max-tokens", "0"], ["--servers", "sglang"]):
+    for bad in (["--requests", "0"], ["--concurrency", "4", "0"], ["--max-tokens", "0"], ["--servers", "sglang"],
+                ["--warmup-requests", "-1"]):
         with pytest.raises(SystemExit) as exit_info:
             bench_serve.parse_args(bad)
         assert exit_info.value.code == 2

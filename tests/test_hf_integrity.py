@@ -316,6 +316,7 @@ def test_serve_address_problems_are_found_before_the_model_loads(busy_port, caps
         (("--host", "192.0.2.1", "--port", "0"), "not an address of this machine"),  # TEST-NET-1, never local
         (("--port", "70000"), "--port 70000: expected 0..65535"),
         (("--port", "0", "--chunk-tokens", "0"), "--chunk-tokens is 0; expected an integer >= 1"),
+        (("--port", "0", "--admit-tokens", "-1"), "--admit-tokens is -1; expected an integer >= 1"),
     ]:
         assert main(_serve(*args)) == 2
         line = _one_error_line(capsys)

@@ -111,6 +111,52 @@ def test_a_streaming_rows_first_token_goes_out_after_its_prefill_not_after_a_dec
     assert updates[-1][2] is not None and list(updates[-1][1]) == list(generation.completion_ids)
 
 
+def test_a_request_arriving_while_rows_are_free_starts_within_admit_tokens_steps(served, monkeypatch):
+    from ipo_jax.serve import Engine, GenerationRequest
+
+    chunk, admit = served.sampler.chunk_tokens, served.admit_tokens
+    assert 1 <= admit < chunk  # the default: 4 steps apart while rows are free, 32 once the batch is full
+    programs = served.sampler.programs
+    steps_per_call = []
+    real_decode_chunk = programs.decode_chunk
+
+    def recording(state, settings, steps):
+        steps_per_call.append(steps)
+        return real_decode_chunk(state, settings, steps)
+
+    monkeypatch.setattr(programs, "decode_chunk", recording)
+    config = SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=2 * chunk)
+    long_prompt, short_prompt = served.encode(PROMPTS[0]["prompt"]), served.encode(PROMPTS[1]["prompt"])
+    long_so_far, short_first = [], []
+    engine = Engine(served)
+    try:
+        def on_long(rows):
+            long_so_far[:] = list(rows[-1][1])
+            if len(long_so_far) == 1:  # the long row's prefill token: the short request arrives now
+                jobs.append(engine.submit(GenerationRequest([short_prompt], 1, config, (), 5, True, stream=True),
+                                          on_update=lambda rows: short_first or short_first.append(len(long_so_far))))
+
+        jobs = []
+        jobs.append(engine.submit(GenerationRequest([long_prompt], 1, config, (), 4, True, stream=True),
+                                  on_update=on_long))
+        (long,) = jobs[0].future.result(timeout=300)
+        (short,) = jobs[1].future.result(timeout=300)
+        # the short one started after one short chunk of the long one, not a whole chunk
+        assert short_first and short_first[0] <= 1 + admit < 1 + chunk, (short_first, admit)
+        assert steps_per_call and set(steps_per_call) == {admit}  # 2 of 8 rows busy: short chunks only
+        # a full batch (8 rows of one request) decodes whole chunks
+        steps_per_call.clear()
+        full = engine.submit(GenerationRequest([long_prompt], served.sampler.batch_size, config, (), 6, True))
+        rows = full.future.result(timeout=300)
+        assert steps_per_call[0] == chunk
+    finally:
+        engine.close()
+    # the tokens are what each row samples alone, whatever the chunk lengths
+    expected = served.sampler.generate([long_prompt, short_prompt], config, row_seeds=[4, 5])
+    assert [long.completion_ids, short.completion_ids] == [g.completion_ids for g in expected]
+    assert len(rows) == served.sampler.batch_size
+
+
 def test_stop_strings_cut_the_text(url, served):
     prompt = served.encode("How do I do something risky?")
     _, free = call(url, "/completions", dict(prompt=prompt, seed=3, return_token_ids=True, **SETTINGS))

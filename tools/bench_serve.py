@@ -15,8 +15,10 @@ weights, `VLLM_CPU_KVCACHE_SPACE=--vllm-kv-gib` (unless set) and its own OpenMP 
 Requests: `--requests` prompts of `--prompt-length` random token ids (seeded, the same for both
 servers and every level), each one `POST /v1/completions` with `max_tokens=--max-tokens`,
 `temperature` (default 0, greedy) and a per-request seed, sent by `C` concurrent clients for each
-`C` in --concurrency (asyncio and the official `openai` client, no retries), after one untimed
-warm-up wave of `C` requests. Lengths are kept equal: vLLM gets `ignore_eos`; `ipo-jax serve`
+`C` in --concurrency (asyncio and the official `openai` client, no retries), after an untimed
+warm-up of `--warmup-requests` (default 2 x `C`) through the same `C` clients: the first `C`
+at once, then each client's next as its last one ends, so the warm-up meets the shapes the
+timed part meets (`ipo-jax serve` compiles a program on its first use; vLLM at startup). Lengths are kept equal: vLLM gets `ignore_eos`; `ipo-jax serve`
 has no such option, so the built model's end-of-sequence embedding row is zero (its logit is 0,
 below the maximum of a random model's logits at every step: greedy never ends a row early).
 Every request's completion tokens are counted from `usage` and the table says the range, so an
@@ -209,7 +211,10 @@ async def run_level(target: Target, prompts: list[list[int]], concurrency: int, 
             return await one_request(client, target, prompt, args, seed=args.seed + i)
 
     try:
-        await asyncio.gather(*(gated(i, p) for i, p in enumerate(prompts[:concurrency])))  # warm-up wave
+        # untimed warm-up in the same closed loop, so the shapes the timed part meets (batch refills,
+        # short chunks while rows are free) are compiled before it: ours compiles on first use
+        warmup = args.warmup_requests or 2 * concurrency
+        await asyncio.gather(*(gated(i, prompts[i % len(prompts)]) for i in range(warmup)))
         start = time.perf_counter()
         results = await asyncio.gather(*(gated(i, p) for i, p in enumerate(prompts)))
         wall = time.perf_counter() - start
@@ -442,6 +447,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="concurrent clients, one run each")
     p.add_argument("--requests", type=int, default=64, help="timed requests per concurrency level")
     p.add_argument("--prompt-length", type=int, default=64, help="prompt tokens per request")
+    p.add_argument("--warmup-requests", type=int, default=0,
+                   help="untimed requests before each level, through its clients (default: 2 x clients)")
     p.add_argument("--max-tokens", type=int, default=128, help="completion tokens per request")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--seed", type=int, default=0, help="prompts' seed; request i gets seed + i")
@@ -470,8 +477,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag in ("requests", "prompt_length", "max_tokens", "vocab", "chunk_tokens"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1")
-    if min(args.concurrency) < 1 or args.batch_size < 0 or args.temperature < 0:
-        p.error("--concurrency must be >= 1, --batch-size >= 0 and --temperature >= 0")
+    if min(args.concurrency) < 1 or args.batch_size < 0 or args.temperature < 0 or args.warmup_requests < 0:
+        p.error("--concurrency must be >= 1, --batch-size, --warmup-requests and --temperature >= 0")
     return args
 
 

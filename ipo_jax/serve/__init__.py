@@ -52,7 +52,8 @@ sends for row r -- samples the tokens the in-process policy samples for row r.  
 ``seed`` the server draws one at random.
 
 Scheduling (`ipo_jax.serve.engine`): continuous batching across requests; a new request's rows
-join the decode batch at the next chunk boundary, and a request whose client disconnects
+join the decode batch at the next chunk boundary (``--admit-tokens`` steps apart while the batch
+has free rows, ``--chunk-tokens`` once it is full), and a request whose client disconnects
 leaves it there.
 
 Security and limits (`ipo_jax.serve.app`, `ipo_jax.serve.server`): ``--api-key`` (or
@@ -87,7 +88,8 @@ def run_serve(args) -> int:
         raise ValueError(f"--port {args.port}: expected 0..65535 (0 = any free port)")
     check_served_settings(args.model, tokenizer=args.tokenizer or "", mesh=args.mesh, batch_size=args.batch_size,
                           max_prompt_length=args.max_prompt_length, chunk_tokens=args.chunk_tokens,
-                          max_model_len=args.max_model_len, reasoning_parser=args.reasoning_parser)
+                          max_model_len=args.max_model_len, reasoning_parser=args.reasoning_parser,
+                          admit_tokens=args.admit_tokens)
     limits = limits_of(args)
     # Bound before the model loads, so a busy port or a bad host fails in a second, not after the
     # load; clients are refused (not left waiting) until it listens.
@@ -96,7 +98,8 @@ def run_serve(args) -> int:
         served = load_served_model(args.model, tokenizer=args.tokenizer or "", name=args.served_model_name or [],
                                    mesh=args.mesh, batch_size=args.batch_size, max_prompt_length=args.max_prompt_length,
                                    chunk_tokens=args.chunk_tokens, param_dtype=args.param_dtype, dtype=args.dtype,
-                                   max_model_len=args.max_model_len, reasoning_parser=args.reasoning_parser)
+                                   max_model_len=args.max_model_len, reasoning_parser=args.reasoning_parser,
+                                   admit_tokens=args.admit_tokens)
     except BaseException:
         sock.close()
         raise

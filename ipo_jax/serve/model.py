@@ -46,7 +46,9 @@ class ServedModel:
     max_prompt_tokens: the longest prompt taken (the sampler's largest prompt bucket, and at
     most ``context - 1``); context: ``max_model_len``, prompt + max_tokens must fit it;
     aliases: more names clients may send as ``model``; reasoning_parser: how a chat reply's
-    ``<think>`` part is returned (`ipo_jax.serve.reasoning`)."""
+    ``<think>`` part is returned (`ipo_jax.serve.reasoning`); admit_tokens: decode steps per
+    device call while the batch has free rows (`ipo_jax.serve.engine`; 0: the sampler's
+    ``chunk_tokens`` always)."""
 
     sampler: Any
     tokenizer: Any
@@ -56,6 +58,7 @@ class ServedModel:
     vocab_size: int
     aliases: tuple[str, ...] = ()
     reasoning_parser: str = "auto"
+    admit_tokens: int = 0
 
     def __post_init__(self):
         self.max_prompt_tokens = min(self.max_prompt_tokens, self.context - 1)
@@ -140,15 +143,17 @@ def _scorer(graphdef, span: int, top: int):
 def load_served_model(model: str, *, tokenizer: str = "", name: str | Sequence[str] = "", mesh: str | None = None,
                       batch_size: int = 8, max_prompt_length: int = 4096, chunk_tokens: int = 32,
                       param_dtype: str = "float32", dtype: str = "float32", max_model_len: int | None = None,
-                      reasoning_parser: str = "auto") -> ServedModel:
+                      reasoning_parser: str = "auto", admit_tokens: int = 4) -> ServedModel:
     """Load `model` (``hf:DIR`` / ``orbax:DIR`` / ``preset:NAME``) and its tokenizer (`tokenizer`,
     or the ``hf:`` directory's own) into a sampler (`ipo_jax.rollout.load_sampler`, as the
     pipeline's policy); ValueError for a bad spec before anything loads. `name`: the served
     name(s) (default: the `model` spec); `max_model_len`: the context enforced (default and
-    at most the model's ``max_position_embeddings``)."""
+    at most the model's ``max_position_embeddings``); `admit_tokens`: decode steps per device
+    call while the batch has free rows (at most `chunk_tokens`)."""
     mesh_shape = check_served_settings(model, tokenizer=tokenizer, mesh=mesh, batch_size=batch_size,
                                        max_prompt_length=max_prompt_length, chunk_tokens=chunk_tokens,
-                                       max_model_len=max_model_len, reasoning_parser=reasoning_parser)
+                                       max_model_len=max_model_len, reasoning_parser=reasoning_parser,
+                                       admit_tokens=admit_tokens)
     tokenizer_dir = tokenizer_dir_for(tokenizer, model)
     tok = load_tokenizer(tokenizer_dir)
     device_mesh = make_mesh(mesh_shape) if mesh_shape else None
@@ -162,12 +167,13 @@ def load_served_model(model: str, *, tokenizer: str = "", name: str | Sequence[s
     names = [name] if isinstance(name, str) else list(name)
     names = [n for n in names if n] or [model]
     return ServedModel(sampler, tok, names[0], max(sampler.buckets), max_model_len or context, sampler.cfg.vocab_size,
-                       aliases=tuple(names[1:]), reasoning_parser=reasoning_parser)
+                       aliases=tuple(names[1:]), reasoning_parser=reasoning_parser,
+                       admit_tokens=min(admit_tokens, chunk_tokens))
 
 
 def check_served_settings(model: str, *, tokenizer: str = "", mesh: str | None = None, batch_size: int = 8,
                           max_prompt_length: int = 4096, chunk_tokens: int = 32, max_model_len: int | None = None,
-                          reasoning_parser: str = "auto") -> dict[str, int] | None:
+                          reasoning_parser: str = "auto", admit_tokens: int = 4) -> dict[str, int] | None:
     """ValueError for a bad setting, before anything is bound or loaded; returns the mesh shape."""
     expected = model_spec(model)
     if expected:
@@ -175,7 +181,7 @@ def check_served_settings(model: str, *, tokenizer: str = "", mesh: str | None =
     if tokenizer and not os.path.isdir(tokenizer):
         raise ValueError(f"--tokenizer {tokenizer!r}: expected an existing tokenizer directory")
     for flag, value in (("--batch-size", batch_size), ("--max-prompt-length", max_prompt_length),
-                        ("--chunk-tokens", chunk_tokens)):
+                        ("--chunk-tokens", chunk_tokens), ("--admit-tokens", admit_tokens)):
         if value < 1:
             raise ValueError(f"{flag} is {value}; expected an integer >= 1")
     if max_model_len is not None and max_model_len < 2:
